@@ -1,0 +1,32 @@
+"""All I/O of streamwise: Kafka source, sink and admin (and, later, Redis and Prometheus).
+
+:func:`make_source`, :func:`make_sink` and :func:`make_admin` are the one place that turns settings into client objects, so no
+code above this package knows which Kafka client library is in use.
+"""
+
+from __future__ import annotations
+
+from streamwise.settings import KafkaSettings
+
+from .base import Admin, Sink, Source
+from .records import ConsumedRecord, OutgoingRecord
+
+__all__ = ["Admin", "ConsumedRecord", "OutgoingRecord", "Sink", "Source", "make_admin", "make_sink", "make_source"]
+
+
+def make_source(settings: KafkaSettings, group_id: str) -> Source:
+    from .kafka_python import KafkaPythonSource
+
+    return KafkaPythonSource(settings, group_id)
+
+
+def make_sink(settings: KafkaSettings) -> Sink:
+    from .kafka_python import KafkaPythonSink
+
+    return KafkaPythonSink(settings)
+
+
+def make_admin(settings: KafkaSettings) -> Admin:
+    from .kafka_python import KafkaPythonAdmin
+
+    return KafkaPythonAdmin(settings)

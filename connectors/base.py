@@ -1,0 +1,53 @@
+"""The seam between streamwise and a Kafka client library.
+
+Everything above ``connectors/`` talks to these protocols only, so a second client
+(confluent-kafka) can be added without touching the runner, the stream or the models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from .records import ConsumedRecord, OutgoingRecord
+
+TopicPartition = tuple[str, int]
+# Called with the partitions gained or lost in a rebalance.
+RebalanceCallback = Callable[[list[TopicPartition]], None]
+
+
+class Source(Protocol):
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assigned: RebalanceCallback | None = None,
+        on_revoked: RebalanceCallback | None = None,
+    ) -> None: ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
+        """Records in offset order within each partition; empty on timeout."""
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commits, for each partition, the offset of the *next* record to read."""
+
+    def assignment(self) -> list[TopicPartition]: ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records between the consumer's position and the end, per assigned partition."""
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def send(self, record: OutgoingRecord) -> None: ...
+
+    def flush(self) -> None:
+        """Blocks until every record sent is acknowledged; raises DeliveryError otherwise."""
+
+    def close(self) -> None: ...
+
+
+class Admin(Protocol):
+    def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,186 @@
+"""Source, sink and admin on kafka-python 3.x, the default Kafka client.
+
+Consumers run in a consumer group with auto-commit off and ``read_committed``
+isolation: offsets move only when the runner says its outputs are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KTopicPartition
+
+from streamwise.errors import DeliveryError, ServiceUnavailableError
+from streamwise.settings import KafkaSettings
+
+from .base import RebalanceCallback, TopicPartition
+from .records import ConsumedRecord, OutgoingRecord
+
+log = logging.getLogger(__name__)
+
+
+# What kafka-python raises when it cannot bootstrap (after its own 30 s timeout).
+_NO_BROKER = (KafkaTimeoutError, KafkaConnectionError)
+
+
+def _unavailable(settings: KafkaSettings, exc: Exception) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"Kafka: no broker answered at {settings.bootstrap_servers} ({type(exc).__name__})"
+    )
+
+
+def _require_broker(settings: KafkaSettings) -> None:
+    """Fails in seconds, with one line, when no bootstrap server accepts a connection;
+    kafka-python itself would retry for 30 s and then raise a timeout."""
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3.0):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ServiceUnavailableError(f"Kafka: no broker answered at {settings.bootstrap_servers}")
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_assigned: RebalanceCallback | None, on_revoked: RebalanceCallback | None):
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._on_assigned:
+            self._on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if self._on_revoked:
+            self._on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+
+
+class KafkaPythonSource:
+    def __init__(self, settings: KafkaSettings, group_id: str) -> None:
+        self._settings = settings
+        _require_broker(settings)
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=settings.bootstrap_servers,
+                client_id=settings.client_id,
+                group_id=group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                max_partition_fetch_bytes=settings.max_fetch_bytes,
+                fetch_max_bytes=settings.max_fetch_bytes,
+                request_timeout_ms=max(settings.request_timeout_ms, 305_000 // 10),
+            )
+        except _NO_BROKER as e:
+            raise _unavailable(settings, e) from None
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assigned: RebalanceCallback | None = None,
+        on_revoked: RebalanceCallback | None = None,
+    ) -> None:
+        self._consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked))
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[ConsumedRecord] = []
+        for tp, records in batches.items():
+            for r in records:
+                out.append(
+                    ConsumedRecord(
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=r.offset,
+                        key=r.key,
+                        value=r.value,
+                        timestamp_ms=r.timestamp,
+                        headers=tuple((k, v) for k, v in (r.headers or ())),
+                    )
+                )
+        return out
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if offsets:
+            self._consumer.commit(
+                {KTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            )
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def lag(self) -> dict[TopicPartition, int]:
+        tps = list(self._consumer.assignment())
+        if not tps:
+            return {}
+        ends = self._consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp)) for tp in tps}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaPythonSink:
+    def __init__(self, settings: KafkaSettings) -> None:
+        _require_broker(settings)
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=settings.bootstrap_servers,
+                client_id=settings.client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=settings.linger_ms,
+                max_request_size=settings.max_request_bytes,
+                request_timeout_ms=settings.request_timeout_ms,
+            )
+        except _NO_BROKER as e:
+            raise _unavailable(settings, e) from None
+        self._pending: list[Any] = []
+
+    def send(self, record: OutgoingRecord) -> None:
+        self._pending.append(
+            self._producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
+        )
+
+    def flush(self) -> None:
+        self._producer.flush()
+        pending, self._pending = self._pending, []
+        failed = [f for f in pending if f.failed()]
+        if failed:
+            raise DeliveryError(f"{len(failed)} of {len(pending)} records not delivered: {failed[0].exception}")
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaPythonAdmin:
+    def __init__(self, settings: KafkaSettings) -> None:
+        _require_broker(settings)
+        try:
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
+            )
+        except _NO_BROKER as e:
+            raise _unavailable(settings, e) from None
+
+    def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None:
+        existing = set(self._admin.list_topics())
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        for topic in new:
+            try:
+                self._admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass  # another worker created it meanwhile
+            except KafkaError as e:
+                raise ServiceUnavailableError(f"Kafka: cannot create topic {topic.name}: {e}") from None
+
+    def close(self) -> None:
+        self._admin.close()

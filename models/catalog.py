@@ -1,0 +1,114 @@
+"""Builds River estimators from the ``models:`` entries of a pipeline config.
+
+A model is a list of steps composed left to right, as River's ``|`` does. A step is
+a dotted name under ``river`` (``"preprocessing.StandardScaler"``) or a one-key
+mapping from that name to its parameters. A parameter value that is itself such a
+one-key mapping is built the same way, so optimizers and sub-models can be given:
+
+.. code-block:: yaml
+
+    steps:
+      - preprocessing.StandardScaler
+      - linear_model.LogisticRegression:
+          optimizer: {optim.SGD: {lr: 0.05}}
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_DOTTED = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class ModelSpec(BaseModel):
+    """One model of a pipeline: a name that appears in predictions and metrics, and its steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    steps: list[str | dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _buildable(cls, steps: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        build_estimator(steps)  # fail at start, not at the first event
+        return steps
+
+
+def _resolve(name: str) -> type:
+    if not _DOTTED.match(name):
+        raise ValueError(f"{name!r} is not a dotted River name like 'linear_model.LogisticRegression'")
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = importlib.import_module(f"river.{module_name}")
+    except ImportError:
+        raise ValueError(f"unknown River module 'river.{module_name}' in {name!r}") from None
+    obj = getattr(module, attr, None)
+    if obj is None or not inspect.isclass(obj):
+        raise ValueError(f"unknown River estimator {name!r}")
+    return obj
+
+
+def _is_spec(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and isinstance(next(iter(value)), str)
+        and bool(_DOTTED.match(next(iter(value))))
+    )
+
+
+def _build_value(value: Any) -> Any:
+    if _is_spec(value):
+        return _build_one(value)
+    if isinstance(value, list):
+        return [_build_value(v) for v in value]
+    return value
+
+
+def _build_one(step: str | dict[str, Any]) -> Any:
+    if isinstance(step, str):
+        name, params = step, {}
+    elif _is_spec(step):
+        ((name, params),) = step.items()
+        params = params or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"parameters of {name!r} must be a mapping, got {type(params).__name__}")
+    else:
+        raise ValueError(f"a step is a dotted River name or a one-key mapping, got {step!r}")
+    cls = _resolve(name)
+    kwargs = {k: _build_value(v) for k, v in params.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def build_estimator(steps: list[str | dict[str, Any]]) -> Any:
+    """Builds a fresh estimator from a spec's steps.
+
+    Examples
+    --------
+    >>> model = build_estimator(
+    ...     ["preprocessing.StandardScaler", {"linear_model.LogisticRegression": {"l2": 0.1}}]
+    ... )
+    >>> list(model.steps)
+    ['StandardScaler', 'LogisticRegression']
+    >>> model["LogisticRegression"].l2
+    0.1
+    >>> build_estimator(["linear_model.LogistcRegression"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown River estimator 'linear_model.LogistcRegression'
+    """
+    built = [_build_one(copy.deepcopy(s)) for s in steps]
+    model = built[0]
+    for step in built[1:]:
+        model = model | step
+    return model

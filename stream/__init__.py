@@ -1,0 +1,1 @@
+"""Pure per-event logic: schema and validation, streaming cleaners and feature extractors. No I/O."""

@@ -1,0 +1,23 @@
+"""Every error streamwise raises on purpose derives from :class:`StreamwiseError`.
+
+The CLI maps these to a one-line message and a non-zero exit; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class StreamwiseError(Exception):
+    """Base of all errors streamwise raises deliberately."""
+
+
+class ConfigError(StreamwiseError):
+    """A configuration value is wrong. The message starts with the key path that is wrong."""
+
+
+class ServiceUnavailableError(StreamwiseError):
+    """A service (Kafka, Redis, Prometheus) cannot be reached; says which and where."""
+
+
+class DeliveryError(StreamwiseError):
+    """A record could not be written to Kafka; nothing was committed for its batch."""

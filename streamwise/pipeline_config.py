@@ -1,0 +1,101 @@
+"""The pipeline YAML: what one streamwise pipeline reads, validates, learns and writes.
+
+:func:`load_pipeline_config` validates the whole file at start. Every error names the
+key path that is wrong (``models[0].steps: unknown River estimator ...``), so a bad
+config fails before the first event instead of in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streamwise.errors import ConfigError
+from streamwise.models.catalog import ModelSpec
+from streamwise.models.prequential import make_metric
+from streamwise.stream.schema import EventSchema
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(min_length=1)
+    # Consumer group; defaults to "streamwise-<pipeline name>".
+    group_id: str | None = None
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(min_length=1)
+    # Defaults to "<input topic>.dlq".
+    dead_letter_topic: str | None = None
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    input: InputConfig
+    output: OutputConfig
+    event_schema: EventSchema = Field(alias="schema")
+    task: Literal["classification", "regression", "anomaly"] = "classification"
+    metric: str = "Accuracy"
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        make_metric(self.metric)
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def group_id(self) -> str:
+        return self.input.group_id or f"streamwise-{self.name}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.output.dead_letter_topic or f"{self.input.topic}.dlq"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def parse_pipeline_config(data: Any, source: str = "pipeline") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except pydantic.ValidationError as e:
+        lines = []
+        for err in e.errors(include_url=False):
+            # Drop pydantic's union-branch tags (e.g. "str", "dict[str,any]") from the path.
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "dict"})))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {_key_path(loc)}: {msg}")
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read pipeline config: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_pipeline_config(data, str(path))

@@ -1,0 +1,166 @@
+"""Turns a dataset into JSON events and publishes them to a Kafka topic.
+
+A source is one of:
+
+- the name of a River bundled dataset (``Phishing``, ``Bananas``, ``TrumpApproval``, ...);
+- ``synth.<Generator>`` for a River synthetic generator, with ``params`` for its
+  constructor (``synth.Agrawal`` with ``seed=42``); these are endless, so give a limit;
+- a ``.csv`` file (numeric-looking cells become numbers) or a ``.jsonl`` file, one event
+  per line; a JSONL line that is not a JSON object is published as it is, which makes
+  such files handy for testing dead-lettering.
+
+Each event gets an ``id`` (its position, unless the file already has one) and, for
+labelled datasets, the label under ``label_field``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import inspect
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from streamwise.errors import ConfigError
+
+Event = tuple[bytes | None, bytes]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if hasattr(v, "item") and callable(v.item):  # numpy scalars
+        return v.item()
+    return v
+
+
+def _river_dataset(source: str, params: dict[str, Any]) -> Any:
+    from river import datasets
+    from river.datasets import synth
+
+    if source.startswith("synth."):
+        cls = getattr(synth, source.removeprefix("synth."), None)
+        if not inspect.isclass(cls):
+            raise ConfigError(f"source: unknown River synthetic generator {source!r}")
+        try:
+            return cls(**params)
+        except TypeError as e:
+            raise ConfigError(f"source: {source}: {e}") from None
+    names = {n.lower(): n for n in dir(datasets) if inspect.isclass(getattr(datasets, n))}
+    name = names.get(source.lower())
+    if name is None:
+        raise ConfigError(f"source: {source!r} is not a River dataset, synth.<Generator>, .csv or .jsonl file")
+    return getattr(datasets, name)(**params)
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def iter_events(
+    source: str,
+    params: dict[str, Any] | None = None,
+    limit: int | None = None,
+    id_field: str = "id",
+    label_field: str = "label",
+    key_field: str | None = None,
+) -> Iterator[Event]:
+    """Yields ``(key, value)`` pairs of the events to publish, in dataset order."""
+    params = params or {}
+    path = Path(source)
+    n = 0
+
+    def encode(obj: dict[str, Any]) -> Event:
+        key_value = obj.get(key_field or id_field)
+        key = None if key_value is None else str(key_value).encode()
+        return key, json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+    if path.suffix.lower() in {".jsonl", ".ndjson"}:
+        if not path.is_file():
+            raise ConfigError(f"source: no such file {source}")
+        with path.open("rb") as f:
+            for line in f:
+                if limit is not None and n >= limit:
+                    return
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    obj = None
+                if isinstance(obj, dict):
+                    obj.setdefault(id_field, n)
+                    yield encode(obj)
+                else:
+                    yield None, line
+                n += 1
+        return
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise ConfigError(f"source: no such file {source}")
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if limit is not None and n >= limit:
+                    return
+                obj = {k: _number(v) for k, v in row.items() if v != ""}
+                obj.setdefault(id_field, n)
+                yield encode(obj)
+                n += 1
+        return
+    dataset = _river_dataset(source, params)
+    for x, y in dataset:
+        if limit is not None and n >= limit:
+            return
+        obj = {id_field: n, **{str(k): _jsonable(v) for k, v in x.items()}}
+        if y is not None:
+            obj[label_field] = _jsonable(y)
+        yield encode(obj)
+        n += 1
+
+
+def dataset_size(source: str, params: dict[str, Any] | None = None) -> int | None:
+    """Number of events in a bundled dataset, when River knows it."""
+    try:
+        if Path(source).suffix:
+            return None
+        return getattr(_river_dataset(source, params or {}), "n_samples", None)
+    except ConfigError:
+        return None
+
+
+def publish(
+    sink: Any,
+    topic: str,
+    events: Iterator[Event],
+    rate: float | None = None,
+    on_event: Any = None,
+) -> int:
+    """Sends the events to ``topic``; with ``rate``, paced open-loop at that many per second."""
+    from streamwise.connectors.records import OutgoingRecord
+
+    start = time.perf_counter()
+    n = 0
+    for key, value in events:
+        if rate:
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        sink.send(OutgoingRecord(topic=topic, key=key, value=value))
+        n += 1
+        if on_event:
+            on_event()
+        if n % 10_000 == 0:
+            sink.flush()  # bounds the futures kept in memory
+    sink.flush()
+    return n

@@ -1,0 +1,51 @@
+"""Service settings: where Kafka, Redis and the metrics endpoint are, and how to talk to them.
+
+One :class:`Settings` object, read from (lowest to highest precedence) defaults, the
+environment (``STREAMWISE_`` prefix, ``__`` between nested keys, e.g.
+``STREAMWISE_KAFKA__BOOTSTRAP_SERVERS``) and CLI flags. Nothing else in the code base
+reads the environment. What a *pipeline* does (topics, schema, models) lives in the
+pipeline YAML instead: see :mod:`streamwise.pipeline_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client: Literal["kafka-python"] = "kafka-python"
+    client_id: str = "streamwise"
+    # Wait this long for a batch before looping again (lets SIGTERM be seen promptly).
+    poll_timeout_ms: int = Field(500, ge=1)
+    max_poll_records: int = Field(1000, ge=1)
+    # The broker and the fetcher must let an oversized event through, so that it
+    # reaches validation and is dead-lettered with a reason instead of blocking the
+    # partition. Events larger than the pipeline's max_event_bytes are rejected there.
+    max_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    linger_ms: int = Field(5, ge=0)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+
+class MetricsSettings(BaseModel):
+    host: str = "127.0.0.1"
+    # 0 means: do not serve /metrics.
+    port: int = Field(0, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMWISE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    metrics: MetricsSettings = MetricsSettings()
