@@ -1,0 +1,3 @@
+from streamwise.cli import app
+
+app(prog_name="streamwise")
