@@ -20,10 +20,11 @@ def make_source(settings: KafkaSettings, group_id: str) -> Source:
     return KafkaPythonSource(settings, group_id)
 
 
-def make_sink(settings: KafkaSettings) -> Sink:
+def make_sink(settings: KafkaSettings, transactional_id: str | None = None) -> Sink:
+    """A producer; with a ``transactional_id``, one that writes in Kafka transactions."""
     from .kafka_python import KafkaPythonSink
 
-    return KafkaPythonSink(settings)
+    return KafkaPythonSink(settings, transactional_id)
 
 
 def make_admin(settings: KafkaSettings) -> Admin:

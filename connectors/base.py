@@ -35,11 +35,33 @@ class Source(Protocol):
     def lag(self) -> dict[TopicPartition, int]:
         """Records between the consumer's position and the end, per assigned partition."""
 
+    def group_metadata(self) -> object:
+        """The consumer's group metadata (generation, member id), opaque to callers; a
+        transactional sink sends it with the offsets so a zombie worker is fenced (KIP-447)."""
+
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        """Moves the position of assigned partitions: the next poll starts at these offsets."""
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets for these partitions (None where nothing is committed)."""
+
     def close(self) -> None: ...
 
 
 class Sink(Protocol):
+    """Writes records. A transactional sink (made with a transactional id) also commits the
+    consumer's offsets inside its transaction: outputs and progress land together or not at all."""
+
+    transactional: bool
+
     def send(self, record: OutgoingRecord) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
+        """Adds the offsets to the open transaction and commits it; raises DeliveryError if it fails."""
+
+    def abort_transaction(self) -> None: ...
 
     def flush(self) -> None:
         """Blocks until every record sent is acknowledged; raises DeliveryError otherwise."""

@@ -124,13 +124,29 @@ class KafkaPythonSource:
         ends = self._consumer.end_offsets(tps)
         return {(tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp)) for tp in tps}
 
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        for (t, p), o in offsets.items():
+            self._consumer.seek(KTopicPartition(t, p), o)
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: self._consumer.committed(KTopicPartition(*tp)) for tp in partitions}
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 
 
 class KafkaPythonSink:
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
         _require_broker(settings)
+        extra: dict[str, Any] = {}
+        if transactional_id is not None:
+            extra = {
+                "transactional_id": transactional_id,
+                "transaction_timeout_ms": settings.transaction_timeout_ms,
+            }
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=settings.bootstrap_servers,
@@ -140,10 +156,34 @@ class KafkaPythonSink:
                 linger_ms=settings.linger_ms,
                 max_request_size=settings.max_request_bytes,
                 request_timeout_ms=settings.request_timeout_ms,
+                **extra,
             )
         except _NO_BROKER as e:
             raise _unavailable(settings, e) from None
+        self.transactional = transactional_id is not None
+        if self.transactional:
+            # Also aborts whatever a previous incarnation with the same id left open,
+            # so read_committed readers are not held up until its transaction times out.
+            self._producer.init_transactions()
         self._pending: list[Any] = []
+
+    def begin_transaction(self) -> None:
+        self._producer.begin_transaction()
+
+    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    {KTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
+                    group_metadata,
+                )
+            self._producer.commit_transaction()
+        except KafkaError as e:
+            raise DeliveryError(f"transaction not committed: {type(e).__name__}: {e}") from e
+        self._check_sent()
+
+    def abort_transaction(self) -> None:
+        self._producer.abort_transaction()
 
     def send(self, record: OutgoingRecord) -> None:
         self._pending.append(
@@ -152,6 +192,9 @@ class KafkaPythonSink:
 
     def flush(self) -> None:
         self._producer.flush()
+        self._check_sent()
+
+    def _check_sent(self) -> None:
         pending, self._pending = self._pending, []
         failed = [f for f in pending if f.failed()]
         if failed:

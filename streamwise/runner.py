@@ -7,6 +7,7 @@ in :meth:`Runner._commit`, because every delivery guarantee rests on it.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -57,7 +58,9 @@ class Runner:
         sensors: Sequence[Sensor] = (),
         source: Source | None = None,
         sink: Sink | None = None,
+        worker_index: int = 0,
     ) -> None:
+        self.worker_index = worker_index
         self.config = config
         self.settings = settings
         self.counts = CountingSensor()
@@ -66,6 +69,12 @@ class Runner:
         self._source = source
         self._sink = sink
         self._stop = threading.Event()
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per (group, host, worker slot): a restarted worker takes over its
+        predecessor's id, and init_transactions aborts what that one left open."""
+        return f"{self.config.group_id}.{socket.gethostname()}.{self.worker_index}"
 
     def stop(self) -> None:
         """Asks the loop to finish the batch in hand, commit it and return. Signal-safe."""
@@ -82,7 +91,9 @@ class Runner:
         finally:
             admin.close()
         source = self._source or make_source(kafka, cfg.group_id)
-        sink = self._sink or make_sink(kafka)
+        sink = self._sink or make_sink(
+            kafka, self.transactional_id if kafka.guarantee == "exactly_once" else None
+        )
         source.subscribe([cfg.input.topic])
         started = time.perf_counter()
         last_activity = started
@@ -114,20 +125,36 @@ class Runner:
         outputs: list[OutgoingRecord],
         offsets: dict[tuple[str, int], int],
     ) -> None:
-        """The commit order, at least once:
+        """The commit order, in one place because every delivery guarantee rests on it.
 
-        1. send every prediction and dead letter of the batch;
-        2. flush the producer, which returns once the broker acknowledged all of them
-           (acks=all, idempotent) or raises, so nothing below runs for a lost write;
-        3. only then commit the consumed offsets.
+        Exactly once (a transactional sink):
+          1. begin a transaction;
+          2. send every prediction and dead letter of the batch into it;
+          3. add the consumed offsets, with the consumer's group metadata so a fenced
+             zombie cannot commit, and commit. Outputs and progress become visible to
+             read_committed readers together, or not at all.
 
-        A crash between 2 and 3 re-reads the batch and writes its outputs again: at
-        least once. The exactly-once mode puts 1 to 3 in one Kafka transaction.
+        At least once:
+          1. send every prediction and dead letter;
+          2. flush the producer, which returns once the broker acknowledged all of
+             them (acks=all, idempotent) or raises, so nothing below runs for a lost write;
+          3. only then commit the consumed offsets. A crash between 2 and 3 re-reads
+             the batch and writes its outputs again.
         """
-        for record in outputs:
-            sink.send(record)
-        sink.flush()
-        source.commit(offsets)
+        if sink.transactional:
+            sink.begin_transaction()
+            try:
+                for record in outputs:
+                    sink.send(record)
+                sink.commit_transaction(offsets, source.group_metadata())
+            except BaseException:
+                sink.abort_transaction()
+                raise
+        else:
+            for record in outputs:
+                sink.send(record)
+            sink.flush()
+            source.commit(offsets)
         self.sensor.on_commit(len(offsets))
 
     def summary(self, wall_seconds: float) -> RunSummary:

@@ -28,6 +28,12 @@ class KafkaSettings(BaseModel):
     max_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     linger_ms: int = Field(5, ge=0)
+    # exactly_once: outputs and consumed offsets commit in one Kafka transaction.
+    # at_least_once: for brokers without transactions; a crash may repeat a batch's outputs.
+    guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    # Short, so that a transaction left open by a killed worker with a different
+    # transactional id cannot hold read_committed readers back for long.
+    transaction_timeout_ms: int = Field(15_000, ge=1000)
     request_timeout_ms: int = Field(30_000, ge=1000)
 
 
