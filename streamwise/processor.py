@@ -72,6 +72,7 @@ class PipelineProcessor:
                 out.append(dead_letter(record, dlq, e.stage, "RejectedEvent", e.reason))
                 sensor.on_dead_letter(record.topic, e.stage)
                 continue
+            sensor.on_event_valid(record.topic, record.partition)
             try:
                 predictions = {m.name: m.predict_one(event.x) for m in self.models}
             except Exception as e:  # a model bug must not stop the stream

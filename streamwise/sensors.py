@@ -1,59 +1,124 @@
 """Hooks the runner calls as events move through it, in the way Faust's sensors work.
 
 Processing code calls these no-op hooks and never imports a metrics library; a
-Prometheus sensor (in ``connectors/``) overrides them. :class:`CountingSensor` keeps the
-totals the CLI prints at the end of a run.
+Prometheus sensor (:class:`streamwise.connectors.prometheus.PrometheusSensor`) overrides
+them. :class:`CountingSensor` keeps the totals the CLI prints at the end of a run.
+
+Every argument that ends up as a metric label must stay bounded: a topic, a partition,
+a model name, a stage or an action from a fixed list, never a record key or an event id.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# What a cleaner did to an event: the ``action`` of :meth:`Sensor.on_clean`.
+CLEANER_ACTIONS = ("imputed", "clipped", "deduplicated", "late")
+# Which prequential figure :meth:`Sensor.on_model_metric` reports.
+METRIC_WINDOWS = ("cumulative", "rolling")
 
 
 class Sensor:
+    """No-op hooks; override the ones you need.
+
+    Examples
+    --------
+    >>> class Latencies(Sensor):
+    ...     def __init__(self):
+    ...         self.seen = []
+    ...     def on_prediction(self, latency_s):
+    ...         self.seen.append(latency_s)
+    >>> s = Latencies()
+    >>> s.on_prediction(0.25); s.on_drift("logreg", "ADWIN")
+    >>> s.seen
+    [0.25]
+    """
+
+    # ---- the event path (runner and processor) ----
     def on_batch(self, n_records: int, seconds: float) -> None: ...
 
     def on_event_in(self, topic: str, partition: int) -> None: ...
 
+    def on_event_valid(self, topic: str, partition: int) -> None:
+        """The event decoded and passed validation."""
+
     def on_dead_letter(self, topic: str, stage: str) -> None: ...
 
-    def on_prediction(self, latency_s: float) -> None: ...
+    def on_prediction(self, latency_s: float) -> None:
+        """``latency_s``: from the input record's timestamp to its prediction."""
 
     def on_learn(self, model: str) -> None: ...
 
     def on_commit(self, n_partitions: int) -> None: ...
 
+    def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        """Records behind the end, per assigned (topic, partition); all of them each time."""
+
+    # ---- models ----
+    def on_model_metric(self, model: str, metric: str, window: str, value: float) -> None:
+        """The current prequential ``metric`` of ``model``; ``window`` is one of
+        :data:`METRIC_WINDOWS`."""
+
+    def on_drift(self, model: str, detector: str) -> None:
+        """``detector`` (e.g. ``ADWIN``) flagged a drift in ``model``'s errors."""
+
+    def on_champion_change(self, previous: str | None, champion: str) -> None:
+        """Called once at start (``previous`` None) and at every change after."""
+
+    def on_label(self, delay_s: float) -> None:
+        """A label was joined to its event, ``delay_s`` after the event arrived."""
+
+    def on_pending_labels(self, n: int) -> None:
+        """Events waiting in the bounded buffer for their label."""
+
+    def on_torch_step(self, model: str, seconds: float, batch_size: int, device: str) -> None:
+        """One optimiser step of a torch learner on ``device`` (``cpu``, ``cuda:0``)."""
+
+    # ---- state ----
+    def on_snapshot(self, partition: int, size_bytes: int, seconds: float) -> None:
+        """A snapshot of ``partition`` was written and is now the newest valid one."""
+
+    def on_snapshot_failure(self, partition: int, reason: str) -> None:
+        """``reason``: an exception class name or another short word, never a message."""
+
+    # ---- cleaners ----
+    def on_clean(self, action: str, n: int = 1) -> None:
+        """``action`` is one of :data:`CLEANER_ACTIONS`."""
+
+
+def _hook_names() -> list[str]:
+    return [name for name in vars(Sensor) if name.startswith("on_")]
+
+
+def _fan_out(name: str) -> Callable[..., None]:
+    def hook(self: SensorSet, *args: Any, **kwargs: Any) -> None:
+        for s in self.sensors:
+            getattr(s, name)(*args, **kwargs)
+
+    hook.__name__ = hook.__qualname__ = name
+    return hook
+
 
 class SensorSet(Sensor):
-    """Fans every hook out to several sensors."""
+    """Fans every hook out to several sensors.
+
+    Examples
+    --------
+    >>> counts = CountingSensor()
+    >>> both = SensorSet([counts, Sensor()])
+    >>> both.on_event_in("events", 0); both.on_dead_letter("events", "decode")
+    >>> counts.events_in, dict(counts.dead_letters)
+    (1, {'decode': 1})
+    """
 
     def __init__(self, sensors: Sequence[Sensor]) -> None:
         self.sensors = list(sensors)
 
-    def on_batch(self, n_records: int, seconds: float) -> None:
-        for s in self.sensors:
-            s.on_batch(n_records, seconds)
 
-    def on_event_in(self, topic: str, partition: int) -> None:
-        for s in self.sensors:
-            s.on_event_in(topic, partition)
-
-    def on_dead_letter(self, topic: str, stage: str) -> None:
-        for s in self.sensors:
-            s.on_dead_letter(topic, stage)
-
-    def on_prediction(self, latency_s: float) -> None:
-        for s in self.sensors:
-            s.on_prediction(latency_s)
-
-    def on_learn(self, model: str) -> None:
-        for s in self.sensors:
-            s.on_learn(model)
-
-    def on_commit(self, n_partitions: int) -> None:
-        for s in self.sensors:
-            s.on_commit(n_partitions)
+for _name in _hook_names():
+    setattr(SensorSet, _name, _fan_out(_name))
 
 
 class CountingSensor(Sensor):
