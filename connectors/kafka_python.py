@@ -183,6 +183,8 @@ class KafkaPythonSink:
         self._check_sent()
 
     def abort_transaction(self) -> None:
+        # The aborted records failed on purpose; they must not fail the next commit.
+        self._pending.clear()
         self._producer.abort_transaction()
 
     def send(self, record: OutgoingRecord) -> None:

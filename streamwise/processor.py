@@ -60,6 +60,17 @@ class PipelineProcessor:
         self.champion = self.models[0].name
         self.epoch = 0
 
+    # Rebuilt from the config, not learned: left out of snapshots.
+    _NOT_STATE = frozenset({"config", "sensor", "decoder"})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Everything this processor has learned, as a picklable dict. New learning
+        attributes are included automatically; only what the config rebuilds is left out."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
         sensor = self.sensor

@@ -17,15 +17,27 @@ def services() -> dict[str, str]:
     return ensure_dev_services()
 
 
+KAFKA_CLIENTS = ["kafka-python", "confluent"]
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test that talks to Kafka runs once per client library (ids ``kafka-python``
+    and ``confluent``). The environment carries the choice too, so a ``streamwise``
+    subprocess a test starts uses the same client."""
+    monkeypatch.setenv("STREAMWISE_KAFKA__CLIENT", request.param)
+    return request.param
+
+
 @pytest.fixture
-def bootstrap(services: dict[str, str]) -> str:
+def bootstrap(services: dict[str, str], kafka_client: str) -> str:
     return services["STREAMWISE_KAFKA__BOOTSTRAP_SERVERS"]
 
 
 @pytest.fixture
-def settings(bootstrap: str) -> Settings:
+def settings(bootstrap: str, kafka_client: str) -> Settings:
     s = Settings()
-    s.kafka = KafkaSettings(bootstrap_servers=bootstrap, poll_timeout_ms=200)
+    s.kafka = KafkaSettings(bootstrap_servers=bootstrap, poll_timeout_ms=200, client=kafka_client)
     return s
 
 

@@ -1,0 +1,360 @@
+"""Source, sink and admin on confluent-kafka (librdkafka), the fast Kafka client.
+
+Chosen with ``kafka.client: confluent`` (env ``STREAMWISE_KAFKA__CLIENT=confluent``).
+They behave like the kafka-python connectors: a consumer group with manual offsets and
+``read_committed`` isolation, an idempotent producer (transactional when given a
+transactional id) and the same errors. librdkafka does the network work in its own
+threads, in C, which is what makes this path cheap per record.
+
+Examples
+--------
+The client is a setting; nothing above :mod:`streamwise.connectors` sees the difference.
+
+>>> from streamwise.settings import Settings
+>>> Settings(kafka={"client": "confluent"}).kafka.client
+'confluent'
+>>> consumer_config(KafkaSettings(bootstrap_servers="127.0.0.1:9092"), "g")["isolation.level"]
+'read_committed'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as CTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamwise.errors import DeliveryError, ServiceUnavailableError
+from streamwise.settings import KafkaSettings
+
+from .base import RebalanceCallback, TopicPartition
+from .records import ConsumedRecord, OutgoingRecord
+
+log = logging.getLogger(__name__)
+# librdkafka's own log lines go through Python logging instead of straight to stderr,
+# so the CLI decides what is shown.
+_rdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
+
+# How long a metadata request may take before we say no broker answered: librdkafka
+# itself retries forever without telling the caller.
+_PROBE_TIMEOUT_S = 5.0
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+def _on_error(err: KafkaError) -> None:
+    # Transport errors are retried by librdkafka and surface as timeouts where they
+    # matter; only fatal errors deserve a warning.
+    (log.warning if err.fatal() else log.debug)("librdkafka: %s", err)
+
+
+def _common(settings: KafkaSettings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "logger": _rdkafka_log,
+        "error_cb": _on_error,
+    }
+
+
+def consumer_config(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
+    """The librdkafka consumer settings that match the kafka-python consumer's."""
+    config: dict[str, Any] = {
+        **_common(settings),
+        "group.id": group_id,
+        # Offsets move only when the runner commits them (or a transaction does).
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": settings.assignor,
+        "session.timeout.ms": settings.session_timeout_ms,
+        # An oversized event must reach validation and be dead-lettered, not stall the
+        # partition; librdkafka wants its receive buffer above the fetch size.
+        "fetch.max.bytes": settings.max_fetch_bytes,
+        "max.partition.fetch.bytes": settings.max_fetch_bytes,
+        "receive.message.max.bytes": max(100_000_000, settings.max_fetch_bytes + 512),
+        "socket.timeout.ms": settings.request_timeout_ms,
+    }
+    if settings.group_instance_id is not None:
+        config["group.instance.id"] = settings.group_instance_id
+    return config
+
+
+def producer_config(settings: KafkaSettings, transactional_id: str | None) -> dict[str, Any]:
+    """The librdkafka producer settings that match the kafka-python producer's."""
+    config: dict[str, Any] = {
+        **_common(settings),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": settings.linger_ms,
+        "message.max.bytes": settings.max_request_bytes,
+        "request.timeout.ms": settings.request_timeout_ms,
+        # Successful deliveries are not reported back to Python at all: a callback per
+        # record would cost more than producing it. Failures still are.
+        "delivery.report.only.error": True,
+    }
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+        config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+    return config
+
+
+def _unavailable(settings: KafkaSettings, exc: BaseException) -> ServiceUnavailableError:
+    reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
+    return ServiceUnavailableError(f"Kafka: no broker answered at {settings.bootstrap_servers} ({reason})")
+
+
+def _probe(client: Consumer | Producer | AdminClient, settings: KafkaSettings) -> None:
+    """Fails in seconds, with one line, when no broker answers a metadata request."""
+    try:
+        client.list_topics(timeout=_PROBE_TIMEOUT_S)
+    except KafkaException as e:
+        raise _unavailable(settings, e) from None
+
+
+def _tps(partitions: Sequence[CTopicPartition]) -> list[TopicPartition]:
+    return sorted((tp.topic, tp.partition) for tp in partitions)
+
+
+class ConfluentSource:
+    def __init__(self, settings: KafkaSettings, group_id: str) -> None:
+        self._settings = settings
+        self._consumer = Consumer(consumer_config(settings, group_id))
+        # cooperative-sticky hands over partitions incrementally; range revokes and
+        # reassigns everything, and librdkafka wants the matching assign call.
+        self._incremental = settings.assignor == "cooperative-sticky"
+        try:
+            _probe(self._consumer, settings)
+        except ServiceUnavailableError:
+            self._consumer.close()
+            raise
+        self._on_assigned: RebalanceCallback | None = None
+        self._on_revoked: RebalanceCallback | None = None
+        # Seeks asked for inside on_assigned, applied by the assignment itself: a
+        # partition librdkafka has not started fetching yet cannot be seeked.
+        self._seeks_in_rebalance: dict[TopicPartition, int] | None = None
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assigned: RebalanceCallback | None = None,
+        on_revoked: RebalanceCallback | None = None,
+    ) -> None:
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._consumer.subscribe(
+            list(topics), on_assign=self._assign, on_revoke=self._revoke, on_lost=self._revoke
+        )
+
+    def _assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
+        seeks: dict[TopicPartition, int] = {}
+        if self._on_assigned is not None:
+            self._seeks_in_rebalance = seeks
+            try:
+                self._on_assigned(_tps(partitions))
+            finally:
+                self._seeks_in_rebalance = None
+        # OFFSET_INVALID means: start at the committed offset (else auto.offset.reset).
+        # Assigning here, rather than letting confluent-kafka do it after the callback,
+        # is what lets the callback's seeks take effect.
+        positioned = [
+            CTopicPartition(tp.topic, tp.partition, seeks.get((tp.topic, tp.partition), OFFSET_INVALID))
+            for tp in partitions
+        ]
+        (consumer.incremental_assign if self._incremental else consumer.assign)(positioned)
+
+    def _revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
+        # A lost partition (the session expired) is gone just the same as a revoked one;
+        # the protocol's one callback covers both, as kafka-python's listener does.
+        if self._on_revoked is not None:
+            self._on_revoked(_tps(partitions))
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
+        try:
+            messages = self._consumer.consume(max_records, timeout_ms / 1000.0)
+        except KafkaException as e:
+            raise _unavailable(self._settings, e) from None
+        out: list[ConsumedRecord] = []
+        append = out.append
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise _unavailable(self._settings, KafkaException(err))
+                log.debug("consumer: %s", err)  # e.g. a topic not created yet; retried
+                continue
+            headers = m.headers()
+            append(
+                ConsumedRecord(
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.value(),
+                    m.timestamp()[1],
+                    tuple(headers) if headers else (),
+                )
+            )
+        return out
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[CTopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )
+        except KafkaException as e:
+            raise DeliveryError(f"offsets not committed: {e.args[0].str()}") from e
+
+    def assignment(self) -> list[TopicPartition]:
+        return _tps(self._consumer.assignment())
+
+    def lag(self) -> dict[TopicPartition, int]:
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        timeout = self._settings.request_timeout_ms / 1000.0
+        positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)}
+        unknown = [tp for tp, o in positions.items() if o < 0]
+        committed = self.committed(unknown) if unknown else {}
+        out: dict[TopicPartition, int] = {}
+        for (t, p), position in positions.items():
+            low, high = self._consumer.get_watermark_offsets(CTopicPartition(t, p), timeout=timeout)
+            if position < 0:
+                # Nothing consumed yet: the consumer will start at the committed offset,
+                # else at the beginning (auto.offset.reset=earliest).
+                position = committed.get((t, p)) or low
+            out[(t, p)] = max(0, high - position)
+        return out
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._seeks_in_rebalance is not None:
+            self._seeks_in_rebalance.update(offsets)
+            return
+        for (t, p), o in offsets.items():
+            self._consumer.seek(CTopicPartition(t, p, o))
+
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        if not partitions:
+            return {}
+        found = self._consumer.committed(
+            [CTopicPartition(t, p) for t, p in partitions], timeout=self._settings.request_timeout_ms / 1000.0
+        )
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.pause([CTopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.resume([CTopicPartition(t, p) for t, p in partitions])
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class ConfluentSink:
+    def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
+        self._timeout_s = settings.request_timeout_ms / 1000.0
+        self._failures: list[str] = []
+        config = producer_config(settings, transactional_id)
+        # Called from flush() and commit_transaction(), only for records that failed.
+        config["on_delivery"] = self._on_delivery
+        self._producer = Producer(config)
+        _probe(self._producer, settings)
+        self.transactional = transactional_id is not None
+        if self.transactional:
+            # Also aborts whatever a previous incarnation with the same id left open,
+            # so read_committed readers are not held up until its transaction times out.
+            try:
+                self._producer.init_transactions(self._timeout_s)
+            except KafkaException as e:
+                raise ServiceUnavailableError(
+                    f"Kafka: transactions unavailable at {settings.bootstrap_servers} ({e.args[0].str()})"
+                ) from None
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        # Records purged by abort_transaction() are reported after it returns, failed on
+        # purpose; they must not fail the next transaction.
+        if err is not None and err.code() not in _PURGED:
+            self._failures.append(f"{msg.topic()}: {err.str()}")
+
+    def begin_transaction(self) -> None:
+        self._producer.begin_transaction()
+
+    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    [CTopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata, self._timeout_s
+                )
+            self._producer.commit_transaction(self._timeout_s)
+        except KafkaException as e:
+            raise DeliveryError(f"transaction not committed: {e.args[0].str()}") from e
+        self._check_sent()
+
+    def abort_transaction(self) -> None:
+        self._failures.clear()
+        try:
+            self._producer.abort_transaction(self._timeout_s)
+        except KafkaException as e:
+            raise DeliveryError(f"transaction not aborted: {e.args[0].str()}") from e
+
+    def send(self, record: OutgoingRecord) -> None:
+        try:
+            self._producer.produce(record.topic, record.value, record.key, headers=record.headers or None)
+        except BufferError:
+            # The local queue is full: let librdkafka deliver some, then try once more.
+            self._producer.flush(self._timeout_s)
+            self._producer.produce(record.topic, record.value, record.key, headers=record.headers or None)
+        except KafkaException as e:
+            raise DeliveryError(f"record not sent to {record.topic}: {e.args[0].str()}") from e
+
+    def flush(self) -> None:
+        # Each record either is delivered or fails within message.timeout.ms, so an
+        # unbounded flush returns; what is left after it was never acknowledged.
+        left = self._producer.flush()
+        if left:
+            raise DeliveryError(f"{left} records not delivered")
+        self._check_sent()
+
+    def _check_sent(self) -> None:
+        failures, self._failures = self._failures, []
+        if failures:
+            raise DeliveryError(f"{len(failures)} records not delivered: {failures[0]}")
+
+    def close(self) -> None:
+        self._producer.flush(self._timeout_s)
+        self._producer.close()
+
+
+class ConfluentAdmin:
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._timeout_s = settings.request_timeout_ms / 1000.0
+        self._admin = AdminClient(_common(settings))
+        _probe(self._admin, settings)
+
+    def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None:
+        existing = set(self._admin.list_topics(timeout=self._timeout_s).topics)
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        if not new:
+            return
+        # operation_timeout: wait until the topic exists across the cluster, like
+        # kafka-python's create_topics does.
+        futures = self._admin.create_topics(new, operation_timeout=self._timeout_s, request_timeout=self._timeout_s)
+        for topic, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker made it
+                    raise ServiceUnavailableError(f"Kafka: cannot create topic {topic}: {e.args[0].str()}") from None
+
+    def close(self) -> None:
+        # AdminClient has no close(); its handle is destroyed with the object.
+        pass

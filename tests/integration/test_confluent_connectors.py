@@ -1,0 +1,232 @@
+"""The Source/Sink/Admin contract of connectors/base.py, on the real broker, for each client.
+
+Every test runs once with kafka-python and once with confluent-kafka (the ``settings``
+fixture is parametrised over both), so the two implementations are held to the same
+observable behaviour. Where a test needs an outside view it uses plain kafka-python
+from tests/support.py, never streamwise's own connectors.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from streamwise.connectors import OutgoingRecord, make_admin, make_sink, make_source
+from streamwise.connectors.base import Source
+from streamwise.connectors.records import ConsumedRecord
+from streamwise.errors import DeliveryError, ServiceUnavailableError
+from streamwise.settings import KafkaSettings
+from support import consume, produce
+
+
+def _topic(settings: Any, name: str, partitions: int = 1) -> str:
+    admin = make_admin(settings.kafka)
+    try:
+        admin.ensure_topics([name], partitions=partitions)
+    finally:
+        admin.close()
+    return name
+
+
+def _poll_until(source: Source, n: int, timeout_s: float = 30.0) -> list[ConsumedRecord]:
+    out: list[ConsumedRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out.extend(source.poll(200, 500))
+    return out
+
+
+def test_the_chosen_client_is_the_one_in_use(settings, unique):
+    _topic(settings, f"{unique}.in")
+    source = make_source(settings.kafka, unique)
+    sink = make_sink(settings.kafka)
+    try:
+        expected = {"kafka-python": "KafkaPython", "confluent": "Confluent"}[settings.kafka.client]
+        assert type(source).__name__ == f"{expected}Source" and type(sink).__name__ == f"{expected}Sink"
+    finally:
+        source.close()
+        sink.close()
+
+
+def test_records_round_trip_with_keys_headers_and_offsets(settings, bootstrap, unique):
+    topic = _topic(settings, f"{unique}.in")
+    sink = make_sink(settings.kafka)
+    sent = [
+        OutgoingRecord(topic, f"k{i}".encode(), f'{{"i": {i}}}'.encode(), [("h", str(i).encode()), ("e", b"")])
+        for i in range(20)
+    ] + [OutgoingRecord(topic, None, b"no key, no headers")]
+    for record in sent:
+        sink.send(record)
+    sink.flush()
+    sink.close()
+
+    source = make_source(settings.kafka, unique)
+    source.subscribe([topic])
+    got = _poll_until(source, len(sent))
+    assert source.assignment() == [(topic, 0)]
+    assert source.lag() == {(topic, 0): 0}
+    source.close()
+    assert [r.offset for r in got] == list(range(len(sent)))
+    assert [(r.key, r.value, list(r.headers)) for r in got] == [(s.key, s.value, s.headers) for s in sent]
+    assert all(r.topic == topic and r.partition == 0 and r.timestamp_ms > 1e12 for r in got)
+    # An independent client reads the same headers.
+    outside = consume(bootstrap, topic, len(sent))
+    assert [list(r.headers) for r in outside] == [s.headers for s in sent]
+
+
+def test_offsets_move_only_when_committed(settings, bootstrap, unique):
+    topic = _topic(settings, f"{unique}.in")
+    produce(bootstrap, topic, [(None, str(i).encode()) for i in range(10)])
+
+    source = make_source(settings.kafka, unique)
+    source.subscribe([topic])
+    assert len(_poll_until(source, 10)) == 10
+    assert source.committed([(topic, 0)]) == {(topic, 0): None}
+    source.commit({(topic, 0): 4})
+    assert source.committed([(topic, 0)]) == {(topic, 0): 4}
+    # seek: the next poll starts where we say, and lag counts from there.
+    source.seek({(topic, 0): 7})
+    assert [r.offset for r in _poll_until(source, 3)] == [7, 8, 9]
+    source.close()
+
+    # A new member of the group resumes at the committed offset, not where the last one read to.
+    again = make_source(settings.kafka, unique)
+    again.subscribe([topic])
+    assert [r.offset for r in _poll_until(again, 6)] == [4, 5, 6, 7, 8, 9]
+    again.close()
+
+
+def test_a_seek_inside_on_assigned_decides_where_reading_starts(settings, bootstrap, unique):
+    topic = _topic(settings, f"{unique}.in")
+    produce(bootstrap, topic, [(None, str(i).encode()) for i in range(10)])
+    source = make_source(settings.kafka, unique)
+    assigned: list[list[tuple[str, int]]] = []
+
+    def on_assigned(partitions: list[tuple[str, int]]) -> None:
+        if not partitions:
+            return  # kafka-python may first join before it sees the new topic's metadata
+        assigned.append(partitions)
+        # What a restore from a snapshot does: resume at the snapshot's offsets.
+        source.seek({tp: 6 for tp in partitions})
+
+    source.subscribe([topic], on_assigned=on_assigned)
+    assert [r.offset for r in _poll_until(source, 4)] == [6, 7, 8, 9]
+    assert assigned == [[(topic, 0)]]
+    source.close()
+
+
+def test_rebalance_callbacks_hand_partitions_over_between_members(settings, bootstrap, unique):
+    topic = _topic(settings, f"{unique}.in", partitions=2)
+    events: dict[str, list[tuple[str, tuple[str, int]]]] = {"a": [], "b": []}
+
+    def member(name: str) -> Source:
+        s = make_source(settings.kafka, unique)
+        s.subscribe(
+            [topic],
+            on_assigned=lambda tps: events[name].extend(("+", tp) for tp in tps),
+            on_revoked=lambda tps: events[name].extend(("-", tp) for tp in tps),
+        )
+        return s
+
+    def owned(name: str) -> set[tuple[str, int]]:
+        held: set[tuple[str, int]] = set()
+        for sign, tp in events[name]:
+            (held.add if sign == "+" else held.discard)(tp)
+        return held
+
+    a = member("a")
+    deadline = time.monotonic() + 30
+    while owned("a") != {(topic, 0), (topic, 1)} and time.monotonic() < deadline:
+        a.poll(100, 10)
+    assert a.assignment() == [(topic, 0), (topic, 1)]
+    b = member("b")
+    while not (owned("a") and owned("b")) and time.monotonic() < deadline:
+        a.poll(100, 10)
+        b.poll(100, 10)
+    # Each partition has exactly one owner, and the callbacks told each member which.
+    assert owned("a") | owned("b") == {(topic, 0), (topic, 1)}
+    assert not owned("a") & owned("b")
+    assert set(a.assignment()) == owned("a") and set(b.assignment()) == owned("b")
+    assert any(sign == "-" for sign, _ in events["a"])
+    b.close()
+    a.close()
+
+
+def test_a_two_megabyte_record_gets_through(settings, bootstrap, unique):
+    topic = _topic(settings, f"{unique}.in")
+    big = b"x" * 2_000_000
+    sink = make_sink(settings.kafka)
+    sink.send(OutgoingRecord(topic, b"k", big))
+    sink.flush()
+    sink.close()
+    source = make_source(settings.kafka, unique)
+    source.subscribe([topic])
+    got = _poll_until(source, 1)
+    source.close()
+    assert [r.value for r in got] == [big]
+
+
+def test_transactions_commit_outputs_and_offsets_together_or_not_at_all(settings, bootstrap, unique):
+    src_topic = _topic(settings, f"{unique}.in")
+    out_topic = _topic(settings, f"{unique}.out")
+    produce(bootstrap, src_topic, [(None, str(i).encode()) for i in range(6)])
+    source = make_source(settings.kafka, unique)
+    source.subscribe([src_topic])
+    sink = make_sink(settings.kafka, transactional_id=f"{unique}.tx")
+    assert sink.transactional
+    records = _poll_until(source, 6)
+
+    sink.begin_transaction()
+    for r in records[:3]:
+        sink.send(OutgoingRecord(out_topic, None, b"aborted-" + r.value))
+    sink.abort_transaction()
+
+    sink.begin_transaction()
+    for r in records:
+        sink.send(OutgoingRecord(out_topic, None, b"out-" + r.value))
+    sink.commit_transaction({(src_topic, 0): 6}, source.group_metadata())
+    sink.close()
+
+    assert source.committed([(src_topic, 0)]) == {(src_topic, 0): 6}
+    source.close()
+    # read_committed readers see the committed transaction only.
+    assert [r.value for r in consume(bootstrap, out_topic, 6)] == [b"out-%d" % i for i in range(6)]
+    # And so does streamwise's own source, which must skip the aborted records.
+    reader = make_source(settings.kafka, f"{unique}.reader")
+    reader.subscribe([out_topic])
+    assert [r.value for r in _poll_until(reader, 6)] == [b"out-%d" % i for i in range(6)]
+    reader.close()
+
+
+def test_a_record_the_broker_refuses_raises_delivery_error_on_flush(settings, bootstrap, unique):
+    topic = f"{unique}.small"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000"})])
+    admin.close()
+    sink = make_sink(settings.kafka)
+    sink.send(OutgoingRecord(topic, None, b"y" * 50_000))
+    with pytest.raises(DeliveryError, match="not delivered"):
+        sink.flush()
+    sink.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("make", [make_admin, lambda k: make_source(k, "g")], ids=["admin", "source"])
+def test_no_broker_fails_fast_with_one_line_naming_kafka_and_the_address(kafka_client, make):
+    address = f"127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailableError) as raised:
+        make(KafkaSettings(bootstrap_servers=address, client=kafka_client))
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert message.startswith("Kafka:") and address in message and "\n" not in message
