@@ -193,5 +193,125 @@ def demo(
     typer.echo(f"demo wall time: {time.perf_counter() - started:.1f} s")
 
 
+dashboards_app = typer.Typer(
+    help="Grafana dashboards built in Python: render them to JSON, push them to Grafana.", no_args_is_help=True
+)
+app.add_typer(dashboards_app, name="dashboards")
+GrafanaUrlOpt = Annotated[
+    str | None,
+    typer.Option("--grafana-url", envvar="STREAMWISE_GRAFANA__URL", show_envvar=True, help="Grafana's base URL."),
+]
+
+
+def _default_metrics_url() -> str:
+    m = Settings().metrics
+    return f"http://{m.host}:{m.port or 9108}/metrics"
+
+
+@dashboards_app.command("render")
+def dashboards_render(
+    out: Annotated[Path | None, typer.Option(help="Directory to write into (default deploy/grafana/dashboards).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if a checked-in board differs from the code.")] = False,
+) -> None:
+    """Render the overview, models and data boards to JSON (grafana-foundation-sdk)."""
+    from streamwise import dashboards
+
+    directory = out or dashboards.DASHBOARD_DIR
+    if check:
+        stale = dashboards.stale(directory)
+        if stale:
+            typer.echo(f"stale: {', '.join(stale)} (run: streamwise dashboards render)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"up to date: {directory}")
+        return
+    for path in dashboards.render(directory):
+        typer.echo(f"wrote {path}")
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    grafana_url: GrafanaUrlOpt = None,
+    folder: Annotated[str, typer.Option(help="uid (and title) of the Grafana folder to put them in.")] = "streamwise",
+    message: Annotated[str, typer.Option(help="Version message Grafana keeps.")] = "streamwise dashboards push",
+) -> None:
+    """Upload the boards to Grafana with a service-account token from STREAMWISE_GRAFANA__TOKEN."""
+    from streamwise import dashboards
+    from streamwise.connectors.grafana import Grafana
+
+    settings = Settings().grafana
+    try:
+        grafana = Grafana(grafana_url or settings.url, settings.token.get_secret_value())
+        folder_uid = grafana.ensure_folder(folder, folder)
+        for name, build in dashboards.BOARDS.items():
+            answer = grafana.push_dashboard(dashboards.to_json(build()), folder_uid, message)
+            typer.echo(f"{name}: {answer.get('status', 'success')} {answer.get('url', '')} (version {answer.get('version', '?')})")
+    except StreamwiseError as e:
+        raise _fail(e) from None
+
+
+@dashboards_app.command("live")
+def dashboards_live(
+    metrics_url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
+    grafana_url: GrafanaUrlOpt = None,
+    stream: Annotated[str, typer.Option(help="Grafana Live stream id: channels stream/<id>/streamwise and .../streamwise_model.")] = "streamwise",
+    interval: Annotated[float, typer.Option(help="Seconds between pushes.")] = 1.0,
+    count: Annotated[int | None, typer.Option(help="Stop after this many pushes.")] = None,
+) -> None:
+    """Push the figures of `streamwise top` to Grafana Live every second (in memory, no history)."""
+    from streamwise.connectors.grafana import Grafana
+    from streamwise.connectors.prometheus import scrape
+    from streamwise.top import live_lines
+
+    settings = Settings().grafana
+    url = metrics_url or _default_metrics_url()
+    try:
+        grafana = Grafana(grafana_url or settings.url, settings.token.get_secret_value())
+        prev = scrape(url)
+        n = 0
+        while count is None or n < count:
+            time.sleep(interval)
+            cur = scrape(url)
+            grafana.push_live(stream, live_lines(prev, cur))
+            prev, n = cur, n + 1
+    except StreamwiseError as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def top(
+    url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes; rates are over this span.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one table (after one interval) and exit.")] = False,
+) -> None:
+    """A live terminal table of throughput, latency, lag and every model's metric, from /metrics."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from streamwise.connectors.prometheus import scrape
+    from streamwise.top import render
+
+    url = url or _default_metrics_url()
+    tty = sys.stdout.isatty()
+    # Off a terminal nothing wraps, so the output stays one row per line for scripts.
+    console = Console(width=None if tty else 400)
+    try:
+        prev = scrape(url)
+        time.sleep(interval)
+        cur = scrape(url)
+        if once or not tty:
+            console.print(render(prev, cur, url))
+            if once:
+                return
+        with Live(render(prev, cur, url), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                prev, cur = cur, scrape(url)
+                live.update(render(prev, cur, url), refresh=True)
+    except StreamwiseError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -64,11 +64,18 @@ class Runner:
         self.config = config
         self.settings = settings
         self.counts = CountingSensor()
-        self.sensor = SensorSet([self.counts, *sensors])
+        self.prometheus: Any = None
+        if settings.metrics.port:  # 0: no /metrics
+            from streamwise.connectors.prometheus import PrometheusSensor
+
+            self.prometheus = PrometheusSensor.for_pipeline(config)
+        self.sensor = SensorSet([self.counts, *sensors, *filter(None, [self.prometheus])])
         self.processor = PipelineProcessor(config, self.sensor)
         self._source = source
         self._sink = sink
         self._stop = threading.Event()
+        self._next_report = 0.0
+        self._champion: str | None = None
 
     @property
     def transactional_id(self) -> str:
@@ -95,10 +102,12 @@ class Runner:
             kafka, self.transactional_id if kafka.guarantee == "exactly_once" else None
         )
         source.subscribe([cfg.input.topic])
+        metrics_server = self._serve_metrics()
         started = time.perf_counter()
         last_activity = started
         try:
             while not self._stop.is_set():
+                self._report(source)
                 records = source.poll(kafka.poll_timeout_ms, kafka.max_poll_records)
                 if not records:
                     if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
@@ -113,10 +122,39 @@ class Runner:
                 last_activity = now
                 if max_events is not None and self.counts.events_in >= max_events:
                     break
+            self._report(source, force=True)
         finally:
             source.close()
             sink.close()
+            if metrics_server is not None:
+                metrics_server.close()
         return self.summary(time.perf_counter() - started)
+
+    def _serve_metrics(self) -> Any:
+        if self.prometheus is None:
+            return None
+        from streamwise.connectors.prometheus import MetricsServer
+
+        m = self.settings.metrics
+        return MetricsServer(self.prometheus.registry, m.host, m.port)
+
+    def _report(self, source: Source, force: bool = False) -> None:
+        """Feeds the sensors the figures that are read rather than counted, at most once a
+        second: the lag costs a broker round trip."""
+        now = time.monotonic()
+        if not force and now < self._next_report:
+            return
+        self._next_report = now + 1.0
+        self.sensor.on_lag(source.lag())
+        for m in self.processor.models:
+            metric = type(m.metric).__name__
+            self.sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get())
+            rolling = getattr(m, "rolling_metric", None)
+            if rolling is not None:
+                self.sensor.on_model_metric(m.name, metric, "rolling", rolling.get())
+        if self.processor.champion != self._champion:
+            self.sensor.on_champion_change(self._champion, self.processor.champion)
+            self._champion = self.processor.champion
 
     def _commit(
         self,

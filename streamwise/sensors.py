@@ -57,9 +57,11 @@ class Sensor:
         """Records behind the end, per assigned (topic, partition); all of them each time."""
 
     # ---- models ----
-    def on_model_metric(self, model: str, metric: str, window: str, value: float) -> None:
+    def on_model_metric(
+        self, model: str, metric: str, window: str, value: float, partition: int | None = None
+    ) -> None:
         """The current prequential ``metric`` of ``model``; ``window`` is one of
-        :data:`METRIC_WINDOWS`."""
+        :data:`METRIC_WINDOWS`; ``partition`` names the replica when state is per partition."""
 
     def on_drift(self, model: str, detector: str) -> None:
         """``detector`` (e.g. ``ADWIN``) flagged a drift in ``model``'s errors."""

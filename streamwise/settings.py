@@ -49,6 +49,13 @@ class MetricsSettings(BaseModel):
     port: int = Field(0, ge=0, le=65535)
 
 
+class GrafanaSettings(BaseModel):
+    """Where ``streamwise dashboards push`` uploads to; the token is a service account's."""
+
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr = SecretStr("")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMWISE_", env_nested_delimiter="__", extra="ignore"
@@ -57,3 +64,4 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSettings = MetricsSettings()
+    grafana: GrafanaSettings = GrafanaSettings()

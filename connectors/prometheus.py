@@ -1,0 +1,350 @@
+"""Prometheus metrics of a running pipeline: a :class:`~streamwise.sensors.Sensor` that
+records into a prometheus-client registry, the ``/metrics`` HTTP endpoint that serves it,
+and a small reader of that endpoint for ``streamwise top`` and the Grafana Live push.
+
+Names follow Prometheus' conventions: a ``streamwise_`` prefix, base units (seconds,
+bytes), ``_total`` on counters, histograms rather than summaries for latencies. Labels
+stay bounded: ``pipeline``, ``model``, ``topic``, ``partition``, ``stage``, ``action``,
+``metric``, ``window`` and ``device`` take values from the pipeline config or fixed
+lists, never a record key or an event id.
+
+Series whose label values are known up front (each model, each cleaner action, each
+dead-letter stage of the input topic) are created at zero when the sensor starts, so
+that dashboards show 0 rather than "No data" and ``rate()`` sees the first increment.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamwise.errors import ServiceUnavailableError
+from streamwise.sensors import CLEANER_ACTIONS, Sensor
+
+# Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
+# and a consumer catching up on a backlog sees seconds to minutes.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Up to KafkaSettings.max_poll_records (1000 by default) and a little beyond.
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Labels arrive with the event or minutes, hours, days later.
+LABEL_DELAY_BUCKETS = (0.0, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
+# The stages at which the decoder and processor dead-letter a record.
+DEAD_LETTER_STAGES = ("decode", "validate", "predict")
+
+_DISTRIBUTIONS = ("streamwise", "river", "kafka-python", "prometheus-client", "torch")
+
+
+def build_versions() -> dict[str, str]:
+    """Versions of streamwise and the libraries that decide its behaviour, read without
+    importing them (importing torch to learn its version would cost seconds)."""
+    out = {"python": platform.python_version()}
+    for dist in _DISTRIBUTIONS:
+        try:
+            out[dist.replace("-", "_")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist.replace("-", "_")] = "none"
+    return out
+
+
+class _SnapshotAge:
+    """Seconds of learning not yet in a snapshot, computed when scraped: since the newest
+    snapshot, or since the sensor started when there is none (all of it is at risk)."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        self.since = time.time()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "streamwise_snapshot_age_seconds",
+            "Seconds since the newest snapshot was written (since start when there is none).",
+            labels=["pipeline"],
+        )
+        g.add_metric([self.pipeline], max(0.0, time.time() - self.since))
+        yield g
+
+
+class PrometheusSensor(Sensor):
+    """Records every sensor hook into its own :class:`CollectorRegistry`.
+
+    Examples
+    --------
+    >>> s = PrometheusSensor("fraud", models=["logreg"], topic="fraud.events")
+    >>> s.on_event_in("fraud.events", 0); s.on_prediction(0.004); s.on_drift("logreg", "ADWIN")
+    >>> s.value("streamwise_events_consumed_total", topic="fraud.events", partition="0")
+    1.0
+    >>> s.value("streamwise_drift_detections_total", model="logreg")
+    1.0
+    >>> s.value("streamwise_event_to_prediction_latency_seconds_count")
+    1.0
+    """
+
+    def __init__(
+        self,
+        pipeline: str,
+        models: Sequence[str] = (),
+        topic: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = ["pipeline"]
+        self.consumed = Counter("streamwise_events_consumed_total", "Records polled from the input topics.", p + ["topic", "partition"], registry=r)
+        self.valid = Counter("streamwise_events_valid_total", "Records that decoded and passed validation.", p + ["topic", "partition"], registry=r)
+        self.dead_lettered = Counter("streamwise_events_dead_lettered_total", "Records sent to the dead-letter topic, by the stage that rejected them.", p + ["topic", "stage"], registry=r)
+        self.predictions = Counter("streamwise_predictions_total", "Prediction records produced.", p, registry=r)
+        self.learned = Counter("streamwise_model_learned_total", "Labelled events a model learned from.", p + ["model"], registry=r)
+        self.commits = Counter("streamwise_commits_total", "Batches whose outputs and offsets were committed.", p, registry=r)
+        self.batch_size = Histogram("streamwise_batch_size_records", "Records per poll batch.", p, buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("streamwise_batch_duration_seconds", "Time to process and commit one batch.", p, buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("streamwise_event_to_prediction_latency_seconds", "From the input record's timestamp to its prediction.", p, buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("streamwise_consumer_lag_records", "Records between the consumer's position and the end of the partition.", p + ["topic", "partition"], registry=r)
+        self.model_metric = Gauge("streamwise_model_metric", "Prequential (test-then-train) metric of a model.", p + ["model", "partition", "metric", "window"], registry=r)
+        self.drifts = Counter("streamwise_drift_detections_total", "Drifts flagged by a model's detector.", p + ["model"], registry=r)
+        self.champion = Gauge("streamwise_model_champion", "1 for the model whose prediction the records carry, else 0.", p + ["model"], registry=r)
+        self.champion_changes = Counter("streamwise_champion_changes_total", "Times the champion model changed.", p, registry=r)
+        self.label_delay = Histogram("streamwise_label_delay_seconds", "From an event's arrival to its label's.", p, buckets=LABEL_DELAY_BUCKETS, registry=r)
+        self.pending_labels = Gauge("streamwise_pending_labels", "Events waiting for their label.", p, registry=r)
+        self.torch_step = Histogram("streamwise_torch_step_duration_seconds", "One optimiser step of a torch learner.", p + ["model", "device"], buckets=STEP_BUCKETS, registry=r)
+        self.torch_rows = Counter("streamwise_torch_trained_rows_total", "Rows a torch learner trained on.", p + ["model", "device"], registry=r)
+        self.torch_device = Gauge("streamwise_torch_device_info", "1 for the device a torch learner runs on.", p + ["model", "device"], registry=r)
+        self.snapshot_seconds = Histogram("streamwise_snapshot_duration_seconds", "Time to write one snapshot.", p, buckets=SNAPSHOT_BUCKETS, registry=r)
+        self.snapshot_bytes = Gauge("streamwise_snapshot_size_bytes", "Size of the newest snapshot.", p + ["partition"], registry=r)
+        self.snapshot_last = Gauge("streamwise_snapshot_last_success_timestamp_seconds", "Unix time of the newest snapshot.", p + ["partition"], registry=r)
+        self.snapshot_failures = Counter("streamwise_snapshot_failures_total", "Snapshots that could not be written.", p, registry=r)
+        self.cleaned = Counter("streamwise_cleaner_events_total", "What the cleaners did to events.", p + ["action"], registry=r)
+        self.build = Info("streamwise_build", "Versions of streamwise and its main libraries.", p, registry=r)
+        self._snapshot_age = _SnapshotAge(pipeline)
+        r.register(self._snapshot_age)
+
+        self.build.labels(pipeline).info(build_versions())
+        self._predictions = self.predictions.labels(pipeline)
+        self._latency = self.latency.labels(pipeline)
+        self._commits = self.commits.labels(pipeline)
+        self._batch_size = self.batch_size.labels(pipeline)
+        self._batch_seconds = self.batch_seconds.labels(pipeline)
+        self._pending = self.pending_labels.labels(pipeline)
+        self._label_delay = self.label_delay.labels(pipeline)
+        self._snapshot_seconds = self.snapshot_seconds.labels(pipeline)
+        self.champion_changes.labels(pipeline)
+        self._snapshot_failures = self.snapshot_failures.labels(pipeline)
+        self._cleaned = {a: self.cleaned.labels(pipeline, a) for a in CLEANER_ACTIONS}
+        self._learned = {m: self.learned.labels(pipeline, m) for m in models}
+        for m in models:
+            self.champion.labels(pipeline, m).set(0)
+            self.drifts.labels(pipeline, m)
+        if topic is not None:
+            for stage in DEAD_LETTER_STAGES:
+                self.dead_lettered.labels(pipeline, topic, stage)
+        # Per-event hooks look their child up here instead of through .labels().
+        self._consumed: dict[tuple[str, int], Any] = {}
+        self._valid: dict[tuple[str, int], Any] = {}
+        self._lag_seen: set[tuple[str, int]] = set()
+
+    @classmethod
+    def for_pipeline(cls, config: Any, registry: CollectorRegistry | None = None) -> PrometheusSensor:
+        """A sensor for a :class:`~streamwise.pipeline_config.PipelineConfig`."""
+        return cls(config.name, [m.name for m in config.models], config.input.topic, registry)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The current value of one sample, ``pipeline`` label implied (for tests and ``top``)."""
+        return self.registry.get_sample_value(name, {"pipeline": self.pipeline, **labels})
+
+    # ---- the event path ----
+    def on_batch(self, n_records: int, seconds: float) -> None:
+        self._batch_size.observe(n_records)
+        self._batch_seconds.observe(seconds)
+
+    def on_event_in(self, topic: str, partition: int) -> None:
+        child = self._consumed.get((topic, partition))
+        if child is None:
+            child = self._consumed[topic, partition] = self.consumed.labels(self.pipeline, topic, str(partition))
+        child.inc()
+
+    def on_event_valid(self, topic: str, partition: int) -> None:
+        child = self._valid.get((topic, partition))
+        if child is None:
+            child = self._valid[topic, partition] = self.valid.labels(self.pipeline, topic, str(partition))
+        child.inc()
+
+    def on_dead_letter(self, topic: str, stage: str) -> None:
+        self.dead_lettered.labels(self.pipeline, topic, stage).inc()
+
+    def on_prediction(self, latency_s: float) -> None:
+        self._predictions.inc()
+        self._latency.observe(latency_s)
+
+    def on_learn(self, model: str) -> None:
+        child = self._learned.get(model)
+        if child is None:
+            child = self._learned[model] = self.learned.labels(self.pipeline, model)
+        child.inc()
+
+    def on_commit(self, n_partitions: int) -> None:
+        self._commits.inc()
+
+    def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        # A partition given away in a rebalance must stop reporting its last lag.
+        for topic, partition in self._lag_seen - set(lag):
+            self.lag.remove(self.pipeline, topic, str(partition))
+        for (topic, partition), n in lag.items():
+            self.lag.labels(self.pipeline, topic, str(partition)).set(n)
+        self._lag_seen = set(lag)
+
+    # ---- models ----
+    def on_model_metric(
+        self, model: str, metric: str, window: str, value: float, partition: int | None = None
+    ) -> None:
+        part = "" if partition is None else str(partition)
+        self.model_metric.labels(self.pipeline, model, part, metric, window).set(value)
+
+    def on_drift(self, model: str, detector: str) -> None:
+        # No detector label: one series per model, created at zero, keeps rate() honest.
+        self.drifts.labels(self.pipeline, model).inc()
+
+    def on_champion_change(self, previous: str | None, champion: str) -> None:
+        if previous is not None:
+            self.champion.labels(self.pipeline, previous).set(0)
+            self.champion_changes.labels(self.pipeline).inc()
+        self.champion.labels(self.pipeline, champion).set(1)
+
+    def on_label(self, delay_s: float) -> None:
+        self._label_delay.observe(delay_s)
+
+    def on_pending_labels(self, n: int) -> None:
+        self._pending.set(n)
+
+    def on_torch_step(self, model: str, seconds: float, batch_size: int, device: str) -> None:
+        self.torch_step.labels(self.pipeline, model, device).observe(seconds)
+        self.torch_rows.labels(self.pipeline, model, device).inc(batch_size)
+        self.torch_device.labels(self.pipeline, model, device).set(1)
+
+    # ---- state ----
+    def on_snapshot(self, partition: int, size_bytes: int, seconds: float) -> None:
+        now = time.time()
+        self._snapshot_seconds.observe(seconds)
+        self.snapshot_bytes.labels(self.pipeline, str(partition)).set(size_bytes)
+        self.snapshot_last.labels(self.pipeline, str(partition)).set(now)
+        self._snapshot_age.since = now
+
+    def on_snapshot_failure(self, partition: int, reason: str) -> None:
+        self._snapshot_failures.inc()
+
+    # ---- cleaners ----
+    def on_clean(self, action: str, n: int = 1) -> None:
+        child = self._cleaned.get(action)
+        if child is None:
+            child = self._cleaned[action] = self.cleaned.labels(self.pipeline, action)
+        child.inc(n)
+
+
+class MetricsServer:
+    """``/metrics`` for one registry on ``host:port`` (port 0 picks a free one), served
+    from a daemon thread until :meth:`close`."""
+
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+        try:
+            self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as e:
+            raise ServiceUnavailableError(f"metrics: cannot listen on {host}:{port}: {e}") from None
+        self.host = host
+        self.port: int = self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+
+@dataclass
+class Scrape:
+    """One read of a ``/metrics`` page: every sample, by name, as (labels, value)."""
+
+    at: float
+    samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, at: float | None = None) -> Scrape:
+        """
+        Examples
+        --------
+        >>> s = Scrape.parse('# TYPE x_total counter\\nx_total{pipeline="p",model="a"} 3.0\\n')
+        >>> s.sum("x_total", pipeline="p"), s.by("x_total", "model")
+        (3.0, {'a': 3.0})
+        """
+        out = cls(time.time() if at is None else at)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        return out
+
+    def select(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [(ls, v) for ls, v in self.samples.get(name, []) if all(ls.get(k) == w for k, w in labels.items())]
+
+    def sum(self, name: str, **labels: str) -> float:
+        return math.fsum(v for _, v in self.select(name, **labels))
+
+    def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for ls, v in self.select(name, **labels):
+            out[ls.get(label, "")] = out.get(ls.get(label, ""), 0.0) + v
+        return out
+
+    def quantile(self, q: float, name: str, **labels: str) -> float:
+        """``histogram_quantile`` over the cumulative buckets ``name``_bucket, as Prometheus
+        interpolates it; NaN with no observations."""
+        buckets: dict[float, float] = {}
+        for ls, v in self.select(f"{name}_bucket", **labels):
+            le = float(ls["le"])
+            buckets[le] = buckets.get(le, 0.0) + v
+        return bucket_quantile(q, sorted(buckets.items()))
+
+
+def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
+    """Prometheus' ``histogram_quantile`` on sorted (upper bound, cumulative count) pairs.
+
+    Examples
+    --------
+    >>> bucket_quantile(0.5, [(1.0, 0.0), (3.0, 10.0), (float("inf"), 10.0)])
+    2.0
+    """
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below) if count > below else upper
+        lower, below = upper, count
+    return lower
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> Scrape:
+    """Reads a ``/metrics`` page over HTTP."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            text = resp.read().decode("utf-8")
+    except OSError as e:
+        raise ServiceUnavailableError(f"metrics: cannot read {url}: {e}") from None
+    return Scrape.parse(text)
