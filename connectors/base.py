@@ -45,6 +45,11 @@ class Source(Protocol):
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets for these partitions (None where nothing is committed)."""
 
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Stops fetching these partitions; polls go on, so the group membership stays alive."""
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
     def close(self) -> None: ...
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
@@ -72,6 +74,11 @@ class KafkaPythonSource:
                 bootstrap_servers=settings.bootstrap_servers,
                 client_id=settings.client_id,
                 group_id=group_id,
+                group_instance_id=settings.group_instance_id,
+                session_timeout_ms=settings.session_timeout_ms,
+                partition_assignment_strategy=[
+                    CooperativeStickyAssignor if settings.assignor == "cooperative-sticky" else RangePartitionAssignor
+                ],
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 isolation_level="read_committed",
@@ -133,6 +140,12 @@ class KafkaPythonSource:
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         return {tp: self._consumer.committed(KTopicPartition(*tp)) for tp in partitions}
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.pause(*[KTopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.resume(*[KTopicPartition(t, p) for t, p in partitions])
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -17,6 +17,9 @@ from typing import Any
 from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Sink, Source
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
+from streamwise.connectors.redis_state import RedisStateStore
+from streamwise.errors import ConfigError
+from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
 from streamwise.sensors import CountingSensor, Sensor, SensorSet
@@ -70,7 +73,7 @@ class Runner:
 
             self.prometheus = PrometheusSensor.for_pipeline(config)
         self.sensor = SensorSet([self.counts, *sensors, *filter(None, [self.prometheus])])
-        self.processor = PipelineProcessor(config, self.sensor)
+        self.partitions = PartitionStates(config, settings.snapshot, self.sensor, store=None)
         self._source = source
         self._sink = sink
         self._stop = threading.Event()
@@ -78,10 +81,39 @@ class Runner:
         self._champion: str | None = None
 
     @property
-    def transactional_id(self) -> str:
-        """Stable per (group, host, worker slot): a restarted worker takes over its
-        predecessor's id, and init_transactions aborts what that one left open."""
+    def worker_id(self) -> str:
+        """Stable per (group, host, worker slot). Used as the transactional id, so a
+        restarted worker's init_transactions aborts what its predecessor left open, and
+        as the static group instance id, so it gets its partitions back at once."""
         return f"{self.config.group_id}.{socket.gethostname()}.{self.worker_index}"
+
+    @property
+    def input_topics(self) -> list[str]:
+        labels = getattr(self.config.input, "labels_topic", None)
+        return [self.config.input.topic, *([labels] if labels else [])]
+
+    @property
+    def processors(self) -> dict[int, PipelineProcessor]:
+        """The learning state of each partition this worker owns."""
+        return self.partitions.processors()
+
+    def _state_store(self) -> RedisStateStore | None:
+        snap = self.settings.snapshot
+        if not snap.enabled:
+            return None
+        if snap.signing_key is None or not snap.signing_key.get_secret_value():
+            raise ConfigError(
+                "snapshot.signing_key: required to sign snapshots (set STREAMWISE_SNAPSHOT__SIGNING_KEY),"
+                " or turn snapshots off with STREAMWISE_SNAPSHOT__ENABLED=false"
+            )
+        store = RedisStateStore(
+            self.settings.redis.url.get_secret_value(),
+            snap.signing_key.get_secret_value().encode(),
+            keep=snap.keep,
+            chunk_bytes=snap.chunk_bytes,
+        )
+        store.ping()
+        return store
 
     def stop(self) -> None:
         """Asks the loop to finish the batch in hand, commit it and return. Signal-safe."""
@@ -90,39 +122,49 @@ class Runner:
     def run(self, until_idle_s: float | None = None, max_events: int | None = None) -> RunSummary:
         """Runs until :meth:`stop`, or until the input has been drained and stayed idle
         for ``until_idle_s`` seconds, or until ``max_events`` records were processed."""
-        kafka = self.settings.kafka
         cfg = self.config
+        topics = self.input_topics
+        kafka = self.settings.kafka.model_copy(
+            update={
+                "group_instance_id": self.worker_id if self.settings.kafka.static_membership else None,
+                "assignor": "range" if len(topics) > 1 else self.settings.kafka.assignor,
+            }
+        )
+        store = self._state_store()
         admin = make_admin(kafka)
         try:
-            admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic])
+            admin.ensure_topics([*topics, cfg.output.topic, cfg.dead_letter_topic])
         finally:
             admin.close()
         source = self._source or make_source(kafka, cfg.group_id)
-        sink = self._sink or make_sink(
-            kafka, self.transactional_id if kafka.guarantee == "exactly_once" else None
-        )
-        source.subscribe([cfg.input.topic])
+        sink = self._sink or make_sink(kafka, self.worker_id if kafka.guarantee == "exactly_once" else None)
+        self.partitions.store = store
+        self.partitions.source = source
+        source.subscribe(topics, on_assigned=self.partitions.on_assigned, on_revoked=self.partitions.on_revoked)
         metrics_server = self._serve_metrics()
         started = time.perf_counter()
         last_activity = started
         try:
             while not self._stop.is_set():
                 self._report(source)
-                records = source.poll(kafka.poll_timeout_ms, kafka.max_poll_records)
+                records = self.partitions.settle(source.poll(kafka.poll_timeout_ms, kafka.max_poll_records))
                 if not records:
                     if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
                         if source.assignment() and not any(source.lag().values()):
                             break
                     continue
                 t0 = time.perf_counter()
-                outputs = self.processor.process(records)
+                outputs = self.partitions.process(records)
                 self._commit(source, sink, outputs, next_offsets(records))
+                self.partitions.after_commit()
                 now = time.perf_counter()
                 self.sensor.on_batch(len(records), now - t0)
                 last_activity = now
                 if max_events is not None and self.counts.events_in >= max_events:
                     break
             self._report(source, force=True)
+            # Graceful stop: every partition's state is snapshotted before leaving.
+            self.partitions.close()
         finally:
             source.close()
             sink.close()
@@ -146,15 +188,16 @@ class Runner:
             return
         self._next_report = now + 1.0
         self.sensor.on_lag(source.lag())
-        for m in self.processor.models:
-            metric = type(m.metric).__name__
-            self.sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get())
-            rolling = getattr(m, "rolling_metric", None)
-            if rolling is not None:
-                self.sensor.on_model_metric(m.name, metric, "rolling", rolling.get())
-        if self.processor.champion != self._champion:
-            self.sensor.on_champion_change(self._champion, self.processor.champion)
-            self._champion = self.processor.champion
+        for partition, processor in self.processors.items():
+            for m in processor.models:
+                metric = type(m.metric).__name__
+                self.sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get(), partition)
+                rolling = getattr(m, "rolling_metric", None)
+                if rolling is not None:
+                    self.sensor.on_model_metric(m.name, metric, "rolling", rolling.get(), partition)
+            if processor.champion != self._champion:
+                self.sensor.on_champion_change(self._champion, processor.champion)
+                self._champion = processor.champion
 
     def _commit(
         self,
@@ -195,16 +238,24 @@ class Runner:
             source.commit(offsets)
         self.sensor.on_commit(len(offsets))
 
+    def _model_metrics(self) -> dict[str, dict[str, Any]]:
+        """Each model's prequential metric; with several partitions, one entry per
+        partition replica, named ``model[p]``."""
+        seen = self.partitions.all_processors()
+        out = {}
+        for p, processor in seen.items():
+            for m in processor.models:
+                name = m.name if len(seen) == 1 else f"{m.name}[{p}]"
+                out[name] = {"metric": type(m.metric).__name__, "value": m.metric.get(), "learned": m.n_learned}
+        return out
+
     def summary(self, wall_seconds: float) -> RunSummary:
         c = self.counts
         return RunSummary(
             events_in=c.events_in,
             predictions=c.predictions,
             dead_letters=dict(c.dead_letters),
-            metrics={
-                m.name: {"metric": type(m.metric).__name__, "value": m.metric.get(), "learned": m.n_learned}
-                for m in self.processor.models
-            },
+            metrics=self._model_metrics(),
             wall_seconds=wall_seconds,
             busy_seconds=c.busy_seconds,
         )

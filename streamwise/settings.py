@@ -30,6 +30,17 @@ class KafkaSettings(BaseModel):
     max_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     linger_ms: int = Field(5, ge=0)
+    # Static group membership (KIP-345): a worker restarted after a crash takes its
+    # partitions back at once instead of waiting out the session timeout. The runner
+    # sets the instance id per worker slot when static_membership is on.
+    static_membership: bool = True
+    group_instance_id: str | None = None
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    # cooperative-sticky moves only the partitions that must move in a rebalance. A
+    # pipeline with a labels topic needs range, the assignor that keeps co-partitioned
+    # topics together (events and labels of partition p on one worker); the runner
+    # switches to it then.
+    assignor: Literal["cooperative-sticky", "range"] = "cooperative-sticky"
     # exactly_once: outputs and consumed offsets commit in one Kafka transaction.
     # at_least_once: for brokers without transactions; a crash may repeat a batch's outputs.
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
@@ -41,6 +52,23 @@ class KafkaSettings(BaseModel):
 
 class RedisSettings(BaseModel):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+
+class SnapshotSettings(BaseModel):
+    """When and how each partition's learning state is snapshotted to Redis."""
+
+    enabled: bool = True
+    # HMAC-SHA256 key; snapshots are refused on restore unless they carry its signature.
+    signing_key: SecretStr | None = None
+    every_events: int = Field(5_000, ge=1)
+    every_seconds: float = Field(30.0, gt=0)
+    keep: int = Field(3, ge=1)
+    chunk_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # While Redis is down, keep processing this many events per partition past the
+    # last snapshot, then pause consumption: a bound on what a crash would re-learn.
+    max_unsnapshotted_events: int = Field(100_000, ge=1)
+    # How long a newly assigned partition waits for Redis to restore its state.
+    restore_timeout_seconds: float = Field(60.0, gt=0)
 
 
 class MetricsSettings(BaseModel):
@@ -63,5 +91,6 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
     metrics: MetricsSettings = MetricsSettings()
     grafana: GrafanaSettings = GrafanaSettings()

@@ -1,0 +1,286 @@
+"""Per-partition learning state: restore on assignment, silent replay, snapshots to Redis.
+
+Like a Kafka Streams state store, the state lives per input partition: partition ``p``
+has its own :class:`PipelineProcessor` (its own replica of every model), learning from
+the events keyed to it. A labels topic must be co-partitioned with the events topic
+(same partition count, same key), so that label partition ``p`` meets the events of
+partition ``p``.
+
+Recovery rule. A snapshot covers the input up to its offsets ``S`` (the next record to
+read); the group's committed offsets ``C`` say which outputs Kafka already holds
+(``S <= C`` because a snapshot is taken only after its batch committed). On assignment
+the partition's newest valid snapshot is restored and the consumer seeks to ``S``; the
+records in ``[S, C)`` are re-learned *without* emitting anything, then processing goes
+on as normal from ``C``. Deterministic learners thus end in exactly the state they
+would have had without the crash, and no output is written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamwise.connectors.base import Source, TopicPartition
+from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
+from streamwise.connectors.redis_state import (
+    FencedError,
+    RedisStateStore,
+    SnapshotUnavailableError,
+)
+from streamwise.errors import ServiceUnavailableError
+from streamwise.pipeline_config import PipelineConfig
+from streamwise.processor import PipelineProcessor
+from streamwise.sensors import Sensor
+from streamwise.settings import SnapshotSettings
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(state: dict[str, Any]) -> str:
+    """A digest of a processor's learned state: equal digests, equal models."""
+    return hashlib.sha256(pickle.dumps(state, protocol=5)).hexdigest()
+
+
+@dataclass
+class PartitionState:
+    partition: int
+    processor: PipelineProcessor
+    # Records below these offsets were already emitted: re-learn them, write nothing.
+    emit_from: dict[TopicPartition, int]
+    # The next offset to process, per topic-partition: what a snapshot covers.
+    positions: dict[TopicPartition, int]
+    epoch: int = 0
+    unsnapshotted: int = 0
+    last_snapshot: float = field(default_factory=time.monotonic)
+    next_attempt: float = 0.0
+    backoff_s: float = 0.5
+    paused: bool = False
+    replayed: int = 0
+
+
+class PartitionStates:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        snapshot: SnapshotSettings,
+        sensor: Sensor,
+        store: RedisStateStore | None,
+    ) -> None:
+        self.config = config
+        self.snapshot = snapshot
+        self.sensor = sensor
+        self.store = store
+        self.states: dict[int, PartitionState] = {}
+        # Partitions this worker gave up, kept for the run's summary and for tests.
+        self.retired: dict[int, PartitionState] = {}
+        self.source: Source | None = None
+        self._quiet = Sensor()
+        self._pending: list[TopicPartition] = []
+        self._lock = threading.Lock()
+
+    def processors(self) -> dict[int, PipelineProcessor]:
+        return {p: st.processor for p, st in sorted(self.states.items())}
+
+    def all_processors(self) -> dict[int, PipelineProcessor]:
+        """The owned partitions' processors, and the last one of each partition given up."""
+        merged = {**self.retired, **self.states}
+        return {p: st.processor for p, st in sorted(merged.items())}
+
+    # ----- rebalance callbacks -----------------------------------------------
+    # kafka-python 3 runs them on its network thread, where blocking consumer calls
+    # (committed offsets) are not allowed. on_assigned therefore only notes the new
+    # partitions; settle() restores them on the main thread right after the poll.
+
+    def on_assigned(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            self._pending.extend(tps)
+
+    def settle(self, records: list[ConsumedRecord]) -> list[ConsumedRecord]:
+        """Restores newly assigned partitions and seeks them to their snapshot offsets.
+        Records already polled for those partitions are dropped: after the seek they
+        are fetched again, in order, from the snapshot's offsets."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return records
+        by_partition: dict[int, list[TopicPartition]] = defaultdict(list)
+        for tp in pending:
+            by_partition[tp[1]].append(tp)
+        for p, group in sorted(by_partition.items()):
+            if p in self.states:
+                self._attach(self.states[p], group)
+            else:
+                self.retired.pop(p, None)
+                self.states[p] = self._restore(p, group)
+        moved = set(pending)
+        return [r for r in records if (r.topic, r.partition) not in moved]
+
+    def on_revoked(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            self._pending = [tp for tp in self._pending if tp not in set(tps)]
+        for p in sorted({tp[1] for tp in tps}):
+            st = self.states.pop(p, None)
+            if st is not None:
+                self.retired[p] = st
+            if st is not None and st.unsnapshotted:
+                # The last batch is already committed (callbacks run between batches),
+                # so the snapshot covers exactly what the next owner will not re-emit.
+                self._save(st, force=True)
+
+    def _restore(self, p: int, tps: list[TopicPartition]) -> PartitionState:
+        assert self.source is not None
+        processor = PipelineProcessor(self.config, self.sensor)
+        st = PartitionState(p, processor, emit_from={}, positions={})
+        snap = self._load_with_retry(p)
+        offsets: dict[TopicPartition, int] = {}
+        if snap is not None:
+            state = pickle.loads(snap.payload)  # verified by its HMAC in load_latest
+            processor.restore_state(state["processor"])
+            offsets = snap.info.offsets_by_tp()
+            st.epoch = snap.info.epoch
+            log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
+        st.positions = dict(offsets)
+        self._attach(st, tps)
+        return st
+
+    def _attach(self, st: PartitionState, tps: list[TopicPartition]) -> None:
+        assert self.source is not None
+        committed = self.source.committed(tps)
+        seek = {}
+        for tp in tps:
+            # Without a snapshot, state is rebuilt from the start of the log.
+            seek[tp] = st.positions.get(tp, 0)
+            st.positions[tp] = seek[tp]
+            st.emit_from[tp] = committed.get(tp) or 0
+        self.source.seek(seek)
+
+    def _load_with_retry(self, p: int) -> Any:
+        if self.store is None:
+            return None
+        deadline = time.monotonic() + self.snapshot.restore_timeout_seconds
+        delay = 0.5
+        while True:
+            try:
+                return self.store.load_latest(self.config.name, p)
+            except SnapshotUnavailableError as e:
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailableError(
+                        f"Redis: cannot restore partition {p} of {self.config.name}: {e}"
+                    ) from None
+                log.warning("partition %s: Redis unavailable for restore, retrying in %.1f s", p, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # ----- processing ----------------------------------------------------------
+
+    def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
+        by_partition: dict[int, list[ConsumedRecord]] = defaultdict(list)
+        for r in records:
+            by_partition[r.partition].append(r)
+        out: list[OutgoingRecord] = []
+        for p, recs in by_partition.items():
+            st = self.states.get(p)
+            if st is None:
+                # Cannot happen with a consistent rebalance; if it does, never guess.
+                log.error("records for partition %s without its state; skipping this poll", p)
+                continue
+            replay = [r for r in recs if r.offset < st.emit_from.get((r.topic, r.partition), 0)]
+            live = [r for r in recs if r.offset >= st.emit_from.get((r.topic, r.partition), 0)]
+            if replay:
+                st.processor.sensor = self._quiet
+                try:
+                    st.processor.process(replay)  # outputs were emitted before the crash
+                finally:
+                    st.processor.sensor = self.sensor
+                st.replayed += len(replay)
+            if live:
+                out.extend(st.processor.process(live))
+            for r in recs:
+                tp = (r.topic, r.partition)
+                if r.offset + 1 > st.positions.get(tp, 0):
+                    st.positions[tp] = r.offset + 1
+            st.unsnapshotted += len(recs)
+        return out
+
+    # ----- snapshots -----------------------------------------------------------
+
+    def after_commit(self, force: bool = False) -> None:
+        """Snapshots the partitions that are due. Call only after a successful commit."""
+        now = time.monotonic()
+        for st in list(self.states.values()):
+            due = st.unsnapshotted >= self.snapshot.every_events or (
+                st.unsnapshotted and now - st.last_snapshot >= self.snapshot.every_seconds
+            )
+            if (force and st.unsnapshotted) or (due and now >= st.next_attempt):
+                self._save(st, force=force)
+
+    def _save(self, st: PartitionState, force: bool = False) -> bool:
+        if self.store is None:
+            return False
+        state = st.processor.snapshot_state()
+        payload = pickle.dumps({"processor": state, "positions": st.positions}, protocol=5)
+        started = time.perf_counter()
+        try:
+            info = self.store.save(
+                self.config.name,
+                st.partition,
+                payload,
+                st.positions,
+                generation=self._generation(),
+                meta={"fingerprint": fingerprint(state), "replayed": st.replayed},
+            )
+        except SnapshotUnavailableError as e:
+            st.next_attempt = time.monotonic() + st.backoff_s
+            log.warning(
+                "partition %s: snapshot failed (%s); %d events not yet snapshotted, retry in %.1f s",
+                st.partition, e, st.unsnapshotted, st.backoff_s,
+            )
+            st.backoff_s = min(st.backoff_s * 2, 30.0)
+            self.sensor.on_snapshot_failure(st.partition, type(e).__name__)
+            self._apply_backpressure(st)
+            return False
+        except FencedError as e:
+            # Another worker owns this partition now: its state is the one that counts.
+            log.error("partition %s: %s; dropping local state", st.partition, e)
+            self.states.pop(st.partition, None)
+            return False
+        st.epoch = info.epoch
+        st.unsnapshotted = 0
+        st.last_snapshot = time.monotonic()
+        st.backoff_s = 0.5
+        st.next_attempt = 0.0
+        self.sensor.on_snapshot(st.partition, info.size, time.perf_counter() - started)
+        if st.paused:
+            self._pause(st, False)
+        return True
+
+    def _apply_backpressure(self, st: PartitionState) -> None:
+        if st.unsnapshotted >= self.snapshot.max_unsnapshotted_events and not st.paused:
+            log.warning(
+                "partition %s: %d events since the last snapshot, pausing consumption until Redis is back",
+                st.partition, st.unsnapshotted,
+            )
+            self._pause(st, True)
+
+    def _pause(self, st: PartitionState, paused: bool) -> None:
+        assert self.source is not None
+        tps = list(st.positions)
+        (self.source.pause if paused else self.source.resume)(tps)
+        st.paused = paused
+
+    def _generation(self) -> int | None:
+        assert self.source is not None
+        return getattr(self.source.group_metadata(), "generation_id", None)
+
+    def close(self) -> None:
+        """Final snapshot of every partition (graceful shutdown)."""
+        for st in list(self.states.values()):
+            if st.unsnapshotted:
+                self._save(st, force=True)
