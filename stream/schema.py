@@ -172,6 +172,10 @@ class EventDecoder:
         )
 
     def decode(self, value: bytes | None) -> DecodedEvent:
+        return self.validate(self.parse(value))
+
+    def parse(self, value: bytes | None) -> Any:
+        """The JSON value in a record's bytes, before validation; :class:`RejectedEvent` if none."""
         schema = self.schema
         if value is None:
             raise RejectedEvent("decode", "record has no value (tombstone)")
@@ -187,7 +191,7 @@ class EventDecoder:
             obj = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as e:
             raise RejectedEvent("decode", f"not JSON: {e}") from None
-        return self.validate(obj)
+        return obj
 
     def validate(self, obj: Any) -> DecodedEvent:
         if not isinstance(obj, dict):
@@ -222,4 +226,16 @@ def _describe(error: pydantic.ValidationError, names: list[tuple[str, str]]) -> 
 
 
 def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """True for an int or float (not a bool) that fits a finite float64.
+
+    Examples
+    --------
+    >>> is_finite_number(1.5), is_finite_number(True), is_finite_number(float("nan")), is_finite_number(10**400)
+    (True, False, False, False)
+    """
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float64's range
+        return False

@@ -13,10 +13,12 @@ from typing import Any, Literal
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamwise.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
 from streamwise.models.prequential import make_metric
+from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema
 
 
@@ -46,6 +48,10 @@ class PipelineConfig(BaseModel):
     task: Literal["classification", "regression", "anomaly"] = "classification"
     metric: str = "Accuracy"
     models: list[ModelSpec] = Field(min_length=1)
+    # Stream steps between validation and the models (stream/pipeline.py); none by default,
+    # and then the models see exactly the validated event.
+    cleaners: list[CleanerSpec] = []
+    features: list[FeatureSpec] = []
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -54,6 +60,17 @@ class PipelineConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        problems = check_stream_steps(self.event_schema, self.cleaners, self.features)
+        if problems:
+            # Raised as a ValidationError so each problem keeps its own key path.
+            raise pydantic.ValidationError.from_exception_data(
+                "PipelineConfig",
+                [
+                    InitErrorDetails(type=PydanticCustomError("stream_step", "{reason}", {"reason": reason}),
+                                     loc=loc, input=None)
+                    for loc, reason in problems
+                ],
+            )
         return self
 
     @property
@@ -83,6 +100,8 @@ def parse_pipeline_config(data: Any, source: str = "pipeline") -> PipelineConfig
         for err in e.errors(include_url=False):
             # Drop pydantic's union-branch tags (e.g. "str", "dict[str,any]") from the path.
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "dict"})))
+            # ...and the step kind that tags each cleaners[i] / features[i] entry.
+            loc = tuple(p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in STEP_KINDS))
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {_key_path(loc)}: {msg}")
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None

@@ -16,6 +16,7 @@ from streamwise.models.catalog import build_estimator
 from streamwise.models.prequential import Prediction, PrequentialModel
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.sensors import Sensor
+from streamwise.stream.pipeline import build_event_pipeline
 from streamwise.stream.schema import DecodedEvent, EventDecoder, RejectedEvent
 
 # Header names follow Kafka Connect's dead-letter convention under our own prefix.
@@ -52,6 +53,9 @@ class PipelineProcessor:
         self.config = config
         self.sensor = sensor or Sensor()
         self.decoder = EventDecoder(config.event_schema)
+        # Cleaners and feature extractors (stream/pipeline.py); they learn from every valid
+        # event, labelled or not, and without any configured they return the decoded event as is.
+        self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
         self.models = [
             PrequentialModel(spec.name, build_estimator(spec.steps), config.metric)
             for spec in config.models
@@ -78,7 +82,7 @@ class PipelineProcessor:
         for record in records:
             sensor.on_event_in(record.topic, record.partition)
             try:
-                event = self.decoder.decode(record.value)
+                event = self.events.decode(record.value)
             except RejectedEvent as e:
                 out.append(dead_letter(record, dlq, e.stage, "RejectedEvent", e.reason))
                 sensor.on_dead_letter(record.topic, e.stage)

@@ -1,0 +1,127 @@
+"""What every cleaner and feature extractor shares: the River verbs, durations, event time.
+
+A component is a River transformer: ``transform_one(x)`` returns a new dict and never
+touches ``x``; ``learn_one(x)`` updates its running state. Because they inherit from
+:class:`river.base.Transformer`, they compose with River's ``|`` and drop into River
+pipelines unchanged. A component that refuses an event (a duplicate, a too-late event)
+raises :class:`~streamwise.stream.schema.RejectedEvent` with its ``stage``; the runner
+dead-letters it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Any, ClassVar
+
+from river import base
+
+from streamwise.stream.schema import RejectedEvent, is_finite_number
+
+__all__ = [
+    "StreamComponent",
+    "RejectedEvent",
+    "parse_duration",
+    "format_duration",
+    "to_epoch_seconds",
+    "is_finite_number",
+    "finite_or",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+DURATION_HINT = 'expected a duration like "1h"'
+
+
+class StreamComponent(base.Transformer):
+    """Base of every cleaner and feature extractor.
+
+    ``stage`` names the dead-letter stage of the events the component rejects.
+    Subclasses keep each constructor argument in an attribute of the same name, which
+    is what River's ``clone`` and ``repr`` read.
+    """
+
+    stage: ClassVar[str] = "features"
+
+    def learn_one(self, x: dict[str, Any]) -> None:
+        """Stateless components learn nothing."""
+
+    def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration written as ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a number of seconds.
+
+    Examples
+    --------
+    >>> parse_duration("1h"), parse_duration("1.5d"), parse_duration(30)
+    (3600.0, 129600.0, 30.0)
+    >>> parse_duration("an hour")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a duration like "1h", got 'an hour'
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"{DURATION_HINT}, got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{DURATION_HINT}, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration, used in feature names.
+
+    Examples
+    --------
+    >>> format_duration(3600), format_duration(86400), format_duration(90), format_duration(0.25)
+    ('1h', '1d', '90s', '250ms')
+    """
+    for unit in ("w", "d", "h", "m", "s", "ms"):
+        n = seconds / _UNIT_SECONDS[unit]
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{round(n)}{unit}"
+    return f"{seconds:g}s"
+
+
+def to_epoch_seconds(value: Any) -> float:
+    """An event time as seconds since the Unix epoch: a number of seconds, or ISO 8601 text.
+
+    Text without a zone is read as UTC, so the same event gives the same features on
+    every machine.
+
+    Examples
+    --------
+    >>> to_epoch_seconds(1700000000), to_epoch_seconds("2023-11-14T22:13:20Z")
+    (1700000000.0, 1700000000.0)
+    >>> to_epoch_seconds("yesterday")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a timestamp: 'yesterday'
+    """
+    if is_finite_number(value):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not a timestamp: {value[:64]!r}") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp()
+    else:
+        raise ValueError(f"not a timestamp: {value!r}"[:100])
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite timestamp: {value!r}"[:100])
+    return seconds
+
+
+def finite_or(value: float, default: float) -> float:
+    """``value`` when it is a finite float, else ``default``; guards against float64 overflow."""
+    return value if math.isfinite(value) else default
