@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -384,17 +385,22 @@ def _window_label(window: str | float) -> str:
 def _aggregate(values: list[float]) -> dict[str, float]:
     if not values:
         return dict.fromkeys(("sum", "mean", "min", "max", "std"), 0.0)
-    total = math.fsum(values)
-    mean = total / len(values)
-    # Two passes: exact enough for the few hundred values a window holds, and stable.
-    var = math.fsum((v - mean) ** 2 for v in values) / len(values) if len(values) > 1 else 0.0
+    n = len(values)
+    # Each term divided by n before summing, and deviations scaled by the largest
+    # magnitude before squaring: no intermediate overflows even near float64's limits.
+    mean = math.fsum(v / n for v in values)
+    scale = max(abs(v) for v in values) or 1.0
+    var = math.fsum(((v - mean) / scale) * ((v - mean) / scale) for v in values) / n
     return {
-        "sum": finite_or(total, 0.0),
-        "mean": finite_or(mean, 0.0),
+        "sum": max(-_FLOAT_MAX, min(_FLOAT_MAX, mean * n)),
+        "mean": mean,
         "min": min(values),
         "max": max(values),
-        "std": finite_or(math.sqrt(var), 0.0),
+        "std": finite_or(scale * math.sqrt(var), _FLOAT_MAX),
     }
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 class CyclicTimeFeatures(StreamComponent):
