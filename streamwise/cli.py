@@ -116,23 +116,54 @@ def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML.", envvar="STREAMWISE_PIPELINE", show_envvar=True)],
     until_idle: Annotated[float | None, typer.Option(help="Exit once the input is drained and idle this many seconds.")] = None,
     max_events: Annotated[int | None, typer.Option(help="Exit after this many records.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes in this consumer group, on this host.")] = 1,
+    worker_index: Annotated[int, typer.Option(min=0, envvar="STREAMWISE_WORKER_INDEX", show_envvar=True, help="This worker's slot on this host; names its transactional and static member id.")] = 0,
     bootstrap_servers: BootstrapOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run a pipeline until stopped. SIGINT or SIGTERM finishes the batch in hand, commits it and exits 0."""
+    """Run a pipeline until stopped. SIGINT or SIGTERM finishes the batch in hand, commits it,
+    snapshots the state and exits 0. With --workers N, runs N worker processes in one group."""
     from streamwise.pipeline_config import load_pipeline_config
     from streamwise.runner import Runner
 
     _logging(verbose)
+    if workers > 1:
+        raise typer.Exit(_run_workers(workers, sys.argv[1:]))
     try:
         pipeline = load_pipeline_config(config)
-        runner = Runner(pipeline, _settings(bootstrap_servers))
+        runner = Runner(pipeline, _settings(bootstrap_servers), worker_index=worker_index)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: runner.stop())
         summary = runner.run(until_idle_s=until_idle, max_events=max_events)
     except StreamwiseError as e:
         raise _fail(e) from None
     _print_summary(summary)
+
+
+def _run_workers(n: int, argv: list[str]) -> int:
+    """Starts ``n`` copies of this ``run`` command as separate processes (slots 0..n-1),
+    forwards SIGINT/SIGTERM to them and returns the worst exit code. Each process has its
+    own interpreter, so River's per-event Python work runs on ``n`` cores."""
+    import subprocess
+
+    cleaned = [
+        a
+        for i, a in enumerate(argv)
+        if not (a == "--workers" or a.startswith("--workers=") or (i and argv[i - 1] == "--workers"))
+    ]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "streamwise", *cleaned, "--worker-index", str(i)])
+        for i in range(n)
+    ]
+
+    def forward(sig: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return max(p.wait() for p in procs)
 
 
 def _print_summary(summary: Any) -> None:
@@ -311,6 +342,97 @@ def top(
         raise _fail(e) from None
     except KeyboardInterrupt:
         pass
+
+
+snapshots_app = typer.Typer(
+    help="Inspect and roll back the learning-state snapshots kept in Redis.", no_args_is_help=True
+)
+app.add_typer(snapshots_app, name="snapshots")
+
+PipelineOpt = Annotated[str, typer.Option("--pipeline", help="Pipeline name (the `name:` of its YAML).")]
+RedisOpt = Annotated[
+    str | None,
+    typer.Option("--redis-url", envvar="STREAMWISE_REDIS__URL", show_envvar=True, help="Redis holding the snapshots."),
+]
+
+
+def _store(redis_url: str | None) -> Any:
+    from streamwise.connectors.redis_state import RedisStateStore
+
+    settings = Settings()
+    key = settings.snapshot.signing_key
+    if key is None:
+        raise typer.BadParameter("set STREAMWISE_SNAPSHOT__SIGNING_KEY: snapshots are checked with it")
+    store = RedisStateStore(
+        redis_url or settings.redis.url.get_secret_value(), key.get_secret_value().encode()
+    )
+    store.ping()
+    return store
+
+
+@snapshots_app.command("list")
+def snapshots_list(pipeline: PipelineOpt, redis_url: RedisOpt = None) -> None:
+    """List the kept snapshots of every partition of a pipeline, newest first."""
+    try:
+        store = _store(redis_url)
+        for p in store.partitions(pipeline):
+            for info in store.list(pipeline, p):
+                age = time.time() - info.created
+                offsets = " ".join(f"{k}={v}" for k, v in info.offsets.items())
+                typer.echo(
+                    f"partition {p}  epoch {info.epoch:>5}  {info.size:>10,} B  {age:8.0f} s ago  "
+                    f"generation {info.generation}  {offsets}"
+                )
+    except StreamwiseError as e:
+        raise _fail(e) from None
+
+
+@snapshots_app.command("show")
+def snapshots_show(
+    pipeline: PipelineOpt,
+    partition: Annotated[int, typer.Option(help="Input partition.")],
+    epoch: Annotated[int | None, typer.Option(help="Snapshot epoch (default: the newest).")] = None,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Verify one snapshot's signature and describe what it holds."""
+    import json as _json
+    import pickle
+    from dataclasses import asdict
+
+    try:
+        store = _store(redis_url)
+        infos = store.list(pipeline, partition)
+        info = next((i for i in infos if epoch is None or i.epoch == epoch), None)
+        if info is None:
+            raise StreamwiseError(f"no snapshot {epoch if epoch is not None else ''} for {pipeline}/{partition}")
+        snap = store.load(pipeline, partition, info)
+        out = asdict(info)
+        out["signature"] = "valid" if snap is not None else "INVALID (refused)"
+        if snap is not None:
+            state = pickle.loads(snap.payload)["processor"]
+            out["models"] = {
+                m.name: {"metric": type(m.metric).__name__, "value": m.metric.get(), "learned": m.n_learned}
+                for m in state.get("models", [])
+            }
+        typer.echo(_json.dumps(out, indent=2, default=str))
+    except StreamwiseError as e:
+        raise _fail(e) from None
+
+
+@snapshots_app.command("rollback")
+def snapshots_rollback(
+    pipeline: PipelineOpt,
+    partition: Annotated[int, typer.Option(help="Input partition.")],
+    epoch: Annotated[int, typer.Option(help="The kept snapshot to make current again.")],
+    redis_url: RedisOpt = None,
+) -> None:
+    """Make an older kept snapshot the newest again. Stop the pipeline first: on its next
+    start the partition restores this snapshot and re-learns from its offsets."""
+    try:
+        info = _store(redis_url).rollback(pipeline, partition, epoch)
+    except StreamwiseError as e:
+        raise _fail(e) from None
+    typer.echo(f"{pipeline}/{partition} now restores from epoch {info.epoch} at {info.offsets}")
 
 
 def main() -> None:  # pragma: no cover

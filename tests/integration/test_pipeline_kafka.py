@@ -143,7 +143,7 @@ def test_cli_run_stops_cleanly_on_sigterm_and_commits(bootstrap, unique, tmp_pat
 
     cfg = phishing_pipeline(unique)
     path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(by_alias=True, exclude_none=True)))
+    path.write_text(yaml.safe_dump(cfg.model_dump(by_alias=True, exclude_none=True), sort_keys=False))
     produce(bootstrap, cfg.input.topic, iter_events("Phishing", limit=300))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamwise", "run", "--config", str(path), "--bootstrap-servers", bootstrap],
