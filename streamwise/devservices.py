@@ -15,6 +15,14 @@ from streamwise.errors import ServiceUnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_UP = REPO_ROOT / "dev" / "up"
+# What dev/up exports; the tests need all of them.
+DEV_VARIABLES = (
+    "STREAMWISE_KAFKA__BOOTSTRAP_SERVERS",
+    "STREAMWISE_REDIS__URL",
+    "STREAMWISE_SNAPSHOT__SIGNING_KEY",
+    "STREAMWISE_DEV_PROMETHEUS_URL",
+    "STREAMWISE_DEV_PROMETHEUS_TARGETS",
+)
 
 
 def _reachable(hostport: str) -> bool:
@@ -29,11 +37,11 @@ def _reachable(hostport: str) -> bool:
 def ensure_dev_services() -> dict[str, str]:
     """Runs ``dev/up`` (idempotent) and returns the variables it printed.
 
-    When ``STREAMWISE_KAFKA__BOOTSTRAP_SERVERS`` already points at a live broker, the
-    environment is used as it is and nothing is started.
+    When the environment already has everything dev/up provides (as after
+    ``eval "$(dev/up)"``) and the broker answers, it is used as it is and nothing is started.
     """
     current = os.environ.get("STREAMWISE_KAFKA__BOOTSTRAP_SERVERS")
-    if current and _reachable(current):
+    if current and _reachable(current) and all(os.environ.get(k) for k in DEV_VARIABLES):
         return {k: v for k, v in os.environ.items() if k.startswith("STREAMWISE_")}
     if not DEV_UP.exists():
         raise ServiceUnavailableError(
