@@ -54,7 +54,7 @@ def sample_rows(n: int, seed: int = 0, distinct_keys: bool = False, extremes: bo
     --------
     >>> rows = list(sample_rows(3, seed=1))
     >>> sorted(rows[0])
-    ['amount', 'card', 'city', 'id', 'memo', 'merchant', 'n', 'online', 'price', 'ts']
+    ['amount', 'card', 'city', 'extra_1', 'id', 'memo', 'merchant', 'online', 'price', 'ts']
     >>> rows == list(sample_rows(3, seed=1))
     True
     """

@@ -402,6 +402,11 @@ class LatenessPolicy(StreamComponent):
         except ValueError as e:
             raise RejectedEvent(self.stage, f"{self.time_field}: {e}") from None
 
+    def is_late(self, x: dict[str, Any]) -> bool:
+        """Whether ``x`` trails the watermark by more than the allowed lateness."""
+        t = self._time(x)
+        return t is not None and self.watermark is not None and t < self.watermark - self.allowed_lateness
+
     def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
         t = self._time(x)
         out = dict(x)

@@ -19,6 +19,7 @@ checked by :func:`check_stream_steps`, which names the key path the same way.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -497,6 +498,13 @@ class EventPipeline:
     def _init_derived(self) -> None:
         self.decoder = EventDecoder(self.schema)
         self._meta = _meta_fields(self.schema)
+        # What the cleaners did since the last drain_activity(), for the sensors; not state.
+        self._activity: Counter[str] = Counter()
+
+    def drain_activity(self) -> dict[str, int]:
+        """Counts of ``imputed``, ``clipped``, ``deduplicated`` and ``late`` since the last call."""
+        activity, self._activity = dict(self._activity), Counter()
+        return activity
 
     def __getstate__(self) -> dict[str, Any]:
         # The decoder holds a pydantic model created at run time, which cannot pickle.
@@ -546,15 +554,31 @@ class EventPipeline:
             inputs.append(x)
             try:
                 x = step.transform_one(x)
+            except RejectedEvent:
+                if isinstance(step, (Deduplicator, LatenessPolicy)):
+                    self._activity["deduplicated" if isinstance(step, Deduplicator) else "late"] += 1
+                raise
             except ArithmeticError as e:
                 raise RejectedEvent(step.stage, f"{type(step).__name__}: {type(e).__name__}: {e}") from None
         features = {k: v for k, v in x.items() if k not in self._meta}
         for name, value in features.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_finite_number(value):
                 raise RejectedEvent("features", f"{name} is not a finite number: {value!r}"[:200])
-        for step, seen in zip(self.steps, inputs, strict=True):
+        outputs = [*inputs[1:], x]
+        for step, seen, made in zip(self.steps, inputs, outputs, strict=True):
+            if step.stage == "clean":
+                self._count(step, seen, made)
             try:
                 step.learn_one(seen)
             except ArithmeticError as e:
                 raise RejectedEvent(step.stage, f"{type(step).__name__}: {type(e).__name__}: {e}") from None
         return features
+
+    def _count(self, step: StreamComponent, before: dict[str, Any], after: dict[str, Any]) -> None:
+        if isinstance(step, RunningImputer):
+            n = sum(1 for f in step.fields if before.get(f) is None and after.get(f) is not None)
+            self._activity["imputed"] += n
+        elif isinstance(step, RunningQuantileClipper):
+            self._activity["clipped"] += sum(1 for f in step.fields if f in before and after.get(f) != before[f])
+        elif isinstance(step, LatenessPolicy) and step.is_late(before):
+            self._activity["late"] += 1

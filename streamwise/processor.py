@@ -99,6 +99,8 @@ class PipelineProcessor:
                 for m in self.models:
                     m.learn_one(event.x, event.y, predictions[m.name])
                     sensor.on_learn(m.name)
+        for action, n in self.events.drain_activity().items():
+            sensor.on_clean(action, n)
         return out
 
     def _prediction_record(

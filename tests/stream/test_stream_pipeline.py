@@ -165,3 +165,30 @@ def test_per_card_windowed_features_clearly_lift_fraud_roc_auc():
     print(f"fraud ROC AUC with windowed features {with_windows:.4f}, without {baseline:.4f}")
     assert with_windows > baseline + 0.08
     assert with_windows > 0.9
+
+
+def test_cleaner_activity_reaches_the_sensor_hook():
+    from streamwise.connectors.records import ConsumedRecord
+    from streamwise.processor import PipelineProcessor
+    from streamwise.sensors import Sensor
+
+    class Cleanings(Sensor):
+        def __init__(self):
+            self.seen: dict[str, int] = {}
+
+        def on_clean(self, action, n=1):
+            self.seen[action] = self.seen.get(action, 0) + n
+
+    cfg = _config(cleaners=[{"kind": "impute"}, {"kind": "dedup"}, {"kind": "lateness", "allowed": "1m"}],
+                  features=[{"kind": "hash", "fields": ["shop"]}])
+    sensor = Cleanings()
+    processor = PipelineProcessor(cfg, sensor)
+    bodies = [{"id": 1, "card": "c", "ts": 1000, "amount": 2.0, "shop": "s", "y": True},
+              {"id": 2, "card": "c", "ts": 1001, "shop": "s", "y": False},      # imputed
+              {"id": 2, "card": "c", "ts": 1002, "shop": "s"},                  # duplicate
+              {"id": 3, "card": "c", "ts": 800, "amount": 1.0, "shop": "s"}]    # late
+    records = [ConsumedRecord("in", 0, i, b"c", json.dumps(b).encode(), 0) for i, b in enumerate(bodies)]
+    out = processor.process(records)
+    assert sensor.seen == {"imputed": 1, "deduplicated": 1, "late": 1}
+    stages = [dict(r.headers).get("streamwise.error.stage") for r in out if r.topic == cfg.dead_letter_topic]
+    assert stages == [b"clean", b"clean"]
