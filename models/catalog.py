@@ -1,7 +1,8 @@
 """Builds River estimators from the ``models:`` entries of a pipeline config.
 
 A model is a list of steps composed left to right, as River's ``|`` does. A step is
-a dotted name under ``river`` (``"preprocessing.StandardScaler"``) or a one-key
+a dotted name under ``river`` (``"preprocessing.StandardScaler"``), one of our own
+learners (``"streamwise.TorchMiniBatchClassifier"``, alone in its model), or a one-key
 mapping from that name to its parameters. A parameter value that is itself such a
 one-key mapping is built the same way, so optimizers and sub-models can be given:
 
@@ -41,7 +42,23 @@ class ModelSpec(BaseModel):
         return steps
 
 
+# Learners of our own, by the step name a config gives them. Their modules are
+# imported on first use so that River-only installs never import torch.
+_STREAMWISE_LEARNERS = {
+    "streamwise.TorchMiniBatchClassifier": ("streamwise.models.torch_learner", "TorchMiniBatchClassifier"),
+    "streamwise.TorchMiniBatchRegressor": ("streamwise.models.torch_learner", "TorchMiniBatchRegressor"),
+}
+
+
 def _resolve(name: str) -> type:
+    if name in _STREAMWISE_LEARNERS:
+        module_name, attr = _STREAMWISE_LEARNERS[name]
+        try:
+            return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+        except ImportError:
+            raise ValueError(f"{name} needs PyTorch: pip install 'streamwise[torch]'") from None
+    if name.startswith("streamwise."):
+        raise ValueError(f"unknown streamwise learner {name!r}; known: {', '.join(_STREAMWISE_LEARNERS)}")
     if not _DOTTED.match(name):
         raise ValueError(f"{name!r} is not a dotted River name like 'linear_model.LogisticRegression'")
     module_name, _, attr = name.rpartition(".")
@@ -102,12 +119,16 @@ def build_estimator(steps: list[str | dict[str, Any]]) -> Any:
     ['StandardScaler', 'LogisticRegression']
     >>> model["LogisticRegression"].l2
     0.1
+    >>> build_estimator([{"streamwise.TorchMiniBatchClassifier": {"hidden_layers": [8], "device": "cpu"}}])
+    TorchMiniBatchClassifier(hidden_layers=[8], device=cpu)
     >>> build_estimator(["linear_model.LogistcRegression"])
     Traceback (most recent call last):
     ...
     ValueError: unknown River estimator 'linear_model.LogistcRegression'
     """
     built = [_build_one(copy.deepcopy(s)) for s in steps]
+    if len(built) > 1 and any(getattr(b, "predicts_in_batches", False) for b in built):
+        raise ValueError("a streamwise torch learner must be the only step of its model")
     model = built[0]
     for step in built[1:]:
         model = model | step

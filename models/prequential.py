@@ -62,10 +62,19 @@ class PrequentialModel:
         self.name = name
         self.estimator = estimator
         self.metric = make_metric(metric)
-        if not self.metric.works_with(estimator):
+        # The torch learners are not River estimators (their module must not import
+        # River), so they say what they are with ``task`` and ``predicts_in_batches``.
+        self.predicts_in_batches = bool(getattr(estimator, "predicts_in_batches", False))
+        if self.predicts_in_batches:
+            wanted = metrics.base.ClassificationMetric if estimator.task == "classification" else metrics.base.RegressionMetric
+            if not isinstance(self.metric, wanted):
+                raise ValueError(f"metric {metric} does not work with model {name!r}")
+        elif not self.metric.works_with(estimator):
             raise ValueError(f"metric {metric} does not work with model {name!r}")
-        self.is_classifier = isinstance(estimator, base.Classifier) or isinstance(
-            _final_step(estimator), base.Classifier
+        self.is_classifier = (
+            isinstance(estimator, base.Classifier)
+            or isinstance(_final_step(estimator), base.Classifier)
+            or getattr(estimator, "task", None) == "classification"
         )
         self.is_anomaly_detector = isinstance(_final_step(estimator), base.AnomalyDetector)
         self._metric_takes_proba = self.is_classifier and not self.metric.requires_labels
@@ -74,11 +83,11 @@ class PrequentialModel:
         self._class_from_proba = (
             self.is_classifier and type(_final_step(estimator)).predict_one is base.Classifier.predict_one
         )
-        self.n_predicted = 0
+        # Only learning is counted: a restored worker predicts the replayed events again
+        # and must still end in the same state as one that never stopped.
         self.n_learned = 0
 
     def predict_one(self, x: dict[str, Any]) -> Prediction:
-        self.n_predicted += 1
         est = self.estimator
         if self.is_anomaly_detector:
             return Prediction(est.score_one(x))
@@ -91,13 +100,34 @@ class PrequentialModel:
             value = est.predict_one(x)
         return Prediction(value, proba)
 
-    def learn_one(self, x: dict[str, Any], y: Any, prediction: Prediction) -> None:
-        """Scores ``prediction`` (made when the event arrived) against ``y``, then learns."""
+    def predict_many(self, xs: list[dict[str, Any]]) -> list[Prediction]:
+        """One vectorised pass for a learner that ``predicts_in_batches``; a loop otherwise."""
+        if not self.predicts_in_batches:
+            return [self.predict_one(x) for x in xs]
+        self.n_predicted += len(xs)
+        if not self.is_classifier:
+            return [Prediction(v) for v in self.estimator.predict_many(xs)]
+        return [Prediction(max(p, key=p.get) if p else None, p) for p in self.estimator.predict_proba_many(xs)]
+
+    def score(self, y: Any, prediction: Prediction) -> None:
+        """Updates the metric with a prediction unless it is None or ``{}``, as River does."""
         y_pred = prediction.proba if self._metric_takes_proba else prediction.value
         if y_pred is not None and y_pred != {}:
             self.metric.update(y_true=y, y_pred=y_pred)
+
+    def learn_one(self, x: dict[str, Any], y: Any, prediction: Prediction | None, t: float | None = None) -> None:
+        """Scores ``prediction`` (made when the event arrived) against ``y``, then learns.
+
+        ``prediction`` is None for a model that did not exist when the event was predicted
+        (a challenger started since): it learns without being scored. ``t`` is the stream
+        time, which a mini-batch learner uses to bound how long a partial batch waits.
+        """
+        if prediction is not None:
+            self.score(y, prediction)
         if self.is_anomaly_detector:
             self.estimator.learn_one(x)
+        elif self.predicts_in_batches:
+            self.estimator.learn_one(x, y, t)
         else:
             self.estimator.learn_one(x, y)
         self.n_learned += 1

@@ -17,6 +17,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamwise.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
+from streamwise.models.config import ChampionConfig, DriftConfig, EvaluationConfig, ExplainConfig, LabelsConfig
 from streamwise.models.prequential import make_metric
 from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema
@@ -28,6 +29,9 @@ class InputConfig(BaseModel):
     topic: str = Field(min_length=1)
     # Consumer group; defaults to "streamwise-<pipeline name>".
     group_id: str | None = None
+    # Delayed labels, {"<id>": ..., "<label>": ...}, joined to predictions by event id.
+    # Must be co-partitioned with the events topic (same partition count and key).
+    labels_topic: str | None = None
 
 
 class OutputConfig(BaseModel):
@@ -36,6 +40,8 @@ class OutputConfig(BaseModel):
     topic: str = Field(min_length=1)
     # Defaults to "<input topic>.dlq".
     dead_letter_topic: str | None = None
+    # Drift detections and champion changes; defaults to "<pipeline name>.alerts".
+    alerts_topic: str | None = None
 
 
 class PipelineConfig(BaseModel):
@@ -52,10 +58,21 @@ class PipelineConfig(BaseModel):
     # and then the models see exactly the validated event.
     cleaners: list[CleanerSpec] = []
     features: list[FeatureSpec] = []
+    # Learning around the models (models/config.py): delayed labels, metrics, drift,
+    # champion selection, explanations.
+    labels: LabelsConfig = LabelsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    drift: DriftConfig = DriftConfig()
+    champion: ChampionConfig = ChampionConfig()
+    explain: ExplainConfig = ExplainConfig()
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
         make_metric(self.metric)
+        if self.champion.metric is not None:
+            make_metric(self.champion.metric)
+        if self.input.labels_topic is not None and self.input.labels_topic == self.input.topic:
+            raise ValueError("input.labels_topic must differ from input.topic")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -72,6 +89,10 @@ class PipelineConfig(BaseModel):
                 ],
             )
         return self
+
+    @property
+    def alerts_topic(self) -> str:
+        return self.output.alerts_topic or f"{self.name}.alerts"
 
     @property
     def group_id(self) -> str:

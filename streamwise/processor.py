@@ -6,14 +6,17 @@ returns to the sink. Keeping it pure lets tests drive it with plain lists.
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
-from streamwise.models.catalog import build_estimator
-from streamwise.models.prequential import Prediction, PrequentialModel
+from streamwise.models.labels import LabelRecordError, decode_label_record
+from streamwise.models.model_set import ModelSet, Outcome
+from streamwise.models.prequential import PrequentialModel
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.sensors import Sensor
 from streamwise.stream.pipeline import build_event_pipeline
@@ -27,6 +30,8 @@ H_TOPIC = "streamwise.source.topic"
 H_PARTITION = "streamwise.source.partition"
 H_OFFSET = "streamwise.source.offset"
 _MAX_HEADER_MESSAGE = 1000
+# One encoder for every prediction record: json.dumps with arguments builds a new one per call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def dead_letter(
@@ -56,16 +61,35 @@ class PipelineProcessor:
         # Cleaners and feature extractors (stream/pipeline.py); they learn from every valid
         # event, labelled or not, and without any configured they return the decoded event as is.
         self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
-        self.models = [
-            PrequentialModel(spec.name, build_estimator(spec.steps), config.metric)
-            for spec in config.models
-        ]
-        # The first model answers for the pipeline until champion selection lands.
-        self.champion = self.models[0].name
+        schema = config.event_schema
+        self.learners = ModelSet(
+            config.models,
+            task=config.task,
+            metric=config.metric,
+            label_type=schema.label_type,
+            numeric_features=[n for n, f in schema.features.items() if f.type in ("float", "int", "bool")],
+            delayed_labels=config.input.labels_topic is not None,
+            labels=config.labels,
+            evaluation=config.evaluation,
+            drift=config.drift,
+            champion=config.champion,
+            explain=config.explain,
+        )
         self.epoch = 0
 
-    # Rebuilt from the config, not learned: left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "decoder"})
+    @property
+    def models(self) -> list[PrequentialModel]:
+        """Every model, challengers included, in config order."""
+        return self.learners.models
+
+    @property
+    def champion(self) -> str:
+        """The model whose prediction is the record's ``prediction``."""
+        return self.learners.champion
+
+    # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
+    # the state descends from, shown in every record): not learned, left out of snapshots.
+    _NOT_STATE = frozenset({"config", "sensor", "decoder", "epoch"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything this processor has learned, as a picklable dict. New learning
@@ -79,8 +103,15 @@ class PipelineProcessor:
         out: list[OutgoingRecord] = []
         sensor = self.sensor
         dlq = self.config.dead_letter_topic
+        labels_topic = self.config.input.labels_topic
+        if labels_topic is not None:
+            records = arrival_order(records, labels_topic)
+        predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record in records:
             sensor.on_event_in(record.topic, record.partition)
+            if record.topic == labels_topic:
+                self._label(record, out)
+                continue
             try:
                 event = self.events.decode(record.value)
             except RejectedEvent as e:
@@ -89,32 +120,70 @@ class PipelineProcessor:
                 continue
             sensor.on_event_valid(record.topic, record.partition)
             try:
-                predictions = {m.name: m.predict_one(event.x) for m in self.models}
+                # River models predict (and learn from an inline label) now; torch
+                # learners predict the whole batch in end_batch().
+                outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0)
             except Exception as e:  # a model bug must not stop the stream
                 out.append(dead_letter(record, dlq, "predict", type(e).__name__, str(e)))
                 sensor.on_dead_letter(record.topic, "predict")
                 continue
-            out.append(self._prediction_record(record, event, predictions))
-            if event.y is not None:
-                for m in self.models:
-                    m.learn_one(event.x, event.y, predictions[m.name])
-                    sensor.on_learn(m.name)
+            predicted.append((record, event, outcome))
         for action, n in self.events.drain_activity().items():
             sensor.on_clean(action, n)
+        result = self.learners.end_batch()
+        for record, event, outcome in predicted:
+            out.append(self._prediction_record(record, event, outcome))
+        self._report_learning(result, records, out)
         return out
 
-    def _prediction_record(
-        self, record: ConsumedRecord, event: DecodedEvent, predictions: dict[str, Prediction]
-    ) -> OutgoingRecord:
+    def _label(self, record: ConsumedRecord, out: list[OutgoingRecord]) -> None:
+        cfg = self.config
+        try:
+            event_id, y = decode_label_record(
+                record.value,
+                cfg.labels.id_field or cfg.event_schema.id,
+                cfg.labels.label_field,
+                cfg.event_schema.label_type,
+            )
+        except LabelRecordError as e:
+            out.append(dead_letter(record, cfg.dead_letter_topic, "label", "LabelRecordError", str(e)))
+            self.sensor.on_dead_letter(record.topic, "label")
+            return
+        self.learners.on_label(event_id, y, record.timestamp_ms / 1000.0)
+
+    def _report_learning(self, result: Any, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]) -> None:
+        sensor = self.sensor
+        for model, n in result.learned.items():
+            for _ in range(n):
+                sensor.on_learn(model)
+        for delay in result.label_delays:
+            sensor.on_label(delay)
+        for model, seconds, batch_size, device in result.torch_steps:
+            sensor.on_torch_step(model, seconds, batch_size, device)
+        if self.learners.delayed_labels:
+            sensor.on_pending_labels(len(self.learners.pending))
+        partition = records[0].partition if records else None
+        for alert in result.alerts:
+            if alert["type"] == "drift":
+                sensor.on_drift(alert["model"], alert["detector"])
+            body = {"pipeline": self.config.name, "partition": partition, **alert}
+            out.append(
+                OutgoingRecord(
+                    topic=self.config.alerts_topic,
+                    key=str(alert.get("model") or alert.get("champion")).encode(),
+                    value=json.dumps(body, separators=(",", ":"), default=str).encode(),
+                )
+            )
+
+    def _prediction_record(self, record: ConsumedRecord, event: DecodedEvent, outcome: Outcome) -> OutgoingRecord:
         now_ms = time.time() * 1000.0
         latency_s = max(0.0, (now_ms - record.timestamp_ms) / 1000.0)
-        champion = predictions[self.champion]
         body: dict[str, Any] = {
             "id": event.id,
             "key": event.key if event.key is not None else _text(record.key),
-            **champion.to_json(),
-            "champion": self.champion,
-            "models": {name: p.to_json() for name, p in predictions.items()},
+            **outcome.prediction.to_json(),
+            "champion": outcome.champion,
+            "models": {name: p.to_json() for name, p in outcome.predictions.items()},
             "epoch": self.epoch,
             "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
             "event_timestamp_ms": record.timestamp_ms,
@@ -122,12 +191,29 @@ class PipelineProcessor:
         }
         if event.event_time is not None:
             body["event_time"] = event.event_time
+        if outcome.explanation is not None:
+            body["explanation"] = outcome.explanation
         self.sensor.on_prediction(latency_s)
         return OutgoingRecord(
             topic=self.config.output.topic,
             key=record.key,
-            value=json.dumps(body, separators=(",", ":"), default=str).encode(),
+            value=_JSON_ENCODER.encode(body).encode(),
         )
+
+
+def arrival_order(records: Sequence[ConsumedRecord], labels_topic: str) -> list[ConsumedRecord]:
+    """Events and labels of one poll, interleaved by record timestamp as they arrived.
+
+    A poll returns records grouped by partition, so without this every label of the
+    batch would be applied after every event of it. Each partition's own order is kept
+    (a merge, not a sort); on equal timestamps a label goes first, as River's
+    ``simulate_qa`` reveals an answer before the question asked at the same moment.
+    """
+    runs = [list(run) for _, run in groupby(records, key=lambda r: (r.topic, r.partition))]
+    if len(runs) < 2:
+        return list(records)
+    runs.sort(key=lambda run: run[0].topic != labels_topic)
+    return list(heapq.merge(*runs, key=lambda r: r.timestamp_ms))
 
 
 def _text(key: bytes | None) -> str | None:

@@ -1,0 +1,79 @@
+"""The learning blocks of a pipeline YAML: delayed labels, evaluation, drift, champion, explanations.
+
+They live beside the code they configure; :mod:`streamwise.pipeline_config` puts them
+into the pipeline file under the keys ``labels``, ``evaluation``, ``drift``,
+``champion`` and ``explain``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from streamwise.models.drift import build_detector
+
+
+class LabelsConfig(BaseModel):
+    """How records on ``input.labels_topic`` are read and joined to predictions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Defaults to the schema's id field.
+    id_field: str | None = None
+    label_field: str = "label"
+    # A prediction waits this long (stream time) for its label, then is evicted.
+    ttl_s: float = Field(86_400.0, gt=0)
+    max_pending: int = Field(100_000, ge=1)
+    # A label that arrives before its event waits this long for it.
+    early_hold_s: float = Field(60.0, ge=0)
+    max_early: int = Field(10_000, ge=0)
+
+
+class EvaluationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Labels in the rolling window of every model's metrics.
+    window: int = Field(1000, ge=1)
+
+
+class DriftConfig(BaseModel):
+    """A ``river.drift`` detector on each model's error stream, and what a detection does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    detector: str | dict[str, Any] = "ADWIN"
+    # none: alert only; reset: replace the model with a fresh one; challenger: train a
+    # fresh one beside it, which replaces it if it does better over a full window.
+    policy: Literal["none", "reset", "challenger"] = "none"
+    # A challenger that has not beaten its model after this many labels is dropped.
+    challenger_trial: int = Field(5000, ge=1)
+
+    @field_validator("detector")
+    @classmethod
+    def _buildable(cls, detector: str | dict[str, Any]) -> str | dict[str, Any]:
+        build_detector(detector)
+        return detector
+
+
+class ChampionConfig(BaseModel):
+    """Which model's prediction is the record's ``prediction``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A river.metrics class scored over the rolling window; defaults to the pipeline's metric.
+    metric: str | None = None
+    window: int = Field(500, ge=1)
+    # Hysteresis: lead by more than ``margin`` on ``patience`` labels in a row, each with
+    # at least ``min_samples`` labels in the window.
+    margin: float = Field(0.01, ge=0)
+    patience: int = Field(100, ge=1)
+    min_samples: int = Field(200, ge=1)
+
+
+class ExplainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Top feature contributions in each record; 0 turns explanations off.
+    top_k: int = Field(0, ge=0)
