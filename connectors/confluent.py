@@ -122,7 +122,9 @@ def _tps(partitions: Sequence[CTopicPartition]) -> list[TopicPartition]:
 class ConfluentSource:
     def __init__(self, settings: KafkaSettings, group_id: str) -> None:
         self._settings = settings
-        self._consumer = Consumer(consumer_config(settings, group_id))
+        self._config = consumer_config(settings, group_id)
+        self._consumer = Consumer(self._config)
+        self._offsets: Consumer | None = None
         # cooperative-sticky hands over partitions incrementally; range revokes and
         # reassigns everything, and librdkafka wants the matching assign call.
         self._incremental = settings.assignor == "cooperative-sticky"
@@ -223,13 +225,24 @@ class ConfluentSource:
         committed = self.committed(unknown) if unknown else {}
         out: dict[TopicPartition, int] = {}
         for (t, p), position in positions.items():
-            low, high = self._consumer.get_watermark_offsets(CTopicPartition(t, p), timeout=timeout)
+            # The end is the last stable offset (read_committed), which only the broker
+            # knows: the cached watermark is the high one and counts open transactions.
+            low, high = self._offsets_client().get_watermark_offsets(CTopicPartition(t, p), timeout=timeout)
             if position < 0:
                 # Nothing consumed yet: the consumer will start at the committed offset,
                 # else at the beginning (auto.offset.reset=earliest).
                 position = committed.get((t, p)) or low
             out[(t, p)] = max(0, high - position)
         return out
+
+    def _offsets_client(self) -> Consumer:
+        """A second handle, never subscribed, for end-offset queries. On the group
+        consumer's own connection the query waits behind the outstanding fetch (0.2 to
+        0.4 s measured here, per call); on its own it takes a fraction of a millisecond."""
+        if self._offsets is None:
+            config = {k: v for k, v in self._config.items() if k != "group.instance.id"}
+            self._offsets = Consumer({**config, "group.id": f"{config['group.id']}.offsets"})
+        return self._offsets
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
@@ -257,6 +270,8 @@ class ConfluentSource:
 
     def close(self) -> None:
         self._consumer.close()
+        if self._offsets is not None:
+            self._offsets.close()
 
 
 class ConfluentSink:

@@ -86,6 +86,9 @@ def _reject_constant(name: str) -> float:
 
 
 _FloatType = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+# One decoder for all events: json.loads with an argument builds a new one per call,
+# a third of the cost of decoding a small event.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _python_type(spec: FieldSpec) -> Any:
@@ -188,7 +191,7 @@ class EventDecoder:
         except UnicodeDecodeError as e:
             raise RejectedEvent("decode", f"not UTF-8: {e}") from None
         try:
-            obj = json.loads(text, parse_constant=_reject_constant)
+            obj = _JSON_DECODER.decode(text)
         except (ValueError, RecursionError) as e:
             raise RejectedEvent("decode", f"not JSON: {e}") from None
         return obj

@@ -17,7 +17,6 @@ would have had without the crash, and no output is written twice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import threading
@@ -35,17 +34,13 @@ from streamwise.connectors.redis_state import (
     SnapshotUnavailableError,
 )
 from streamwise.errors import ServiceUnavailableError
+from streamwise.models.state import fingerprint
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
 from streamwise.sensors import Sensor
 from streamwise.settings import SnapshotSettings
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(state: dict[str, Any]) -> str:
-    """A digest of a processor's learned state: equal digests, equal models."""
-    return hashlib.sha256(pickle.dumps(state, protocol=5)).hexdigest()
 
 
 @dataclass
@@ -144,7 +139,7 @@ class PartitionStates:
             state = pickle.loads(snap.payload)  # verified by its HMAC in load_latest
             processor.restore_state(state["processor"])
             offsets = snap.info.offsets_by_tp()
-            st.epoch = snap.info.epoch
+            st.epoch = processor.epoch = snap.info.epoch
             log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
         st.positions = dict(offsets)
         self._attach(st, tps)
@@ -251,7 +246,7 @@ class PartitionStates:
             log.error("partition %s: %s; dropping local state", st.partition, e)
             self.states.pop(st.partition, None)
             return False
-        st.epoch = info.epoch
+        st.epoch = st.processor.epoch = info.epoch
         st.unsnapshotted = 0
         st.last_snapshot = time.monotonic()
         st.backoff_s = 0.5

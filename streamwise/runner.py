@@ -149,6 +149,9 @@ class Runner:
                 self._report(source)
                 records = self.partitions.settle(source.poll(kafka.poll_timeout_ms, kafka.max_poll_records))
                 if not records:
+                    # Every batch is committed by now: a snapshot due by time (or one
+                    # retried after a Redis outage, which may unpause) can go.
+                    self.partitions.after_commit()
                     if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
                         if source.assignment() and not any(source.lag().values()):
                             break

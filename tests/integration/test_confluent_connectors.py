@@ -33,7 +33,7 @@ def _topic(settings: Any, name: str, partitions: int = 1) -> str:
     return name
 
 
-def _poll_until(source: Source, n: int, timeout_s: float = 30.0) -> list[ConsumedRecord]:
+def _poll_until(source: Source, n: int, timeout_s: float = 60.0) -> list[ConsumedRecord]:
     out: list[ConsumedRecord] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < n and time.monotonic() < deadline:
@@ -201,6 +201,25 @@ def test_transactions_commit_outputs_and_offsets_together_or_not_at_all(settings
     reader.subscribe([out_topic])
     assert [r.value for r in _poll_until(reader, 6)] == [b"out-%d" % i for i in range(6)]
     reader.close()
+
+
+def test_lag_counts_committed_records_only(settings, bootstrap, unique):
+    topic = _topic(settings, f"{unique}.in")
+    produce(bootstrap, topic, [(None, str(i).encode()) for i in range(5)])
+    open_txn = make_sink(settings.kafka, transactional_id=f"{unique}.tx")
+    open_txn.begin_transaction()
+    for i in range(3):
+        open_txn.send(OutgoingRecord(topic, None, b"uncommitted"))
+    open_txn.flush()  # on the broker, but its transaction stays open
+    source = make_source(settings.kafka, unique)
+    source.subscribe([topic])
+    assert [r.value for r in _poll_until(source, 5)] == [str(i).encode() for i in range(5)]
+    assert source.poll(300, 10) == []
+    # read_committed: the open transaction's records are neither read nor owed.
+    assert source.lag() == {(topic, 0): 0}
+    source.close()
+    open_txn.abort_transaction()
+    open_txn.close()
 
 
 def test_a_record_the_broker_refuses_raises_delivery_error_on_flush(settings, bootstrap, unique):

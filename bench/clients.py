@@ -1,0 +1,271 @@
+"""G1 and G2 (issue 8) for both Kafka clients, side by side in one run, and a profile.
+
+G1, model efficiency: the service's events/s (Kafka in → decode, validate → predict →
+learn → prediction record → Kafka out, exactly-once) ÷ an in-memory loop over the same
+pre-decoded events (``predict_one``, metric update, ``learn_one``) with the same model.
+
+G2, I/O tax: the service with a no-op model (River's ``dummy.NoChangeClassifier``) ÷ a
+bare consume → produce passthrough written directly on the same client library, with
+the same JSON decode/encode of every event and the same exactly-once transaction per
+poll batch (begin, produce, send offsets with the group metadata, commit).
+
+Every figure is timed from the first polled record to the last committed batch, so
+group joins and idle waits are left out of both sides of each ratio alike. The events
+are River's Phishing replayed ``--repeat`` times, published once to one one-partition
+topic; each measurement reads it with a fresh consumer group and writes a fresh topic.
+``--profile`` adds cProfile's top entries for the service on the confluent client.
+
+    .venv/bin/python bench/clients.py [--repeat 20] [--arf-events 5000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+# G1 and G2 measure the event path; snapshot cost is G4's business.
+os.environ.setdefault("STREAMWISE_SNAPSHOT__ENABLED", "false")
+
+from streamwise.connectors import make_admin  # noqa: E402
+from streamwise.devservices import ensure_dev_services  # noqa: E402
+from streamwise.models.catalog import build_estimator  # noqa: E402
+from streamwise.models.prequential import PrequentialModel  # noqa: E402
+from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config  # noqa: E402
+from streamwise.replay import iter_events  # noqa: E402
+from streamwise.runner import Runner  # noqa: E402
+from streamwise.sensors import Sensor  # noqa: E402
+from streamwise.settings import KafkaSettings, Settings  # noqa: E402
+from support import produce  # noqa: E402
+
+CLIENTS = ("kafka-python", "confluent")
+MODELS: dict[str, list[Any]] = {
+    "LogisticRegression": ["preprocessing.StandardScaler", "linear_model.LogisticRegression"],
+    "HoeffdingTree": [{"tree.HoeffdingTreeClassifier": {"grace_period": 50}}],
+    "ARF": [{"forest.ARFClassifier": {"seed": 42}}],
+    "no-op": ["dummy.NoChangeClassifier"],
+}
+
+
+class _Clock(Sensor):
+    """From the first record polled to the end of the last batch (processed and committed)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last = 0.0
+        self.events = 0
+
+    def on_event_in(self, topic: str, partition: int) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def on_batch(self, n_records: int, seconds: float) -> None:
+        self.events += n_records
+        self.last = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        assert self.first is not None
+        return self.events / (self.last - self.first)
+
+
+def _pipeline(topic: str, model: str) -> PipelineConfig:
+    data = yaml.safe_load((ROOT / "examples" / "phishing.yaml").read_text())
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    data.update(name=prefix, models=[{"name": "model", "steps": MODELS[model]}])
+    data["input"]["topic"] = topic
+    data["output"]["topic"] = f"{prefix}.predictions"
+    return parse_pipeline_config(data)
+
+
+def _settings(bootstrap: str, client: str) -> Settings:
+    settings = Settings()
+    settings.kafka = KafkaSettings(bootstrap_servers=bootstrap, client=client, poll_timeout_ms=200)
+    return settings
+
+
+def service(bootstrap: str, client: str, topic: str, model: str, n: int) -> float:
+    clock = _Clock()
+    Runner(_pipeline(topic, model), _settings(bootstrap, client), sensors=[clock]).run(max_events=n)
+    return clock.rate
+
+
+def in_memory(events: list[tuple[dict[str, Any], bool]], model: str) -> float:
+    scored = PrequentialModel("model", build_estimator(MODELS[model]), "Accuracy")
+    t0 = time.perf_counter()
+    for x, y in events:
+        scored.learn_one(x, y, scored.predict_one(x))
+    return len(events) / (time.perf_counter() - t0)
+
+
+def _echo(value: bytes) -> bytes:
+    # The serialization the service does on every event: JSON in, a JSON record out.
+    return json.dumps(json.loads(value), separators=(",", ":")).encode()
+
+
+def passthrough_kafka_python(settings: KafkaSettings, topic: str, n: int) -> float:
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.structs import OffsetAndMetadata
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    out = f"{prefix}.echo"
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
+        auto_offset_reset="earliest", isolation_level="read_committed",
+        max_partition_fetch_bytes=settings.max_fetch_bytes, fetch_max_bytes=settings.max_fetch_bytes,
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
+        linger_ms=settings.linger_ms, max_request_size=settings.max_request_bytes, transactional_id=prefix,
+    )
+    producer.init_transactions()
+    done, first = 0, None
+    while done < n:
+        batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
+        if not batches:
+            continue
+        first = first or time.perf_counter()
+        producer.begin_transaction()
+        offsets = {}
+        for tp, records in batches.items():
+            for r in records:
+                producer.send(out, key=r.key, value=_echo(r.value))
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            done += len(records)
+        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+        producer.commit_transaction()
+    rate = done / (time.perf_counter() - first)
+    consumer.close(autocommit=False)
+    producer.close()
+    return rate
+
+
+def passthrough_confluent(settings: KafkaSettings, topic: str, n: int) -> float:
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from streamwise.connectors.confluent import consumer_config, producer_config
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    out = f"{prefix}.echo"
+    consumer = Consumer(consumer_config(settings, prefix))
+    consumer.subscribe([topic])
+    producer = Producer(producer_config(settings, prefix))
+    producer.init_transactions()
+    done, first = 0, None
+    while done < n:
+        messages = consumer.consume(settings.max_poll_records, settings.poll_timeout_ms / 1000)
+        if not messages:
+            continue
+        first = first or time.perf_counter()
+        producer.begin_transaction()
+        ends: dict[tuple[str, int], int] = {}
+        for m in messages:
+            producer.produce(out, _echo(m.value()), m.key())
+            ends[(m.topic(), m.partition())] = m.offset() + 1
+        done += len(messages)
+        producer.send_offsets_to_transaction(
+            [TopicPartition(t, p, o) for (t, p), o in ends.items()], consumer.consumer_group_metadata()
+        )
+        producer.commit_transaction()
+    rate = done / (time.perf_counter() - first)
+    consumer.close()
+    producer.flush()
+    return rate
+
+
+PASSTHROUGH: dict[str, Callable[[KafkaSettings, str, int], float]] = {
+    "kafka-python": passthrough_kafka_python,
+    "confluent": passthrough_confluent,
+}
+
+
+def profile_service(bootstrap: str, topic: str, model: str, n: int, top: int = 25) -> str:
+    runner = Runner(_pipeline(topic, model), _settings(bootstrap, "confluent"))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    summary = runner.run(max_events=n)
+    profiler.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(profiler, stream=buf).strip_dirs().sort_stats("tottime")
+    stats.print_stats(top)
+    per_event = sum(v[2] for v in stats.stats.values()) / summary.events_in * 1e6  # type: ignore[attr-defined]
+    return f"{summary.events_in} events, {per_event:.1f} µs of profiled CPU per event\n" + buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20, help="Phishing replays (1,250 events each)")
+    parser.add_argument("--arf-events", type=int, default=5000, help="ARF is slow: fewer events (0 skips it)")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    env = ensure_dev_services()
+    bootstrap = env["STREAMWISE_KAFKA__BOOTSTRAP_SERVERS"]
+
+    raw: list[tuple[bytes, bytes]] = []
+    base = [json.loads(v) for _k, v in iter_events("Phishing")]
+    for rep in range(args.repeat):
+        for e in base:
+            e = dict(e, id=rep * len(base) + e["id"])
+            raw.append((str(e["id"]).encode(), json.dumps(e).encode()))
+    n = len(raw)
+    topic = f"bench-{uuid.uuid4().hex[:8]}.events"
+    admin = make_admin(KafkaSettings(bootstrap_servers=bootstrap))
+    admin.ensure_topics([topic])
+    admin.close()
+    produce(bootstrap, topic, raw)
+    decoded = [({k: v for k, v in e.items() if k not in ("id", "label")}, e["label"])
+               for e in (json.loads(v) for _k, v in raw)]
+
+    models = ["LogisticRegression", "HoeffdingTree"] + (["ARF"] if args.arf_events else [])
+    rows: list[tuple[str, dict[str, float]]] = []
+    for model in models:
+        count = min(n, args.arf_events) if model == "ARF" else n
+        mem = in_memory(decoded[:count], model)
+        svc = {c: service(bootstrap, c, topic, model, count) for c in CLIENTS}
+        rows.append((f"G1 {model}: service events/s ({count} events)", svc))
+        rows.append((f"G1 {model}: in-memory events/s", {c: mem for c in CLIENTS}))
+        rows.append((f"G1 {model}: ratio", {c: svc[c] / mem for c in CLIENTS}))
+    noop = {c: service(bootstrap, c, topic, "no-op", n) for c in CLIENTS}
+    bare = {c: PASSTHROUGH[c](KafkaSettings(bootstrap_servers=bootstrap, poll_timeout_ms=200), topic, n)
+            for c in CLIENTS}
+    rows.append((f"G2 service, no-op model, events/s ({n} events)", noop))
+    rows.append(("G2 bare passthrough events/s", bare))
+    rows.append(("G2 ratio", {c: noop[c] / bare[c] for c in CLIENTS}))
+
+    import confluent_kafka
+    import kafka
+    import river
+
+    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, river {river.__version__}, kafka-python {kafka.__version__}, "
+          f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]}), "
+          "exactly-once, one partition\n")
+    width = max(len(name) for name, _ in rows)
+    print(f"| {'measure':<{width}} | {'kafka-python':>12} | {'confluent':>12} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 14}|")
+    for name, by_client in rows:
+        fmt = "{:>12.2f}" if "ratio" in name else "{:>12,.0f}"
+        cells = " | ".join(fmt.format(by_client[c]) for c in CLIENTS)
+        print(f"| {name:<{width}} | {cells} |")
+
+    if args.profile:
+        print("\nService on the confluent client, LogisticRegression, cProfile by own time:\n")
+        print(profile_service(bootstrap, topic, "LogisticRegression", n))
+
+
+if __name__ == "__main__":
+    main()
