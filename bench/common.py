@@ -1,0 +1,244 @@
+"""What the benchmarks in bench/ share: the data, the topics, a clock, tables and profiles.
+
+Not a test helper and not part of the package: bench scripts put ``bench/`` and
+``tests/`` on ``sys.path`` and import this module as ``common``.
+
+Every figure the benchmarks print is a ratio of two things measured in the same run
+(these machines have two cores shared with other work), so the absolute events/s in a
+table say little on their own; the ratios are what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT / "tests", ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import yaml  # noqa: E402
+
+from streamwise.connectors import make_admin  # noqa: E402
+from streamwise.devservices import ensure_dev_services  # noqa: E402
+from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config  # noqa: E402
+from streamwise.replay import iter_events  # noqa: E402
+from streamwise.sensors import Sensor  # noqa: E402
+from streamwise.settings import KafkaSettings, Settings, SnapshotSettings  # noqa: E402
+
+Event = tuple[bytes, bytes]
+LOGREG = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
+
+
+def bootstrap() -> str:
+    """The local broker that dev/up starts (started here if it is not running yet)."""
+    return ensure_dev_services()["STREAMWISE_KAFKA__BOOTSTRAP_SERVERS"]
+
+
+def unique(what: str) -> str:
+    """A fresh name per run, so that every bench is idempotent: new topics, new groups."""
+    return f"bench-{what}-{uuid.uuid4().hex[:8]}"
+
+
+def phishing_events(repeat: int) -> list[Event]:
+    """River's Phishing (1,250 events) replayed ``repeat`` times, each copy with new ids."""
+    base = [json.loads(v) for _k, v in iter_events("Phishing")]
+    out = []
+    for rep in range(repeat):
+        for e in base:
+            e = dict(e, id=rep * len(base) + e["id"])
+            out.append((str(e["id"]).encode(), json.dumps(e, separators=(",", ":")).encode()))
+    return out
+
+
+def create_topic(servers: str, topic: str, partitions: int = 1) -> None:
+    admin = make_admin(KafkaSettings(bootstrap_servers=servers))
+    try:
+        admin.ensure_topics([topic], partitions=partitions)
+    finally:
+        admin.close()
+
+
+def produce(servers: str, topic: str, events: list[Event], partitions: int = 1) -> None:
+    """Creates ``topic`` and publishes the events, keyed, as fast as the broker takes them."""
+    from support import produce as produce_plain  # an independent client, as in the tests
+
+    create_topic(servers, topic, partitions)
+    produce_plain(servers, topic, events)
+
+
+def pipeline(
+    input_topic: str,
+    steps: list[Any] | None = None,
+    example: str = "phishing.yaml",
+    name: str | None = None,
+) -> PipelineConfig:
+    """An example pipeline on fresh output topics and group; one model ``model`` with
+    ``steps`` when given, else the example's own models."""
+    data = yaml.safe_load((ROOT / "examples" / example).read_text())
+    name = name or unique("pipe")
+    data.update(name=name)
+    if steps is not None:
+        data["models"] = [{"name": "model", "steps": steps}]
+    data["input"]["topic"] = input_topic
+    data["output"]["topic"] = f"{name}.predictions"
+    return parse_pipeline_config(data)
+
+
+def write_pipeline(cfg: PipelineConfig, path: Path) -> Path:
+    """The pipeline as YAML for ``streamwise run -c``."""
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
+
+
+def settings(servers: str, client: str, snapshots: bool = False, **snapshot: Any) -> Settings:
+    """Settings for a bench run; snapshots off unless asked for (they are G4's business)."""
+    s = Settings()
+    s.kafka = KafkaSettings(bootstrap_servers=servers, client=client, poll_timeout_ms=200)  # type: ignore[arg-type]
+    s.snapshot = s.snapshot.model_copy(update={"enabled": snapshots, **snapshot})
+    assert isinstance(s.snapshot, SnapshotSettings)
+    return s
+
+
+class Clock(Sensor):
+    """Service throughput from the first record polled to the end of the last batch
+    (processed and committed): group joins and idle waits are left out."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first: float | None = None
+        self.first_commit: float | None = None
+        # The first batch that emitted a prediction (a restarted worker's silent replay
+        # commits batches that emit nothing).
+        self.first_output: float | None = None
+        self._predicted = False
+        self.last = 0.0
+        self.events = 0
+        self.snapshots: list[tuple[int, float]] = []
+
+    def on_event_in(self, topic: str, partition: int) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def on_batch(self, n_records: int, seconds: float) -> None:
+        self.events += n_records
+        self.last = time.perf_counter()
+        if self.first_commit is None:
+            self.first_commit = self.last
+        if self._predicted and self.first_output is None:
+            self.first_output = self.last
+
+    def on_prediction(self, latency_s: float) -> None:
+        self._predicted = True
+
+    def on_snapshot(self, partition: int, size_bytes: int, seconds: float) -> None:
+        self.snapshots.append((size_bytes, seconds))
+
+    @property
+    def rate(self) -> float:
+        assert self.first is not None, "no record was polled"
+        return self.events / (self.last - self.first)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
+    2.0
+    >>> percentile([float(i) for i in range(1, 1001)], 99.9)
+    999.0
+    """
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(min(rank, len(sorted_values))) - 1]
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table with a bold title line. Floats below 10 get two decimals
+    (ratios, milliseconds), larger numbers thousands separators.
+
+    >>> print(table("T", ["a", "b"], [["x", 0.5], ["y", 12345.0]]))
+    **T**
+    <BLANKLINE>
+    | a | b |
+    |---|---:|
+    | x | 0.50 |
+    | y | 12,345 |
+    """
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.2f}" if abs(v) < 10 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """One line: date, host, cores, Python and the versions the figures depend on."""
+    import kafka
+    import river
+
+    try:
+        import confluent_kafka
+
+        confluent = f", confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})"
+    except ImportError:
+        confluent = ""
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {platform.node()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, river {river.__version__}, "
+        f"kafka-python {kafka.__version__}{confluent}"
+    )
+
+
+def _package(filename: str) -> str:
+    """Which library a profiled function belongs to, from its file name."""
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins (C)"
+    parts = Path(filename).parts
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        top = parts[i + 1] if len(parts) > i + 1 else "?"
+        return top.removesuffix(".py")
+    for name in ("stream", "models", "connectors", "streamwise"):
+        if name in parts and "work" in parts:
+            return f"streamwise/{name}" if name != "streamwise" else "streamwise"
+    return "python stdlib"
+
+
+def profile_summary(profiler: cProfile.Profile, events: int, top: int = 15) -> str:
+    """Own time per library (where the time goes) and the top functions by own time."""
+    stats = pstats.Stats(profiler)
+    by_package: dict[str, float] = defaultdict(float)
+    total = 0.0
+    rows = []
+    for (filename, line, func), (_cc, ncalls, tottime, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        by_package[_package(filename)] += tottime
+        total += tottime
+        rows.append((tottime, ncalls, f"{Path(filename).name}:{line}({func})"))
+    out = [f"{events:,} events, {total / events * 1e6:.1f} µs of profiled CPU per event", ""]
+    out.append("| library | own time | share | µs/event |")
+    out.append("|---|---:|---:|---:|")
+    for pkg, t in sorted(by_package.items(), key=lambda kv: -kv[1])[:10]:
+        out.append(f"| {pkg} | {t:.2f} s | {t / total:.0%} | {t / events * 1e6:.1f} |")
+    out += ["", "| function | calls | own time | µs/event |", "|---|---:|---:|---:|"]
+    for tottime, ncalls, name in sorted(rows, reverse=True)[:top]:
+        out.append(f"| `{name}` | {ncalls:,} | {tottime:.2f} s | {tottime / events * 1e6:.1f} |")
+    return "\n".join(out)

@@ -1,0 +1,123 @@
+"""Peer (issue 8): streamwise ÷ the same pipeline written with Quix Streams + River.
+
+The same data (River's Phishing replayed ``--repeat`` times, on one one-partition
+topic of the same broker), the same model (StandardScaler | LogisticRegression), the
+same order (predict, update the accuracy, learn: test-then-train), one prediction
+record per event on an output topic, with the same delivery guarantee on both sides.
+
+The Quix Streams side is written the way its documentation shows a user would: an
+``Application``, a JSON topic, ``sdf.apply(score)`` with the River pipeline in a
+closure, ``sdf.to_topic(output)``, everything else at its defaults (which include a
+commit, and so an exactly-once transaction, every 5 s, where streamwise commits one
+per poll batch). It keeps its model in process memory only, so the streamwise side
+runs with snapshots off, and it writes a smaller prediction record (id, class,
+probability) than streamwise's (every model's prediction, versions, latency).
+
+Both are timed alike: from the first event handed to the application to the return
+from its ``run()``, after processing ``n`` events and committing them. quixstreams is
+in the ``bench`` extra (``pip install -e '.[bench]'``).
+
+    .venv/bin/python bench/peer_quix.py [--repeat 10] [--guarantee exactly_once]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from streamwise.runner import Runner  # noqa: E402
+
+CLIENTS = ("kafka-python", "confluent")
+GUARANTEES = {"exactly_once": "exactly-once", "at_least_once": "at-least-once"}
+
+
+def streamwise_rate(servers: str, client: str, topic: str, n: int, guarantee: str) -> float:
+    clock = common.Clock()
+    settings = common.settings(servers, client)
+    settings.kafka = settings.kafka.model_copy(update={"guarantee": guarantee})
+    Runner(common.pipeline(topic, common.LOGREG), settings, sensors=[clock]).run(max_events=n)
+    assert clock.first is not None and clock.events == n
+    return n / (time.perf_counter() - clock.first)
+
+
+def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> float:
+    """The user's Quix Streams application, run until it has scored ``n`` events."""
+    # quixstreams pulls in authlib, which warns about its httpx module on import.
+    warnings.filterwarnings("ignore", message=".*httpx module is deprecated")
+    from quixstreams import Application
+    from river import linear_model, metrics, preprocessing
+
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy = metrics.Accuracy()
+    name = common.unique("quix")
+    seen = {"n": 0, "first": 0.0}
+    with tempfile.TemporaryDirectory() as state_dir:
+        app = Application(
+            broker_address=servers, consumer_group=name, auto_offset_reset="earliest",
+            processing_guarantee=GUARANTEES[guarantee], state_dir=state_dir, loglevel="WARNING",
+        )
+        events = app.topic(topic, value_deserializer="json")
+        predictions = app.topic(f"{name}.predictions", value_serializer="json")
+
+        def score(event: dict[str, Any]) -> dict[str, Any]:
+            if not seen["n"]:
+                seen["first"] = time.perf_counter()
+            x = {k: v for k, v in event.items() if k not in ("id", "label")}
+            proba = model.predict_proba_one(x)
+            y_pred = max(proba, key=proba.get) if proba else None
+            if y_pred is not None:  # River's progressive_val_score skips a missing prediction
+                accuracy.update(event["label"], y_pred)
+            model.learn_one(x, event["label"])
+            seen["n"] += 1
+            if seen["n"] >= n:
+                app.stop()
+            return {"id": event["id"], "prediction": y_pred, "probability": proba.get(True, 0.0)}
+
+        app.dataframe(events).apply(score).to_topic(predictions)
+        app.run()
+    assert seen["n"] == n, seen
+    return n / (time.perf_counter() - seen["first"])
+
+
+def run(repeat: int, guarantees: list[str]) -> tuple[str, dict[str, Any]]:
+    logging.getLogger("quixstreams").setLevel(logging.WARNING)
+    servers = common.bootstrap()
+    topic = common.unique("peer") + ".events"
+    events = common.phishing_events(repeat)
+    common.produce(servers, topic, events)
+    n = len(events)
+    rows, figures = [], {}
+    for guarantee in guarantees:
+        quix = quix_rate(servers, topic, n, guarantee)
+        ours = {c: streamwise_rate(servers, c, topic, n, guarantee) for c in CLIENTS}
+        figures[guarantee] = {"quix": quix, **ours}
+        rows.append([guarantee.replace("_", "-"), ours["kafka-python"], ours["confluent"], quix,
+                     ours["kafka-python"] / quix, ours["confluent"] / quix])
+    title = (f"Peer: Quix Streams + River, Phishing × {repeat} = {n:,} events, StandardScaler | "
+             "LogisticRegression, one prediction per event, events/s")
+    header = ["guarantee", "streamwise (kafka-python)", "streamwise (confluent)", "Quix Streams",
+              "÷ Quix (kafka-python)", "÷ Quix (confluent)"]
+    return common.table(title, header, rows), figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=10, help="Phishing replays (1,250 events each)")
+    parser.add_argument("--guarantee", action="append", choices=list(GUARANTEES),
+                        help="repeatable; default both")
+    args = parser.parse_args()
+    text, _ = run(args.repeat, args.guarantee or list(GUARANTEES))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
