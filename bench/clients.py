@@ -22,35 +22,32 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
-import os
-import platform
-import pstats
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-# G1 and G2 measure the event path; snapshot cost is G4's business.
-os.environ.setdefault("STREAMWISE_SNAPSHOT__ENABLED", "false")
+from common import (  # noqa: E402
+    Clock,
+    bootstrap,
+    machine,
+    phishing_events,
+    pipeline,
+    produce,
+    profile_summary,
+    settings,
+    table,
+    unique,
+)
 
-from streamwise.connectors import make_admin  # noqa: E402
-from streamwise.devservices import ensure_dev_services  # noqa: E402
 from streamwise.models.catalog import build_estimator  # noqa: E402
 from streamwise.models.prequential import PrequentialModel  # noqa: E402
-from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config  # noqa: E402
-from streamwise.replay import iter_events  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
-from streamwise.sensors import Sensor  # noqa: E402
-from streamwise.settings import KafkaSettings, Settings  # noqa: E402
-from support import produce  # noqa: E402
+from streamwise.settings import KafkaSettings  # noqa: E402
 
 CLIENTS = ("kafka-python", "confluent")
 MODELS: dict[str, list[Any]] = {
@@ -61,46 +58,9 @@ MODELS: dict[str, list[Any]] = {
 }
 
 
-class _Clock(Sensor):
-    """From the first record polled to the end of the last batch (processed and committed)."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.last = 0.0
-        self.events = 0
-
-    def on_event_in(self, topic: str, partition: int) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-
-    def on_batch(self, n_records: int, seconds: float) -> None:
-        self.events += n_records
-        self.last = time.perf_counter()
-
-    @property
-    def rate(self) -> float:
-        assert self.first is not None
-        return self.events / (self.last - self.first)
-
-
-def _pipeline(topic: str, model: str) -> PipelineConfig:
-    data = yaml.safe_load((ROOT / "examples" / "phishing.yaml").read_text())
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    data.update(name=prefix, models=[{"name": "model", "steps": MODELS[model]}])
-    data["input"]["topic"] = topic
-    data["output"]["topic"] = f"{prefix}.predictions"
-    return parse_pipeline_config(data)
-
-
-def _settings(bootstrap: str, client: str) -> Settings:
-    settings = Settings()
-    settings.kafka = KafkaSettings(bootstrap_servers=bootstrap, client=client, poll_timeout_ms=200)
-    return settings
-
-
-def service(bootstrap: str, client: str, topic: str, model: str, n: int) -> float:
-    clock = _Clock()
-    Runner(_pipeline(topic, model), _settings(bootstrap, client), sensors=[clock]).run(max_events=n)
+def service(servers: str, client: str, topic: str, model: str, n: int) -> float:
+    clock = Clock()
+    Runner(pipeline(topic, MODELS[model]), settings(servers, client), sensors=[clock]).run(max_events=n)
     return clock.rate
 
 
@@ -121,8 +81,8 @@ def passthrough_kafka_python(settings: KafkaSettings, topic: str, n: int) -> flo
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.structs import OffsetAndMetadata
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    out = f"{prefix}.echo"
+    prefix = unique("echo")
+    out = f"{prefix}.out"
     consumer = KafkaConsumer(
         topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
         auto_offset_reset="earliest", isolation_level="read_committed",
@@ -159,8 +119,8 @@ def passthrough_confluent(settings: KafkaSettings, topic: str, n: int) -> float:
 
     from streamwise.connectors.confluent import consumer_config, producer_config
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    out = f"{prefix}.echo"
+    prefix = unique("echo")
+    out = f"{prefix}.out"
     consumer = Consumer(consumer_config(settings, prefix))
     consumer.subscribe([topic])
     producer = Producer(producer_config(settings, prefix))
@@ -193,17 +153,13 @@ PASSTHROUGH: dict[str, Callable[[KafkaSettings, str, int], float]] = {
 }
 
 
-def profile_service(bootstrap: str, topic: str, model: str, n: int, top: int = 25) -> str:
-    runner = Runner(_pipeline(topic, model), _settings(bootstrap, "confluent"))
+def profile_service(servers: str, topic: str, model: str, n: int) -> str:
+    runner = Runner(pipeline(topic, MODELS[model]), settings(servers, "confluent"))
     profiler = cProfile.Profile()
     profiler.enable()
     summary = runner.run(max_events=n)
     profiler.disable()
-    buf = io.StringIO()
-    stats = pstats.Stats(profiler, stream=buf).strip_dirs().sort_stats("tottime")
-    stats.print_stats(top)
-    per_event = sum(v[2] for v in stats.stats.values()) / summary.events_in * 1e6  # type: ignore[attr-defined]
-    return f"{summary.events_in} events, {per_event:.1f} µs of profiled CPU per event\n" + buf.getvalue()
+    return profile_summary(profiler, summary.events_in, top=25)
 
 
 def main() -> None:
@@ -212,21 +168,11 @@ def main() -> None:
     parser.add_argument("--arf-events", type=int, default=5000, help="ARF is slow: fewer events (0 skips it)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    env = ensure_dev_services()
-    bootstrap = env["STREAMWISE_KAFKA__BOOTSTRAP_SERVERS"]
-
-    raw: list[tuple[bytes, bytes]] = []
-    base = [json.loads(v) for _k, v in iter_events("Phishing")]
-    for rep in range(args.repeat):
-        for e in base:
-            e = dict(e, id=rep * len(base) + e["id"])
-            raw.append((str(e["id"]).encode(), json.dumps(e).encode()))
+    servers = bootstrap()
+    raw = phishing_events(args.repeat)
     n = len(raw)
-    topic = f"bench-{uuid.uuid4().hex[:8]}.events"
-    admin = make_admin(KafkaSettings(bootstrap_servers=bootstrap))
-    admin.ensure_topics([topic])
-    admin.close()
-    produce(bootstrap, topic, raw)
+    topic = unique("clients") + ".events"
+    produce(servers, topic, raw)
     decoded = [({k: v for k, v in e.items() if k not in ("id", "label")}, e["label"])
                for e in (json.loads(v) for _k, v in raw)]
 
@@ -235,36 +181,27 @@ def main() -> None:
     for model in models:
         count = min(n, args.arf_events) if model == "ARF" else n
         mem = in_memory(decoded[:count], model)
-        svc = {c: service(bootstrap, c, topic, model, count) for c in CLIENTS}
+        svc = {c: service(servers, c, topic, model, count) for c in CLIENTS}
         rows.append((f"G1 {model}: service events/s ({count} events)", svc))
         rows.append((f"G1 {model}: in-memory events/s", {c: mem for c in CLIENTS}))
         rows.append((f"G1 {model}: ratio", {c: svc[c] / mem for c in CLIENTS}))
-    noop = {c: service(bootstrap, c, topic, "no-op", n) for c in CLIENTS}
-    bare = {c: PASSTHROUGH[c](KafkaSettings(bootstrap_servers=bootstrap, poll_timeout_ms=200), topic, n)
+    noop = {c: service(servers, c, topic, "no-op", n) for c in CLIENTS}
+    bare = {c: PASSTHROUGH[c](KafkaSettings(bootstrap_servers=servers, poll_timeout_ms=200), topic, n)
             for c in CLIENTS}
     rows.append((f"G2 service, no-op model, events/s ({n} events)", noop))
     rows.append(("G2 bare passthrough events/s", bare))
     rows.append(("G2 ratio", {c: noop[c] / bare[c] for c in CLIENTS}))
 
-    import confluent_kafka
-    import kafka
-    import river
-
-    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, river {river.__version__}, kafka-python {kafka.__version__}, "
-          f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]}), "
-          "exactly-once, one partition\n")
-    width = max(len(name) for name, _ in rows)
-    print(f"| {'measure':<{width}} | {'kafka-python':>12} | {'confluent':>12} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 14}|")
-    for name, by_client in rows:
-        fmt = "{:>12.2f}" if "ratio" in name else "{:>12,.0f}"
-        cells = " | ".join(fmt.format(by_client[c]) for c in CLIENTS)
-        print(f"| {name:<{width}} | {cells} |")
+    print(f"\n{machine()}\n")
+    print(table(
+        "G1 and G2 per Kafka client, exactly-once, one partition (events/s and ratios)",
+        ["measure", *CLIENTS],
+        [[name, *(by_client[c] for c in CLIENTS)] for name, by_client in rows],
+    ))
 
     if args.profile:
         print("\nService on the confluent client, LogisticRegression, cProfile by own time:\n")
-        print(profile_service(bootstrap, topic, "LogisticRegression", n))
+        print(profile_service(servers, topic, "LogisticRegression", n))
 
 
 if __name__ == "__main__":
