@@ -50,9 +50,15 @@ class Evaluation:
     3
     """
 
-    def __init__(self, task: str, binary: bool = True, window: int = 1000) -> None:
+    def __init__(
+        self,
+        task: str,
+        binary: bool = True,
+        window: int = 1000,
+        names: tuple[str, ...] | list[str] | None = None,
+    ) -> None:
         self.window = window
-        names = metric_names(task, binary)
+        names = metric_names(task, binary) if names is None else tuple(dict.fromkeys(names))
         self.cumulative = {n: getattr(metrics, n)() for n in names}
         self.rolling = {n: rolling(n, window) for n in names}
         # Which metrics score a class and which score probabilities.

@@ -32,7 +32,7 @@ from streamwise.models.catalog import ModelSpec, build_estimator
 from streamwise.models.champion import ChampionSelector
 from streamwise.models.config import ChampionConfig, DriftConfig, EvaluationConfig, ExplainConfig, LabelsConfig
 from streamwise.models.drift import DriftMonitor, prediction_error
-from streamwise.models.evaluation import Evaluation
+from streamwise.models.evaluation import Evaluation, metric_names
 from streamwise.models.labels import PendingLabels
 from streamwise.models.prequential import Prediction, PrequentialModel, _final_step
 
@@ -179,10 +179,21 @@ class ModelSet:
         model = PrequentialModel(name, self._fresh(steps), self.metric_name)
         self._steps[name] = steps
         self.models.append(model)
-        self.evaluations[name] = Evaluation(self.task, self.binary, self.evaluation_config.window)
+        self.evaluations[name] = Evaluation(
+            self.task, self.binary, self.evaluation_config.window, self._evaluation_metrics()
+        )
         self.drift[name] = DriftMonitor(self.drift_config.detector)
         self._champion_metric[name] = utils.Rolling(self._champion_metric_cls, window_size=self.champion_config.window)
         return model
+
+    def _evaluation_metrics(self) -> tuple[str, ...]:
+        """The pipeline's metric first, then the configured extra ones."""
+        extra = self.evaluation_config.metrics
+        if extra == "standard":
+            extra = list(metric_names(self.task, self.binary))
+        if self.task == "anomaly":
+            return tuple(extra)
+        return tuple(dict.fromkeys([self.metric_name, *extra]))
 
     def _remove(self, name: str) -> None:
         self.models = [m for m in self.models if m.name != name]

@@ -17,12 +17,14 @@ would have had without the crash, and no output is written twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
+import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,24 @@ class PartitionState:
     backoff_s: float = 0.5
     paused: bool = False
     replayed: int = 0
+
+
+def _pickle_deep(obj: Any) -> bytes:
+    """Pickles with a raised recursion limit: River's trees are nested node objects whose
+    depth grows with the data (a Hoeffding tree regressor's default splitter on a
+    steadily increasing feature goes past Python's default limit of 1,000)."""
+    with _deep_recursion():
+        return pickle.dumps(obj, protocol=5)
+
+
+@contextlib.contextmanager
+def _deep_recursion(limit: int = 50_000) -> Iterator[None]:
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
 
 
 class PartitionStates:
@@ -136,7 +156,8 @@ class PartitionStates:
         snap = self._load_with_retry(p)
         offsets: dict[TopicPartition, int] = {}
         if snap is not None:
-            state = pickle.loads(snap.payload)  # verified by its HMAC in load_latest
+            with _deep_recursion():
+                state = pickle.loads(snap.payload)  # verified by its HMAC in load_latest
             processor.restore_state(state["processor"])
             offsets = snap.info.offsets_by_tp()
             st.epoch = processor.epoch = snap.info.epoch
@@ -219,9 +240,14 @@ class PartitionStates:
     def _save(self, st: PartitionState, force: bool = False) -> bool:
         if self.store is None:
             return False
-        state = st.processor.snapshot_state()
-        payload = pickle.dumps({"processor": state, "positions": st.positions}, protocol=5)
         started = time.perf_counter()
+        state = st.processor.snapshot_state()
+        try:
+            payload = _pickle_deep({"processor": state, "positions": st.positions})
+        except Exception as e:  # a learner that cannot be pickled must not stop the stream
+            log.error("partition %s: state cannot be snapshotted: %s: %s", st.partition, type(e).__name__, e)
+            self._snapshot_failed(st, type(e).__name__)
+            return False
         try:
             info = self.store.save(
                 self.config.name,
@@ -232,14 +258,11 @@ class PartitionStates:
                 meta={"fingerprint": fingerprint(state), "replayed": st.replayed},
             )
         except SnapshotUnavailableError as e:
-            st.next_attempt = time.monotonic() + st.backoff_s
             log.warning(
                 "partition %s: snapshot failed (%s); %d events not yet snapshotted, retry in %.1f s",
                 st.partition, e, st.unsnapshotted, st.backoff_s,
             )
-            st.backoff_s = min(st.backoff_s * 2, 30.0)
-            self.sensor.on_snapshot_failure(st.partition, type(e).__name__)
-            self._apply_backpressure(st)
+            self._snapshot_failed(st, type(e).__name__)
             return False
         except FencedError as e:
             # Another worker owns this partition now: its state is the one that counts.
@@ -255,6 +278,12 @@ class PartitionStates:
         if st.paused:
             self._pause(st, False)
         return True
+
+    def _snapshot_failed(self, st: PartitionState, reason: str) -> None:
+        st.next_attempt = time.monotonic() + st.backoff_s
+        st.backoff_s = min(st.backoff_s * 2, 30.0)
+        self.sensor.on_snapshot_failure(st.partition, reason)
+        self._apply_backpressure(st)
 
     def _apply_backpressure(self, st: PartitionState) -> None:
         if st.unsnapshotted >= self.snapshot.max_unsnapshotted_events and not st.paused:

@@ -194,10 +194,14 @@ class Runner:
         for partition, processor in self.processors.items():
             for m in processor.models:
                 metric = type(m.metric).__name__
+                # The pipeline's metric with River's exact semantics, then the evaluation
+                # set (that metric over the rolling window, and any extra ones).
                 self.sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get(), partition)
-                rolling = getattr(m, "rolling_metric", None)
-                if rolling is not None:
-                    self.sensor.on_model_metric(m.name, metric, "rolling", rolling.get(), partition)
+                evaluation = processor.learners.evaluations.get(m.name)
+                for window, values in (evaluation.report() if evaluation else {}).items():
+                    for name, value in values.items():
+                        if not (window == "cumulative" and name == metric):
+                            self.sensor.on_model_metric(m.name, name, window, value, partition)
             if processor.champion != self._champion:
                 self.sensor.on_champion_change(self._champion, processor.champion)
                 self._champion = processor.champion

@@ -154,8 +154,9 @@ def test_top_prints_the_figures_of_metrics(bootstrap, running):
     assert row[7] == "0"
     for m in _models(runner):
         mrow = _cells(next(line for line in lines if f" {m.name} " in line or f" {m.name}[0] " in line))
-        value = truth.select("streamwise_model_metric", model=m.name, window="cumulative")[0][1]
-        assert mrow[2:5] == ["Accuracy", f"{value:.4f}", "-"]
+        value = truth.select("streamwise_model_metric", model=m.name, metric="Accuracy", window="cumulative")[0][1]
+        rolling = truth.select("streamwise_model_metric", model=m.name, metric="Accuracy", window="rolling")[0][1]
+        assert mrow[2:5] == ["Accuracy", f"{value:.4f}", f"{rolling:.4f}"]
         assert mrow[5] == f"{truth.sum('streamwise_model_learned_total', model=m.name):,.0f}" == "300"
         assert (mrow[6:] == ["*"]) == (m.name == "logreg")
 
