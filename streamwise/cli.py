@@ -410,10 +410,7 @@ def snapshots_show(
         out["signature"] = "valid" if snap is not None else "INVALID (refused)"
         if snap is not None:
             state = pickle.loads(snap.payload)["processor"]
-            out["models"] = {
-                m.name: {"metric": type(m.metric).__name__, "value": m.metric.get(), "learned": m.n_learned}
-                for m in state.get("models", [])
-            }
+            out["models"] = state["learners"].report()["models"]
         typer.echo(_json.dumps(out, indent=2, default=str))
     except StreamwiseError as e:
         raise _fail(e) from None
