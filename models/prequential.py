@@ -104,7 +104,6 @@ class PrequentialModel:
         """One vectorised pass for a learner that ``predicts_in_batches``; a loop otherwise."""
         if not self.predicts_in_batches:
             return [self.predict_one(x) for x in xs]
-        self.n_predicted += len(xs)
         if not self.is_classifier:
             return [Prediction(v) for v in self.estimator.predict_many(xs)]
         return [Prediction(max(p, key=p.get) if p else None, p) for p in self.estimator.predict_proba_many(xs)]

@@ -133,7 +133,7 @@ class Runner:
         store = self._state_store()
         admin = make_admin(kafka)
         try:
-            admin.ensure_topics([*topics, cfg.output.topic, cfg.dead_letter_topic])
+            admin.ensure_topics([*topics, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
         finally:
             admin.close()
         source = self._source or make_source(kafka, cfg.group_id)
