@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,7 @@ def machine() -> str:
     try:
         import confluent_kafka
 
-        confluent = f", confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})"
+        confluent = f", confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
     except ImportError:
         confluent = ""
     return (
@@ -208,37 +209,121 @@ def machine() -> str:
     )
 
 
-def _package(filename: str) -> str:
+# C functions called from Python, by what they are: the name says which library or wait.
+_C_KINDS = (
+    ("cimpl.", "confluent_kafka (librdkafka, C)"),
+    ("_socket", "socket I/O"),
+    ("select", "socket I/O"),
+    ("_thread.lock", "waiting on a lock (another thread, a future)"),
+    ("_json", "json (C)"),
+    ("pickle", "pickle (C)"),
+    ("sleep", "sleep"),
+)
+
+# Where the runner's loop spends its time, by the functions that own each stage.
+STAGES = (
+    ("poll: fetch and turn into records", (("kafka_python.py", "poll"), ("confluent.py", "poll"))),
+    ("process: decode, validate, predict, learn, build outputs", (("partitions.py", "process"),)),
+    ("commit: produce and the Kafka transaction", (("runner.py", "_commit"),)),
+    ("snapshots", (("partitions.py", "after_commit"),)),
+    ("lag and metric reports", (("runner.py", "_report"),)),
+)
+
+
+def _package(filename: str, func: str) -> str:
     """Which library a profiled function belongs to, from its file name."""
-    if filename.startswith("~") or filename.startswith("<"):
-        return "builtins (C)"
+    if filename in ("~", "") or filename.startswith("<"):
+        return next((kind for key, kind in _C_KINDS if key in func), "other C built-ins")
     parts = Path(filename).parts
     if "site-packages" in parts:
         i = parts.index("site-packages")
         top = parts[i + 1] if len(parts) > i + 1 else "?"
         return top.removesuffix(".py")
-    for name in ("stream", "models", "connectors", "streamwise"):
-        if name in parts and "work" in parts:
-            return f"streamwise/{name}" if name != "streamwise" else "streamwise"
+    if str(ROOT) in filename:
+        for name in ("stream", "models", "connectors"):
+            if name in parts:
+                return f"streamwise/{name}"
+        return "streamwise"
     return "python stdlib"
 
 
-def profile_summary(profiler: cProfile.Profile, events: int, top: int = 15) -> str:
-    """Own time per library (where the time goes) and the top functions by own time."""
-    stats = pstats.Stats(profiler)
+@dataclass
+class Profiled:
+    """A profile of one service run and the CPU the process spent meanwhile."""
+
+    profiler: cProfile.Profile
+    events: int
+    wall: float
+    main_cpu: float
+    process_cpu: float
+
+    def stages(self) -> dict[str, float]:
+        """Wall seconds in each stage of the runner's loop (cumulative time)."""
+        stats = pstats.Stats(self.profiler).stats  # type: ignore[attr-defined]
+        out = {}
+        for stage, owners in STAGES:
+            out[stage] = sum(
+                v[3] for (filename, _line, func), v in stats.items()
+                if (Path(filename).name, func) in owners
+            )
+        return out
+
+
+class ProfileWindow(Clock):
+    """A clock that also profiles, from the first record polled to the batch that reaches
+    ``n`` events: start-up, the group join and shutdown are left out. cProfile's clock is
+    the wall clock, so blocking waits (fetches, transaction round trips) show up."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.profiler = cProfile.Profile()
+        self._marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.result: Profiled | None = None
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        return time.perf_counter(), time.thread_time(), time.process_time()
+
+    def on_event_in(self, topic: str, partition: int) -> None:
+        if self.first is None:
+            self._marks = self._now()
+            self.profiler.enable()
+        super().on_event_in(topic, partition)
+
+    def on_batch(self, n_records: int, seconds: float) -> None:
+        super().on_batch(n_records, seconds)
+        if self.events >= self.n and self.result is None:
+            self.profiler.disable()
+            wall, thread, process = (b - a for a, b in zip(self._marks, self._now(), strict=True))
+            self.result = Profiled(self.profiler, self.events, wall, thread, process)
+
+
+def profile_summary(p: Profiled, top: int = 12) -> str:
+    """Per event: the loop's stages, own time per library, and the top functions by own time."""
+    us = 1e6 / p.events
+    stats = pstats.Stats(p.profiler)
     by_package: dict[str, float] = defaultdict(float)
     total = 0.0
     rows = []
     for (filename, line, func), (_cc, ncalls, tottime, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        by_package[_package(filename)] += tottime
+        by_package[_package(filename, func)] += tottime
         total += tottime
         rows.append((tottime, ncalls, f"{Path(filename).name}:{line}({func})"))
-    out = [f"{events:,} events, {total / events * 1e6:.1f} µs of profiled CPU per event", ""]
-    out.append("| library | own time | share | µs/event |")
-    out.append("|---|---:|---:|---:|")
+    out = [
+        f"{p.events:,} events; per event, under the profiler: {p.wall * us:.0f} µs of wall time, "
+        f"{p.main_cpu * us:.0f} µs of CPU in the main thread, {p.process_cpu * us:.0f} µs of CPU in the "
+        "whole process (the rest runs in the client's own threads).",
+        "",
+        "| stage of the loop (cumulative) | µs/event | share of wall |",
+        "|---|---:|---:|",
+    ]
+    for stage, seconds in p.stages().items():
+        out.append(f"| {stage} | {seconds * us:.0f} | {seconds / p.wall:.0%} |")
+    out += ["", "| library, own time | µs/event | share |", "|---|---:|---:|"]
     for pkg, t in sorted(by_package.items(), key=lambda kv: -kv[1])[:10]:
-        out.append(f"| {pkg} | {t:.2f} s | {t / total:.0%} | {t / events * 1e6:.1f} |")
-    out += ["", "| function | calls | own time | µs/event |", "|---|---:|---:|---:|"]
+        out.append(f"| {pkg} | {t * us:.0f} | {t / total:.0%} |")
+    out += ["", "| function, own time | calls | µs/event |", "|---|---:|---:|"]
     for tottime, ncalls, name in sorted(rows, reverse=True)[:top]:
-        out.append(f"| `{name}` | {ncalls:,} | {tottime:.2f} s | {tottime / events * 1e6:.1f} |")
+        out.append(f"| `{name}` | {ncalls:,} | {tottime * us:.1f} |")
     return "\n".join(out)

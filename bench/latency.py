@@ -8,7 +8,11 @@
    up, so a slow consumer shows up as latency instead of as a slower sender.
 3. The same schedule is offered to the service (``streamwise run``, in its own process)
    and to a Kafka echo (consume → produce the same bytes, no decoding, no model, one
-   transaction per poll batch, on the same client library, in its own process).
+   transaction per poll batch, on the same client library, in its own process). The
+   echo is the floor: it hands on whatever has arrived as soon as one record is there
+   (kafka-python's ``poll`` does so by itself; on confluent-kafka it takes
+   ``consume(1, timeout)`` and then what is already fetched, where a plain
+   ``consume(n, timeout)`` waits for ``n`` records or the timeout).
 
 Latency of an event = the wall-clock time its output record was read by a separate
 ``read_committed`` consumer − the time the input was produced (both clocks in this
@@ -97,9 +101,12 @@ def echo_confluent(settings: KafkaSettings, source: str, target: str, stop: thre
     producer = Producer(producer_config(settings, group))
     producer.init_transactions()
     while not stop.is_set():
-        messages = consumer.consume(settings.max_poll_records, settings.poll_timeout_ms / 1000)
+        # consume(n, timeout) waits until n records or the timeout, whichever comes
+        # first; the floor for latency waits for one record, then takes what is there.
+        messages = consumer.consume(1, settings.poll_timeout_ms / 1000)
         if not messages:
             continue
+        messages += consumer.consume(settings.max_poll_records - 1, 0)
         producer.begin_transaction()
         ends: dict[tuple[str, int], int] = {}
         for m in messages:

@@ -1,0 +1,258 @@
+"""Every benchmark of issue 8 in one run, its tables written to docs/benchmarks.md.
+
+Runs, each in its own process with its own time limit (so that one stuck part cannot
+eat the others' time, and one part's memory and threads cannot slow the next):
+
+- G1 and G2 per Kafka client (bench/clients.py: service ÷ in-memory River loop, no-op
+  service ÷ bare passthrough);
+- G2's passthrough ÷ Kafka's own producer and consumer perf tools (bench/kafka_tools.py);
+- G3 latency at 50% of the measured throughput ÷ a Kafka echo (bench/latency.py), for
+  each client;
+- G4 snapshot overhead and restore time (bench/snapshots.py);
+- G5 the torch learner's examples/s per batch size, CPU and CUDA (bench/torch_learner.py);
+- the Quix Streams + River peer (bench/peer_quix.py);
+- 2 workers ÷ 1 (bench/scale.py);
+- a cProfile of the service per client, by library and by function, with a closing note
+  that names where the time goes.
+
+Every ratio is computed inside one part, from two things measured one after the other
+on the same broker. The whole run takes under 15 minutes on a 2-core machine; a part
+whose turn comes after the deadline is skipped and says so.
+
+    .venv/bin/python bench/run_all.py [--out docs/benchmarks.md] [--only latency,scale] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import metadata
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+BUDGET_S = 14 * 60
+CLIENTS = ("kafka-python", "confluent")
+STAGE_PROCESS = common.STAGES[1][0]
+# The 1-minute load average when each part started: how busy the two cores were.
+LOAD: dict[str, float] = {}
+COMMANDS: dict[str, str] = {}
+
+
+@dataclass
+class Part:
+    name: str
+    title: str
+    argv: list[str]
+    quick: list[str]
+    timeout_s: int
+
+
+def parts() -> list[Part]:
+    py = [sys.executable]
+    out = [
+        Part("clients", "G1 model efficiency and G2 I/O tax, per Kafka client",
+             [*py, str(BENCH / "clients.py"), "--repeat", "12", "--arf-events", "3000"],
+             ["--repeat", "4", "--arf-events", "1000"], 240),
+        Part("kafka_tools", "G2: the bare passthrough ÷ Kafka's own perf tools",
+             [*py, str(BENCH / "kafka_tools.py"), "--repeat", "12", "--records", "150000"],
+             ["--repeat", "4", "--records", "40000"], 150),
+    ]
+    for client in CLIENTS:
+        out.append(Part(f"latency-{client}", f"G3 latency, {client}",
+                        [*py, str(BENCH / "latency.py"), "--client", client, "--seconds", "15"],
+                        ["--seconds", "5", "--repeat", "3"], 150))
+    out += [
+        Part("snapshots", "G4 snapshot overhead and restore time",
+             [*py, str(BENCH / "snapshots.py"), "--repeat", "16", "--rounds", "2"],
+             ["--repeat", "6", "--rounds", "1"], 180),
+        Part("torch", "G5 the torch mini-batch learner",
+             [*py, str(BENCH / "torch_learner.py"), "--rows", "20000"], ["--rows", "4000"], 120),
+        Part("peer", "Peer: Quix Streams + River",
+             [*py, str(BENCH / "peer_quix.py"), "--repeat", "10"], ["--repeat", "3"], 150),
+        Part("scale", "Scale: 2 worker processes ÷ 1",
+             [*py, str(BENCH / "scale.py"), "--events", "20000"], ["--events", "6000"], 200),
+        Part("profile", "Where the service's time goes (cProfile)",
+             [*py, str(Path(__file__).resolve()), "--profile-section"], ["--profile-repeat", "2"], 120),
+    ]
+    return out
+
+
+def _argv(part: Part, quick: bool) -> list[str]:
+    """The part's command; --quick replaces the values of the options it names."""
+    argv = list(part.argv)
+    if quick:
+        for flag, value in zip(part.quick[::2], part.quick[1::2], strict=True):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+    return argv
+
+
+def run_part(part: Part, quick: bool, seconds_left: float) -> tuple[str, float]:
+    if not Path(part.argv[1]).exists():
+        return f"_Not run: {Path(part.argv[1]).name} is not in this checkout._", 0.0
+    timeout = min(part.timeout_s, seconds_left)
+    LOAD[part.name] = os.getloadavg()[0]
+    COMMANDS[part.name] = " ".join(Path(a).name if "/" in a else a for a in _argv(part, quick)[1:])
+    t0 = time.perf_counter()
+    print(f"\n== {part.name} (at most {timeout:.0f} s)", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(_argv(part, quick), stdout=subprocess.PIPE, text=True, timeout=timeout,
+                              cwd=common.ROOT)
+    except subprocess.TimeoutExpired as e:
+        partial = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return f"{partial.strip()}\n\n_Stopped after its limit of {timeout:.0f} s._".strip(), time.perf_counter() - t0
+    text = proc.stdout.strip()
+    if proc.returncode:
+        text += f"\n\n_Exited with status {proc.returncode}; its error output is on the run's stderr._"
+    print(text, flush=True)
+    return text, time.perf_counter() - t0
+
+
+# ----- the profile part -------------------------------------------------------------------
+
+
+def profile_section(repeat: int) -> None:
+    """cProfile of the service (Phishing, StandardScaler | LogisticRegression, exactly-once)
+    on each client, by library and by function, and a note that names the largest share."""
+    from streamwise.runner import Runner
+
+    servers = common.bootstrap()
+    topic = common.unique("profile") + ".events"
+    events = common.phishing_events(repeat)
+    common.produce(servers, topic, events)
+    from support import reference_predictions
+
+    # The models alone under the same profiler: what "process" would cost with no service.
+    pairs = [({k: v for k, v in e.items() if k not in ("id", "label")}, e["label"])
+             for e in (json.loads(v) for _k, v in events)]
+    alone = common.ProfileWindow(len(pairs))
+    alone.on_event_in("", 0)
+    reference_predictions(common.pipeline(topic, common.LOGREG), pairs)
+    alone.on_batch(len(pairs), 0.0)
+    assert alone.result is not None
+    model_us = alone.result.wall * 1e6 / len(pairs)
+    print(f"The same models in an in-memory loop (predict, metric, learn) under the same profiler: "
+          f"{model_us:.0f} µs/event.\n")
+    notes = []
+    for client in CLIENTS:
+        window = common.ProfileWindow(len(events))
+        runner = Runner(common.pipeline(topic, common.LOGREG), common.settings(servers, client), sensors=[window])
+        runner.run(max_events=len(events))
+        assert window.result is not None
+        print(f"**Service on {client}, StandardScaler | LogisticRegression, exactly-once**\n\n"
+              f"{common.profile_summary(window.result)}\n")
+        stages = window.result.stages()
+        stage, seconds = max(stages.items(), key=lambda kv: kv[1])
+        us = 1e6 / window.result.events
+        notes.append(f"on {client}, {stage.split(':')[0]} takes {seconds / window.result.wall:.0%} of the "
+                     f"wall time ({seconds * us:.0f} of {window.result.wall * us:.0f} µs/event), process "
+                     f"{stages[STAGE_PROCESS] * us:.0f} µs/event of which the models' own work is about "
+                     f"{model_us:.0f}")
+    print("Where the time goes: " + "; ".join(notes) + ".")
+
+
+# ----- the document -----------------------------------------------------------------------
+
+
+def _ratios(clients_text: str) -> dict[str, list[float]]:
+    """G1 (LogisticRegression) and G2 ratios per client, read from bench/clients.py's table."""
+    found = {}
+    for label, pattern in (("G1", r"G1 LogisticRegression: ratio"), ("G2", r"G2 ratio")):
+        m = re.search(pattern + r"\s*\|([^\n]+)", clients_text)
+        if m:
+            found[label] = [float(c) for c in re.findall(r"[\d.]+", m.group(1))]
+    return found
+
+
+def closing_note(texts: dict[str, str]) -> str:
+    ratios = _ratios(texts.get("clients", ""))
+    poor = []
+    for label, limit in (("G1", 0.6), ("G2", 0.8)):
+        for client, value in zip(CLIENTS, ratios.get(label, []), strict=False):
+            if value < limit:
+                poor.append(f"{label} on {client} is {value:.2f} (below {limit})")
+    profile = texts.get("profile", "")
+    where = profile.strip().splitlines()[-1] if profile.strip() else "no profile in this run"
+    lines = ["## Closing note", ""]
+    if poor:
+        lines.append("Poor ratios in this run: " + "; ".join(poor) + ". " + where)
+    elif ratios:
+        lines.append("No ratio below its bar (G1 LogisticRegression ≥ 0.6, G2 ≥ 0.8) in this run. " + where)
+    else:
+        lines.append("G1/G2 ratios could not be read from bench/clients.py's output. " + where)
+    return "\n".join(lines)
+
+
+def document(texts: dict[str, str], seconds: dict[str, float], started: str, load: str, total: float) -> str:
+    versions = [common.machine()]
+    for dist in ("torch", "quixstreams"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} not installed")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `bench/run_all.py`; do not edit by hand. Every ratio is two things measured one",
+        "after the other in the same run on the same broker: compare ratios across machines, not",
+        "the absolute figures (the machines we run on have two cores shared with other work).",
+        "",
+        f"- Run started {started}, took {total / 60:.1f} min; load average at the start: {load}.",
+        f"- Machine and versions: {', '.join(versions)}.",
+        "- Broker: the single-node Apache Kafka (KRaft) that `dev/up` starts from Maven jars, Redis 7,",
+        "  all on loopback.",
+        "",
+    ]
+    for part in parts():
+        if part.name in texts:
+            lines += [f"## {part.title}", "", f"_{seconds.get(part.name, 0):.0f} s, load average {LOAD.get(part.name, 0):.1f} at its start; "
+                      f"`{COMMANDS.get(part.name, '')}`_", "",
+                      texts[part.name], ""]
+    lines.append(closing_note(texts))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=common.ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--only", help="comma-separated part names: " + ", ".join(p.name for p in parts()))
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check that every part runs")
+    parser.add_argument("--profile-section", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-repeat", type=int, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.profile_section:
+        profile_section(args.profile_repeat)
+        return
+    common.bootstrap()  # start the services once, before any clock runs
+    chosen = [p for p in parts() if not args.only or p.name in args.only.split(",")]
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    t0 = time.perf_counter()
+    texts: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for part in chosen:
+        left = BUDGET_S - (time.perf_counter() - t0)
+        if left < 30:
+            texts[part.name] = f"_Skipped: the run's {BUDGET_S // 60}-minute budget was spent._"
+            continue
+        texts[part.name], seconds[part.name] = run_part(part, args.quick, left)
+    total = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(document(texts, seconds, started, load, total))
+    print(f"\nwrote {args.out} ({total / 60:.1f} min)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
