@@ -188,11 +188,11 @@ class PrometheusSensor(Sensor):
         self._predictions.inc()
         self._latency.observe(latency_s)
 
-    def on_learn(self, model: str) -> None:
+    def on_learn(self, model: str, n: int = 1) -> None:
         child = self._learned.get(model)
         if child is None:
             child = self._learned[model] = self.learned.labels(self.pipeline, model)
-        child.inc()
+        child.inc(n)
 
     def on_commit(self, n_partitions: int) -> None:
         self._commits.inc()

@@ -154,8 +154,7 @@ class PipelineProcessor:
     def _report_learning(self, result: Any, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]) -> None:
         sensor = self.sensor
         for model, n in result.learned.items():
-            for _ in range(n):
-                sensor.on_learn(model)
+            sensor.on_learn(model, n)
         for delay in result.label_delays:
             sensor.on_label(delay)
         for model, seconds, batch_size, device in result.torch_steps:

@@ -49,7 +49,8 @@ class Sensor:
     def on_prediction(self, latency_s: float) -> None:
         """``latency_s``: from the input record's timestamp to its prediction."""
 
-    def on_learn(self, model: str) -> None: ...
+    def on_learn(self, model: str, n: int = 1) -> None:
+        """``model`` learned from ``n`` more labelled events."""
 
     def on_commit(self, n_partitions: int) -> None: ...
 
@@ -145,5 +146,5 @@ class CountingSensor(Sensor):
     def on_prediction(self, latency_s: float) -> None:
         self.predictions += 1
 
-    def on_learn(self, model: str) -> None:
-        self.learned[model] += 1
+    def on_learn(self, model: str, n: int = 1) -> None:
+        self.learned[model] += n
