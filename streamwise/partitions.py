@@ -137,6 +137,14 @@ class PartitionStates:
         moved = set(pending)
         return [r for r in records if (r.topic, r.partition) not in moved]
 
+    def rewind(self, tps: list[TopicPartition]) -> None:
+        """Forgets the in-memory state of these partitions; the next settle() restores
+        them from their snapshots and re-learns up to the committed offsets."""
+        for p in {tp[1] for tp in tps}:
+            self.states.pop(p, None)
+        with self._lock:
+            self._pending.extend(tp for tp in tps if tp not in self._pending)
+
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
             self._pending = [tp for tp in self._pending if tp not in set(tps)]

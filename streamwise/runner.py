@@ -18,7 +18,7 @@ from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Sink, Source
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
 from streamwise.connectors.redis_state import RedisStateStore
-from streamwise.errors import ConfigError
+from streamwise.errors import ConfigError, DeliveryError
 from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
@@ -158,7 +158,15 @@ class Runner:
                     continue
                 t0 = time.perf_counter()
                 outputs = self.partitions.process(records)
-                self._commit(source, sink, outputs, next_offsets(records))
+                try:
+                    self._commit(source, sink, outputs, next_offsets(records))
+                except DeliveryError as e:
+                    # The models learned from a batch whose outputs did not land (the
+                    # transaction was aborted): rewind this worker's partitions to their
+                    # snapshots, as a restart would, and go on.
+                    log.warning("batch not committed (%s); restoring partitions from snapshots", e)
+                    self.partitions.rewind(source.assignment())
+                    continue
                 self.partitions.after_commit()
                 now = time.perf_counter()
                 self.sensor.on_batch(len(records), now - t0)
