@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from river import metrics, utils
-
 from streamwise.models.prequential import Prediction
 
 BINARY = ("Accuracy", "F1", "ROCAUC", "LogLoss")

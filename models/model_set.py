@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from river import metrics, utils
-
 from streamwise.models.catalog import ModelSpec, build_estimator
 from streamwise.models.champion import ChampionSelector
-from streamwise.models.config import ChampionConfig, DriftConfig, EvaluationConfig, ExplainConfig, LabelsConfig
+from streamwise.models.config import (
+    ChampionConfig,
+    DriftConfig,
+    EvaluationConfig,
+    ExplainConfig,
+    LabelsConfig,
+)
 from streamwise.models.drift import DriftMonitor, prediction_error
 from streamwise.models.evaluation import Evaluation, metric_names
 from streamwise.models.labels import PendingLabels

@@ -16,7 +16,6 @@ import re
 from typing import Any, ClassVar
 
 from river import base
-
 from streamwise.stream.schema import RejectedEvent, is_finite_number
 
 __all__ = [

@@ -18,8 +18,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from river import stats
-
-from streamwise.stream.base import RejectedEvent, StreamComponent, finite_or, is_finite_number, to_epoch_seconds
+from streamwise.stream.base import (
+    RejectedEvent,
+    StreamComponent,
+    finite_or,
+    is_finite_number,
+    to_epoch_seconds,
+)
 
 __all__ = ["TypeCoercer", "RunningImputer", "RunningQuantileClipper", "Deduplicator", "LatenessPolicy"]
 

@@ -24,8 +24,13 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
-
-from streamwise.stream.base import DURATION_HINT, StreamComponent, is_finite_number, parse_duration, to_epoch_seconds
+from streamwise.stream.base import (
+    DURATION_HINT,
+    StreamComponent,
+    is_finite_number,
+    parse_duration,
+    to_epoch_seconds,
+)
 from streamwise.stream.cleaners import (
     Deduplicator,
     LatenessPolicy,

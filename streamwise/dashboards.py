@@ -161,10 +161,10 @@ def data() -> db.Dashboard:
                         "{{pipeline}}"))
         .add(_stat("Pending labels", "short", f"sum by (pipeline) (streamwise_pending_labels{SEL})", "{{pipeline}}"))
         .add(_stat("Imputed + clipped", "short",
-                   f'sum by (pipeline) (increase(streamwise_cleaner_events_total{{pipeline=~"$pipeline", action=~"imputed|clipped"}}[$__range]))',
+                   'sum by (pipeline) (increase(streamwise_cleaner_events_total{pipeline=~"$pipeline", action=~"imputed|clipped"}[$__range]))',
                    "{{pipeline}}"))
         .add(_stat("Deduplicated + late", "short",
-                   f'sum by (pipeline) (increase(streamwise_cleaner_events_total{{pipeline=~"$pipeline", action=~"deduplicated|late"}}[$__range]))',
+                   'sum by (pipeline) (increase(streamwise_cleaner_events_total{pipeline=~"$pipeline", action=~"deduplicated|late"}[$__range]))',
                    "{{pipeline}}"))
         .add(_series("Events by outcome", "ops",
                      (f"sum by (pipeline) (rate(streamwise_events_valid_total{SEL}{RATE}))", "{{pipeline}} valid"),

@@ -17,7 +17,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamwise.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
-from streamwise.models.config import ChampionConfig, DriftConfig, EvaluationConfig, ExplainConfig, LabelsConfig
+from streamwise.models.config import (
+    ChampionConfig,
+    DriftConfig,
+    EvaluationConfig,
+    ExplainConfig,
+    LabelsConfig,
+)
 from streamwise.models.prequential import make_metric
 from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
 from river import datasets, evaluate, metrics
 
 from streamwise.models.catalog import build_estimator
