@@ -268,6 +268,18 @@ class Profiled:
             )
         return out
 
+    def top_functions(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` functions with the most own time: (short name, seconds)."""
+        stats = pstats.Stats(self.profiler).stats  # type: ignore[attr-defined]
+        ranked = sorted(stats.items(), key=lambda kv: -kv[1][2])[:n]
+        return [(_short_name(f, func), v[2]) for (f, _line, func), v in ranked]
+
+
+def _short_name(filename: str, func: str) -> str:
+    if filename in ("~", "") or filename.startswith("<"):
+        return func.replace("<method ", "").replace(" objects>", "").replace("'", "")
+    return f"{Path(filename).stem}.{func}"
+
 
 class ProfileWindow(Clock):
     """A clock that also profiles, from the first record polled to the batch that reaches
