@@ -233,6 +233,22 @@ class PartitionStates:
             st.unsnapshotted += len(recs)
         return out
 
+    def commit_offsets(self, records: Sequence[ConsumedRecord]) -> dict[TopicPartition, int]:
+        """Per partition, the offset to commit after this batch: one past its last record,
+        but never below what the group had already committed. A batch of re-learned
+        records ends below that; committing it would move the group back, and a crash
+        then would emit those records' outputs a second time."""
+        out: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = (r.topic, r.partition)
+            if r.offset + 1 > out.get(tp, -1):
+                out[tp] = r.offset + 1
+        for tp, offset in out.items():
+            st = self.states.get(tp[1])
+            if st is not None:
+                out[tp] = max(offset, st.emit_from.get(tp, 0))
+        return out
+
     # ----- snapshots -----------------------------------------------------------
 
     def after_commit(self, force: bool = False) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Sink, Source
-from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
+from streamwise.connectors.records import OutgoingRecord
 from streamwise.connectors.redis_state import RedisStateStore
 from streamwise.errors import ConfigError, DeliveryError
 from streamwise.partitions import PartitionStates
@@ -41,16 +41,6 @@ class RunSummary:
     @property
     def events_per_second(self) -> float:
         return self.events_in / self.wall_seconds if self.wall_seconds else 0.0
-
-
-def next_offsets(records: Sequence[ConsumedRecord]) -> dict[tuple[str, int], int]:
-    """Per partition, the offset to resume from: one past the last record processed."""
-    out: dict[tuple[str, int], int] = {}
-    for r in records:
-        tp = (r.topic, r.partition)
-        if r.offset + 1 > out.get(tp, -1):
-            out[tp] = r.offset + 1
-    return out
 
 
 class Runner:
@@ -159,7 +149,7 @@ class Runner:
                 t0 = time.perf_counter()
                 outputs = self.partitions.process(records)
                 try:
-                    self._commit(source, sink, outputs, next_offsets(records))
+                    self._commit(source, sink, outputs, self.partitions.commit_offsets(records))
                 except DeliveryError as e:
                     # The models learned from a batch whose outputs did not land (the
                     # transaction was aborted): rewind this worker's partitions to their

@@ -207,3 +207,39 @@ def test_two_workers_one_killed_the_survivor_takes_over(bootstrap, credit_topic,
     victim.wait()
     assert survivor.wait(timeout=240) == 0, (tmp_path / "workers.log").read_text()[-3000:]
     _assert_same_as_reference(bootstrap, cfg, reference, reference["store"])
+
+
+def test_stopping_in_the_middle_of_a_replay_never_moves_the_group_back(settings, bootstrap, unique):
+    """A worker that re-learns records below the committed offset must not commit their
+    offsets: the group would move back, and the next owner would emit them again."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    from streamwise.sensors import Sensor
+    from support import phishing_pipeline
+
+    cfg = phishing_pipeline(unique)
+    produce(bootstrap, cfg.input.topic, iter_events("Phishing"))
+    settings.kafka.max_poll_records = 100
+    settings.snapshot.enabled = False
+    Runner(cfg, settings).run(max_events=1000)  # commits ~1000, leaves no snapshot
+    settings.snapshot.enabled = True
+
+    class StopAfterTwoBatches(Sensor):
+        batches = 0
+
+        def on_batch(self, n_records: int, seconds: float) -> None:
+            self.batches += 1
+            if self.batches == 2:
+                replaying.stop()
+
+    replaying = Runner(cfg, settings, sensors=[StopAfterTwoBatches()])
+    replaying.run()  # re-learns offsets 0-199 without emitting, then stops
+    assert replaying.counts.events_in == 0
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=cfg.group_id, enable_auto_commit=False)
+    assert c.committed(TopicPartition(cfg.input.topic, 0)) >= 1000
+    c.close()
+    Runner(cfg, settings).run(until_idle_s=1.0)
+    ids = [json.loads(r.value)["id"] for r in consume(bootstrap, cfg.output.topic, 1250)]
+    assert collections.Counter(ids) == collections.Counter(range(1250))
