@@ -176,7 +176,12 @@ class ConfluentSource:
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         try:
-            messages = self._consumer.consume(max_records, timeout_ms / 1000.0)
+            # consume(n, timeout) waits until n records or the timeout, which adds up
+            # to the whole timeout of latency on a slow stream. Wait for the first
+            # record only, then take whatever else is already fetched.
+            messages = self._consumer.consume(1, timeout_ms / 1000.0)
+            if messages and max_records > 1:
+                messages += self._consumer.consume(max_records - 1, 0)
         except KafkaException as e:
             raise _unavailable(self._settings, e) from None
         out: list[ConsumedRecord] = []
