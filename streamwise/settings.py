@@ -23,7 +23,9 @@ class KafkaSettings(BaseModel):
     client_id: str = "streamwise"
     # Wait this long for a batch before looping again (lets SIGTERM be seen promptly).
     poll_timeout_ms: int = Field(500, ge=1)
-    max_poll_records: int = Field(1000, ge=1)
+    # Larger batches amortise the per-batch transaction: 5,000 gave ~25% more events/s
+    # than 1,000 on kafka-python (bench, Phishing); a poll returns what is there sooner.
+    max_poll_records: int = Field(5000, ge=1)
     # The broker and the fetcher must let an oversized event through, so that it
     # reaches validation and is dead-lettered with a reason instead of blocking the
     # partition. Events larger than the pipeline's max_event_bytes are rejected there.
