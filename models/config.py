@@ -81,7 +81,9 @@ class ChampionConfig(BaseModel):
 
     # A river.metrics class scored over the rolling window; defaults to the pipeline's metric.
     metric: str | None = None
-    window: int = Field(500, ge=1)
+    # Defaults to evaluation.window; then the champion reads the same rolling metric the
+    # evaluation keeps instead of scoring every label a second time.
+    window: int | None = Field(None, ge=1)
     # Hysteresis: lead by more than ``margin`` on ``patience`` labels in a row, each with
     # at least ``min_samples`` labels in the window.
     margin: float = Field(0.01, ge=0)

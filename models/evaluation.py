@@ -55,13 +55,16 @@ class Evaluation:
         binary: bool = True,
         window: int = 1000,
         names: tuple[str, ...] | list[str] | None = None,
+        cumulative_elsewhere: str | None = None,
     ) -> None:
         self.window = window
         names = metric_names(task, binary) if names is None else tuple(dict.fromkeys(names))
-        self.cumulative = {n: getattr(metrics, n)() for n in names}
+        # The pipeline's own metric is already kept cumulatively, with River's exact
+        # semantics, by its PrequentialModel: not scored a second time here.
+        self.cumulative = {n: getattr(metrics, n)() for n in names if n != cumulative_elsewhere}
         self.rolling = {n: rolling(n, window) for n in names}
         # Which metrics score a class and which score probabilities.
-        self._takes_proba = {n: not getattr(m, "requires_labels", True) for n, m in self.cumulative.items()}
+        self._takes_proba = {n: not getattr(getattr(metrics, n)(), "requires_labels", True) for n in names}
         self.n = 0
 
     def update(self, y: Any, prediction: Prediction) -> None:

@@ -158,7 +158,7 @@ class ModelSet:
             bigger_is_better=champion_metric().bigger_is_better,
             margin=self.champion_config.margin,
             patience=self.champion_config.patience,
-            min_samples=min(self.champion_config.min_samples, self.champion_config.window),
+            min_samples=min(self.champion_config.min_samples, self._champion_window),
         )
         lc = self.labels_config
         self.pending = PendingLabels(lc.max_pending, lc.ttl_s, lc.early_hold_s, lc.max_early)
@@ -184,12 +184,29 @@ class ModelSet:
         model = PrequentialModel(name, self._fresh(steps), self.metric_name)
         self._steps[name] = steps
         self.models.append(model)
-        self.evaluations[name] = Evaluation(
-            self.task, self.binary, self.evaluation_config.window, self._evaluation_metrics()
+        evaluation = Evaluation(
+            self.task,
+            self.binary,
+            self.evaluation_config.window,
+            self._evaluation_metrics(),
+            cumulative_elsewhere=self.metric_name,
         )
+        self.evaluations[name] = evaluation
         self.drift[name] = DriftMonitor(self.drift_config.detector)
-        self._champion_metric[name] = utils.Rolling(self._champion_metric_cls, window_size=self.champion_config.window)
+        shared = evaluation.rolling.get(self._champion_metric_cls.__name__)
+        if shared is not None and shared.window_size == self._champion_window:
+            self._champion_metric[name] = shared  # updated by the evaluation
+        else:
+            self._champion_metric[name] = utils.Rolling(self._champion_metric_cls, window_size=self._champion_window)
         return model
+
+    @property
+    def _champion_window(self) -> int:
+        return self.champion_config.window or self.evaluation_config.window
+
+    def _shares_champion_metric(self, name: str) -> bool:
+        rolling = self.evaluations[name].rolling.get(self._champion_metric_cls.__name__)
+        return rolling is not None and rolling is self._champion_metric.get(name)
 
     def _evaluation_metrics(self) -> tuple[str, ...]:
         """The pipeline's metric first, then the configured extra ones."""
@@ -253,34 +270,37 @@ class ModelSet:
         self._learn(outcome, y, t)
 
     def end_batch(self) -> BatchResult:
-        """Batch learners predict the batch, then learn; returns what the batch did."""
+        """Batch learners predict the batch block by block, learning from each block's
+        labelled rows before predicting the next; returns what the batch did."""
         batch, self._batch = self._batch, []
         order = [m.name for m in self.models]
+        deferred, self._deferred = self._deferred, []
+        steps_before = {m.name: m.estimator.n_steps for m in self.models if m.predicts_in_batches}
+        position = {id(o): i for i, o in enumerate(batch)}
+        started = time.perf_counter()
         for m in [m for m in self.models if m.predicts_in_batches]:
-            if batch:
-                for outcome, p in zip(batch, m.predict_many([o.x for o in batch]), strict=True):
-                    outcome.predictions[m.name] = p
-                if self.top_k:
-                    rows = [o for o in batch if o.champion == m.name]
-                    for outcome, ex in zip(rows, m.estimator.explain_many([o.x for o in rows], self.top_k), strict=True):
-                        outcome.explanation = ex
+            mine = [entry for entry in deferred if entry[0] is m]
+            # Labels of this batch's events, in event order; labels of earlier events
+            # (from the labels topic) are learned after the batch, never before it.
+            current = [e for e in mine if id(e[1]) in position]
+            older = [e for e in mine if id(e[1]) not in position]
+            start, j = 0, 0
+            while start < len(batch):
+                # Blocks end where the learner will step, so a poll's size changes nothing.
+                block = batch[start : start + m.estimator.rows_until_step]
+                self._predict_block(m, block)
+                start += len(block)
+                while j < len(current) and position[id(current[j][1])] < start:
+                    self._learn_deferred(*current[j])
+                    j += 1
+            for entry in current[j:] + older:
+                self._learn_deferred(*entry)
         for outcome in batch:
             if list(outcome.predictions) != order:
                 # Config order first; a model retired during the batch keeps its prediction.
                 ordered = {n: outcome.predictions[n] for n in order if n in outcome.predictions}
                 ordered.update(outcome.predictions)
                 outcome.predictions = ordered
-        deferred, self._deferred = self._deferred, []
-        steps_before = {m.name: m.estimator.n_steps for m in self.models if m.predicts_in_batches}
-        started = time.perf_counter()
-        for m, outcome, y, t in deferred:
-            if m.name not in self._steps:
-                continue  # retired while the batch ran
-            prediction = outcome.predictions.get(m.name)
-            m.learn_one(outcome.x, y, prediction, t)
-            self._learned[m.name] += 1
-            if prediction is not None:
-                self._scored(m, y, prediction, outcome.id)
         for m in self.models:
             if m.predicts_in_batches:
                 m.estimator.flush(self.now)
@@ -300,6 +320,25 @@ class ModelSet:
         return result
 
     # -- learning, scoring, drift, champion -------------------------------------------
+
+    def _predict_block(self, m: PrequentialModel, block: list[Outcome]) -> None:
+        if not block:
+            return
+        for outcome, p in zip(block, m.predict_many([o.x for o in block]), strict=True):
+            outcome.predictions[m.name] = p
+        if self.top_k:
+            rows = [o for o in block if o.champion == m.name]
+            for outcome, ex in zip(rows, m.estimator.explain_many([o.x for o in rows], self.top_k), strict=True):
+                outcome.explanation = ex
+
+    def _learn_deferred(self, m: PrequentialModel, outcome: Outcome, y: Any, t: float) -> None:
+        if m.name not in self._steps:
+            return  # retired while the batch ran
+        prediction = outcome.predictions.get(m.name)
+        m.learn_one(outcome.x, y, prediction, t)
+        self._learned[m.name] += 1
+        if prediction is not None:
+            self._scored(m, y, prediction, outcome.id)
 
     def _learn(self, outcome: Outcome, y: Any, t: float) -> None:
         if self.delayed_labels:
@@ -321,8 +360,9 @@ class ModelSet:
             return
         self.evaluations[m.name].update(y, prediction)
         y_pred = prediction.proba if self._champion_takes_proba else prediction.value
-        if y_pred is not None and y_pred != {}:
-            self._champion_metric[m.name].update(y, y_pred)
+        champion_metric = self._champion_metric[m.name]
+        if y_pred is not None and y_pred != {} and not self._shares_champion_metric(m.name):
+            champion_metric.update(y, y_pred)
         if self.drift_config.enabled:
             error = prediction_error(y, prediction, m.is_classifier)
             if error is not None and self.drift[m.name].update(error):
@@ -348,7 +388,7 @@ class ModelSet:
                     "previous": change.previous,
                     "champion": change.champion,
                     "metric": self._champion_metric_cls.__name__,
-                    "window": self.champion_config.window,
+                    "window": self._champion_window,
                     "previous_score": change.previous_score,
                     "champion_score": change.champion_score,
                 }
@@ -387,7 +427,7 @@ class ModelSet:
         has not done so within ``challenger_trial`` labels."""
         parent_name = self.challengers[challenger.name]
         score, n = self._window_score(challenger.name)
-        window = self.champion_config.window
+        window = self._champion_window
         if n >= window:
             parent_score, _ = self._window_score(parent_name)
             if self.selector._better(score, parent_score):

@@ -313,6 +313,13 @@ class _TorchMiniBatchBase:
     def learn_one(self, x: dict[str, Any], y: Any, t: float | None = None) -> None:
         self.learn_many([x], [y], t)
 
+    @property
+    def rows_until_step(self) -> int:
+        """Labelled rows still to come before the next optimizer step. The processor
+        predicts in blocks of at most this many events, so an event is predicted with
+        the weights of every step taken before it, however the stream was polled."""
+        return max(1, self.batch_size - len(self._buffer_x))
+
     def learn_many(self, X: Sequence[dict[str, Any]], ys: Sequence[Any], t: float | None = None) -> None:
         """Buffers the rows; steps on every full ``batch_size`` rows. ``t`` is the stream
         time in seconds of the newest row, used by :meth:`flush` to bound the wait."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import pickle
 
+import pytest
+
 from river import datasets
 from river.datasets import synth
 
@@ -133,3 +135,29 @@ def test_explanations_are_off_by_default_and_give_top_k_linear_contributions():
     for i, (x, y) in enumerate(itertools.islice(datasets.Phishing(), 50)):
         outcome = models.on_event(i, x, y, float(i))
     assert outcome.explanation is not None and len(outcome.explanation) == 2
+
+
+MLP = ModelSpec(
+    name="mlp",
+    steps=[{"streamwise.TorchMiniBatchClassifier": {"hidden_layers": [8], "batch_size": 16, "seed": 3, "max_wait_s": None}}],
+)
+
+
+def _torch_predictions(poll_size: int) -> list:
+    models = ModelSet([MLP], task="classification", metric="Accuracy", drift=DriftConfig(enabled=False))
+    preds = []
+    stream = list(datasets.Phishing().take(300))
+    for start in range(0, len(stream), poll_size):
+        for i, (x, y) in enumerate(stream[start : start + poll_size], start):
+            models.on_event(i, x, y, float(i))
+        preds += [o.predictions["mlp"].proba for o in models.end_batch().outcomes]
+    return preds
+
+
+def test_torch_predictions_do_not_depend_on_how_the_stream_was_polled():
+    """Each event is predicted with the weights of every step taken before it: polls of
+    1, 37 or 300 events give the same predictions (up to float32 rounding, which
+    depends on how many rows one matrix product holds)."""
+    one = [p[True] for p in _torch_predictions(1)]
+    for poll_size in (37, 300):
+        assert [p[True] for p in _torch_predictions(poll_size)] == pytest.approx(one, abs=1e-5)
