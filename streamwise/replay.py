@@ -5,6 +5,7 @@ A source is one of:
 - the name of a River bundled dataset (``Phishing``, ``Bananas``, ``TrumpApproval``, ...);
 - ``synth.<Generator>`` for a River synthetic generator, with ``params`` for its
   constructor (``synth.Agrawal`` with ``seed=42``); these are endless, so give a limit;
+- ``streamwise.CardTransactions``, the card-fraud stream of ``examples/fraud.yaml``;
 - a ``.csv`` file (numeric-looking cells become numbers) or a ``.jsonl`` file, one event
   per line; a JSONL line that is not a JSON object is published as it is, which makes
   such files handy for testing dead-lettering.
@@ -54,6 +55,18 @@ def _river_dataset(source: str, params: dict[str, Any]) -> Any:
     if name is None:
         raise ConfigError(f"source: {source!r} is not a River dataset, synth.<Generator>, .csv or .jsonl file")
     return getattr(datasets, name)(**params)
+
+
+def _streamwise_dataset(source: str, params: dict[str, Any]) -> Any:
+    from streamwise.stream import datasets
+
+    cls = getattr(datasets, source.removeprefix("streamwise."), None)
+    if not inspect.isclass(cls):
+        raise ConfigError(f"source: unknown streamwise dataset {source!r} (try streamwise.CardTransactions)")
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ConfigError(f"source: {source}: {e}") from None
 
 
 def _number(text: str) -> Any:
@@ -117,6 +130,14 @@ def iter_events(
                 obj.setdefault(id_field, n)
                 yield encode(obj)
                 n += 1
+        return
+    if source.startswith("streamwise."):
+        # Streams shipped with streamwise yield whole events (id, key and label included).
+        for obj in _streamwise_dataset(source, params):
+            if limit is not None and n >= limit:
+                return
+            yield encode({k: _jsonable(v) for k, v in obj.items()})
+            n += 1
         return
     dataset = _river_dataset(source, params)
     for x, y in dataset:
