@@ -68,6 +68,11 @@ def test_records_round_trip_with_keys_headers_and_offsets(settings, bootstrap, u
     source = make_source(settings.kafka, unique)
     source.subscribe([topic])
     got = _poll_until(source, len(sent))
+    # A rejoin right after the topic's creation (its metadata arriving) may still be
+    # settling: keep polling, as the runner does, until the assignment is back.
+    deadline = time.monotonic() + 20
+    while not source.assignment() and time.monotonic() < deadline:
+        assert source.poll(100, 10) == []
     assert source.assignment() == [(topic, 0)]
     assert source.lag() == {(topic, 0): 0}
     source.close()

@@ -65,6 +65,8 @@ def _worker_env(redis_url: str | None = None) -> dict[str, str]:
         STREAMWISE_SNAPSHOT__EVERY_EVENTS="1000",
         STREAMWISE_KAFKA__POLL_TIMEOUT_MS="200",
         STREAMWISE_KAFKA__SESSION_TIMEOUT_MS="6000",
+        # Small polls: many batch boundaries (snapshots, commits) for failures to land on.
+        STREAMWISE_KAFKA__MAX_POLL_RECORDS="500",
         PYTHONUNBUFFERED="1",
     )
     if redis_url:
@@ -187,10 +189,16 @@ def test_redis_killed_and_restarted_mid_run_loses_nothing(bootstrap, credit_topi
     _wait_committed(bootstrap, cfg.group_id, 4000, proc)
     private_redis["proc"].send_signal(signal.SIGKILL)
     private_redis["proc"].wait()
-    _wait_committed(bootstrap, cfg.group_id, 9000, proc)  # processing goes on without Redis
+    down_at = _committed(bootstrap, cfg.group_id)
+    # Processing goes on without Redis, and the worker says its snapshots fail.
+    _wait_committed(bootstrap, cfg.group_id, min(down_at + 3000, N_EVENTS), proc)
+    deadline = time.monotonic() + 60
+    while b"snapshot failed" not in (tmp_path / "worker.log").read_bytes():
+        assert time.monotonic() < deadline and proc.poll() is None, "no snapshot failure reported"
+        time.sleep(0.1)
+    assert _committed(bootstrap, cfg.group_id) < N_EVENTS, "Redis went down too late to matter"
     private_redis["proc"] = private_redis["start"]()
     assert proc.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()[-3000:]
-    assert b"snapshot failed" in (tmp_path / "worker.log").read_bytes()
     store = RedisStateStore(private_redis["url"], settings.snapshot.signing_key.get_secret_value().encode())
     _assert_same_as_reference(bootstrap, cfg, reference, store)
 
