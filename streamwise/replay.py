@@ -38,6 +38,13 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _build(cls: Any, source: str, params: dict[str, Any]) -> Any:
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ConfigError(f"source: {source}: {e}") from None
+
+
 def _river_dataset(source: str, params: dict[str, Any]) -> Any:
     from river import datasets
     from river.datasets import synth
@@ -46,15 +53,12 @@ def _river_dataset(source: str, params: dict[str, Any]) -> Any:
         cls = getattr(synth, source.removeprefix("synth."), None)
         if not inspect.isclass(cls):
             raise ConfigError(f"source: unknown River synthetic generator {source!r}")
-        try:
-            return cls(**params)
-        except TypeError as e:
-            raise ConfigError(f"source: {source}: {e}") from None
+        return _build(cls, source, params)
     names = {n.lower(): n for n in dir(datasets) if inspect.isclass(getattr(datasets, n))}
     name = names.get(source.lower())
     if name is None:
         raise ConfigError(f"source: {source!r} is not a River dataset, synth.<Generator>, .csv or .jsonl file")
-    return getattr(datasets, name)(**params)
+    return _build(getattr(datasets, name), source, params)
 
 
 def _streamwise_dataset(source: str, params: dict[str, Any]) -> Any:
@@ -63,10 +67,7 @@ def _streamwise_dataset(source: str, params: dict[str, Any]) -> Any:
     cls = getattr(datasets, source.removeprefix("streamwise."), None)
     if not inspect.isclass(cls):
         raise ConfigError(f"source: unknown streamwise dataset {source!r} (try streamwise.CardTransactions)")
-    try:
-        return cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"source: {source}: {e}") from None
+    return _build(cls, source, params)
 
 
 def _number(text: str) -> Any:

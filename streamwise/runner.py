@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streamwise.connectors import make_admin, make_sink, make_source
@@ -36,11 +36,6 @@ class RunSummary:
     metrics: dict[str, dict[str, Any]]
     wall_seconds: float
     busy_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events_in / self.wall_seconds if self.wall_seconds else 0.0
 
 
 class Runner:

@@ -50,3 +50,8 @@ def test_card_transactions_are_keyed_by_card():
 def test_an_unknown_source_is_a_config_error(source):
     with pytest.raises(ConfigError, match="source"):
         list(iter_events(source, limit=1))
+
+
+def test_a_bad_dataset_parameter_is_a_config_error():
+    with pytest.raises(ConfigError, match="source: Phishing"):
+        list(iter_events("Phishing", {"no_such_parameter": 1}, limit=1))
