@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,13 @@ class KafkaPythonSource:
         on_assigned: RebalanceCallback | None = None,
         on_revoked: RebalanceCallback | None = None,
     ) -> None:
+        # kafka-python's sticky assignor gives a topic it has no partition metadata for
+        # no partitions at all, and a topic created a moment ago may not be in the
+        # consumer's metadata yet: wait (bounded) until every topic's partitions are known.
+        deadline = time.monotonic() + 10.0
+        for topic in topics:
+            while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                time.sleep(0.1)
         self._consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
