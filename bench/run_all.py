@@ -12,6 +12,7 @@ eat the others' time, and one part's memory and threads cannot slow the next):
 - G5 the torch learner's examples/s per batch size, CPU and CUDA (bench/torch_learner.py);
 - the Quix Streams + River peer (bench/peer_quix.py);
 - 2 workers ÷ 1 (bench/scale.py);
+- drift recovery per drift policy on examples/credit_drift.yaml (bench/drift_recovery.py);
 - a cProfile of the service per client, by library and by function, with a closing note
   that names where the time goes.
 
@@ -82,6 +83,8 @@ def parts() -> list[Part]:
         Part("scale", "Scale: 2 worker processes ÷ 1",
              [*py, str(BENCH / "scale.py"), "--events", "20000", "--rounds", "2"],
              ["--events", "6000", "--rounds", "1"], 240),
+        Part("drift", "Drift recovery per drift policy",
+             [*py, str(BENCH / "drift_recovery.py")], [], 150),
         Part("profile", "Where the service's time goes (cProfile)",
              [*py, str(Path(__file__).resolve()), "--profile-section"], ["--profile-repeat", "4"], 120),
     ]

@@ -106,3 +106,47 @@ class DriftMonitor:
     @property
     def name(self) -> str:
         return type(self.detector).__name__
+
+
+def recovery_events(
+    correct: list[bool],
+    change: int,
+    *,
+    transition: int = 0,
+    window: int = 500,
+    baseline: int = 1000,
+    tolerance: float = 0.02,
+) -> tuple[float, int | None]:
+    """How long accuracy takes to come back after a concept drift, from the record of
+    which predictions were right.
+
+    The pre-drift level is the accuracy over the ``baseline`` events before the
+    transition starts (``change - transition // 2``). Recovery is the number of events
+    from ``change`` to the end of the first ``window`` of events, all after the
+    transition, whose accuracy is within ``tolerance`` of that level; None if none is.
+    Windows straddling the change are not counted, so ``window + transition // 2`` is
+    the quickest recovery there can be: it means "as good as before at once".
+
+    Examples
+    --------
+    >>> correct = [True] * 1000 + [False] * 300 + [True] * 1000
+    >>> recovery_events(correct, change=1000, window=100, baseline=500, tolerance=0.0)
+    (1.0, 400)
+    >>> recovery_events(correct, change=1000, window=100, baseline=500)  # 98 right of 100 will do
+    (1.0, 398)
+    >>> recovery_events([True] * 1000 + [False] * 500, change=1000, window=100, baseline=500)
+    (1.0, None)
+    """
+    start = change - transition // 2
+    if start < baseline:
+        raise ValueError(f"need {baseline} events before the transition starts at {start}")
+    pre = sum(correct[start - baseline : start]) / baseline
+    in_window = 0
+    first = change + (transition + 1) // 2
+    for end in range(first, len(correct)):
+        in_window += correct[end]
+        if end - window >= first:
+            in_window -= correct[end - window]
+        if end - first + 1 >= window and in_window / window >= pre - tolerance:
+            return pre, end + 1 - change
+    return pre, None

@@ -368,7 +368,7 @@ class ModelSet:
             if error is not None and self.drift[m.name].update(error):
                 self._on_drift(m, event_id)
         if m.name in self.challengers:
-            self._judge_challenger(m)
+            self._judge_challenger(m, event_id)
         self._update_champion(event_id)
 
     def _window_score(self, name: str) -> tuple[float, int]:
@@ -422,7 +422,7 @@ class ModelSet:
             }
         )
 
-    def _judge_challenger(self, challenger: PrequentialModel) -> None:
+    def _judge_challenger(self, challenger: PrequentialModel, event_id: Any) -> None:
         """Promotes a challenger that beats its model over a full window; drops one that
         has not done so within ``challenger_trial`` labels."""
         parent_name = self.challengers[challenger.name]
@@ -439,7 +439,7 @@ class ModelSet:
                     self.selector.champion = parent_name
                 self._remove(challenger.name)
                 self._alerts.append(
-                    {"type": "challenger", "model": parent_name, "challenger": challenger.name,
+                    {"type": "challenger", "model": parent_name, "challenger": challenger.name, "event_id": event_id,
                      "action": "promoted", "score": score, "replaced_score": parent_score}
                 )
                 return
@@ -448,7 +448,8 @@ class ModelSet:
             if self.selector.champion == challenger.name:
                 self.selector.champion = parent_name
             self._alerts.append(
-                {"type": "challenger", "model": parent_name, "challenger": challenger.name, "action": "retired"}
+                {"type": "challenger", "model": parent_name, "challenger": challenger.name, "event_id": event_id,
+                 "action": "retired"}
             )
 
     # -- reporting --------------------------------------------------------------------

@@ -4,7 +4,10 @@ A source is one of:
 
 - the name of a River bundled dataset (``Phishing``, ``Bananas``, ``TrumpApproval``, ...);
 - ``synth.<Generator>`` for a River synthetic generator, with ``params`` for its
-  constructor (``synth.Agrawal`` with ``seed=42``); these are endless, so give a limit;
+  constructor (``synth.Agrawal`` with ``seed=42``); these are endless, so give a limit.
+  A parameter that takes a generator (``ConceptDriftStream``'s ``stream`` and
+  ``drift_stream``) is given as ``stream=synth.Agrawal`` plus dotted parameters for it
+  (``stream.classification_function=0``);
 - ``streamwise.CardTransactions``, the card-fraud stream of ``examples/fraud.yaml``;
 - a ``.csv`` file (numeric-looking cells become numbers) or a ``.jsonl`` file, one event
   per line; a JSONL line that is not a JSON object is published as it is, which makes
@@ -45,15 +48,38 @@ def _build(cls: Any, source: str, params: dict[str, Any]) -> Any:
         raise ConfigError(f"source: {source}: {e}") from None
 
 
-def _river_dataset(source: str, params: dict[str, Any]) -> Any:
-    from river import datasets
+def _synth_generator(source: str, params: dict[str, Any]) -> Any:
+    """``synth.<Generator>(**params)``, where ``params`` may hold nested generators:
+    ``{"stream": "synth.Agrawal", "stream.seed": 42}`` passes ``stream=synth.Agrawal(seed=42)``."""
     from river.datasets import synth
 
+    cls = getattr(synth, source.removeprefix("synth."), None)
+    if not inspect.isclass(cls):
+        raise ConfigError(f"source: unknown River synthetic generator {source!r}")
+    own: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            own[key] = value
+    for head, inner in nested.items():
+        generator = own.get(head)
+        if not (isinstance(generator, str) and generator.startswith("synth.")):
+            raise ConfigError(f"source: {source}: {head}.{next(iter(inner))} given, but {head} is not a synth.<Generator>")
+        own[head] = _synth_generator(generator, inner)
+    for key, value in own.items():
+        if key not in nested and isinstance(value, str) and value.startswith("synth."):
+            own[key] = _synth_generator(value, {})
+    return _build(cls, source, own)
+
+
+def _river_dataset(source: str, params: dict[str, Any]) -> Any:
+    from river import datasets
+
     if source.startswith("synth."):
-        cls = getattr(synth, source.removeprefix("synth."), None)
-        if not inspect.isclass(cls):
-            raise ConfigError(f"source: unknown River synthetic generator {source!r}")
-        return _build(cls, source, params)
+        return _synth_generator(source, params)
     names = {n.lower(): n for n in dir(datasets) if inspect.isclass(getattr(datasets, n))}
     name = names.get(source.lower())
     if name is None:

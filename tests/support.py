@@ -85,3 +85,50 @@ def reference_predictions(cfg: Any, events: Iterable[tuple[dict[str, Any], Any]]
             preds[m.name].append(p.value)
             m.learn_one(x, y, p)
     return {"predictions": preds, "metrics": {m.name: m.metric.get() for m in models}}
+
+
+# The stream of examples/credit_drift.yaml: the lending rule changes from Agrawal
+# function 0 to function 7 at event 5,000, over a 100-event transition.
+DRIFT_CHANGE, DRIFT_TRANSITION, DRIFT_EVENTS = 5000, 100, 15000
+DRIFT_SOURCE = "synth.ConceptDriftStream"
+DRIFT_PARAMS: dict[str, Any] = {
+    "stream": "synth.Agrawal",
+    "stream.classification_function": 0,
+    "stream.seed": 42,
+    "drift_stream": "synth.Agrawal",
+    "drift_stream.classification_function": 7,
+    "drift_stream.seed": 42,
+    "position": DRIFT_CHANGE,
+    "width": DRIFT_TRANSITION,
+    "seed": 42,
+}
+
+
+def run_drift_example(settings: Any, events_topic: str, prefix: str, policy: str) -> dict[str, Any]:
+    """Runs examples/credit_drift.yaml with ``drift.policy`` set to ``policy`` over the
+    events already in ``events_topic``, on its own consumer group and output topics.
+    Returns, from what the service wrote to Kafka, which predictions were right (the
+    record's ``prediction`` under ``"pipeline"``, and each configured model's) in event
+    order, and the alert records."""
+    from pathlib import Path
+
+    from streamwise.pipeline_config import load_pipeline_config
+    from streamwise.replay import iter_events
+    from streamwise.runner import Runner
+
+    cfg = load_pipeline_config(Path(__file__).resolve().parents[1] / "examples" / "credit_drift.yaml")
+    cfg.name = f"{prefix}-{policy}"
+    cfg.input.topic = events_topic
+    cfg.output.topic = f"{cfg.name}.predictions"
+    cfg.output.alerts_topic = f"{cfg.name}.alerts"
+    cfg.drift.policy = policy
+    summary = Runner(cfg, settings).run(until_idle_s=2.0)
+    bootstrap = settings.kafka.bootstrap_servers
+    records = sorted(values(consume(bootstrap, cfg.output.topic, summary.events_in)), key=lambda r: r["id"])
+    labels = [json.loads(v)["label"] for _k, v in iter_events(DRIFT_SOURCE, DRIFT_PARAMS, limit=summary.events_in)]
+    assert [r["id"] for r in records] == list(range(len(labels))), "one prediction per event, none twice"
+    correct = {"pipeline": [r["prediction"] == y for r, y in zip(records, labels, strict=True)]}
+    for spec in cfg.models:
+        correct[spec.name] = [r["models"][spec.name]["prediction"] == y for r, y in zip(records, labels, strict=True)]
+    alerts = values(consume(bootstrap, cfg.alerts_topic, 1, timeout_s=10.0))
+    return {"correct": correct, "alerts": alerts, "events": summary.events_in}

@@ -55,3 +55,30 @@ def test_an_unknown_source_is_a_config_error(source):
 def test_a_bad_dataset_parameter_is_a_config_error():
     with pytest.raises(ConfigError, match="source: Phishing"):
         list(iter_events("Phishing", {"no_such_parameter": 1}, limit=1))
+
+
+def test_a_generator_parameter_takes_a_nested_generator_with_dotted_parameters():
+    from river.datasets import synth
+
+    params = {
+        "stream": "synth.Agrawal",
+        "stream.classification_function": 0,
+        "stream.seed": 7,
+        "drift_stream": "synth.Agrawal",
+        "drift_stream.classification_function": 7,
+        "drift_stream.seed": 7,
+        "position": 100,
+        "width": 10,
+        "seed": 7,
+    }
+    got = [e for _k, e in _decoded(iter_events("synth.ConceptDriftStream", params, limit=300))]
+    expected = synth.ConceptDriftStream(
+        stream=synth.Agrawal(classification_function=0, seed=7),
+        drift_stream=synth.Agrawal(classification_function=7, seed=7),
+        position=100,
+        width=10,
+        seed=7,
+    )
+    assert [e["label"] for e in got] == [y for _x, y in expected.take(300)]
+    with pytest.raises(ConfigError, match=r"stream\.seed given, but stream is not a synth.<Generator>"):
+        list(iter_events("synth.ConceptDriftStream", {"stream.seed": 7}, limit=1))
