@@ -77,4 +77,7 @@ class Sink(Protocol):
 class Admin(Protocol):
     def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None: ...
 
+    def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """Partitions per topic, for the topics that exist."""
+
     def close(self) -> None: ...

@@ -375,6 +375,10 @@ class ConfluentAdmin:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker made it
                     raise ServiceUnavailableError(f"Kafka: cannot create topic {topic}: {e.args[0].str()}") from None
 
+    def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        listed = self._admin.list_topics(timeout=self._timeout_s).topics
+        return {t: len(listed[t].partitions) for t in topics if t in listed}
+
     def close(self) -> None:
         # AdminClient has no close(); its handle is destroyed with the object.
         pass

@@ -253,5 +253,9 @@ class KafkaPythonAdmin:
             except KafkaError as e:
                 raise ServiceUnavailableError(f"Kafka: cannot create topic {topic.name}: {e}") from None
 
+    def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        described = self._admin.describe_topics(list(topics))
+        return {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
     def close(self) -> None:
         self._admin.close()

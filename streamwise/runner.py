@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamwise.connectors import make_admin, make_sink, make_source
-from streamwise.connectors.base import Sink, Source
+from streamwise.connectors.base import Admin, Sink, Source
 from streamwise.connectors.records import OutgoingRecord
 from streamwise.connectors.redis_state import RedisStateStore
-from streamwise.errors import ConfigError, DeliveryError
+from streamwise.errors import ConfigError, DeliveryError, ServiceUnavailableError
 from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
@@ -118,7 +118,9 @@ class Runner:
         store = self._state_store()
         admin = make_admin(kafka)
         try:
-            admin.ensure_topics([*topics, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
+            admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
+            if cfg.input.labels_topic is not None:
+                _ensure_copartitioned(admin, cfg.input.topic, cfg.input.labels_topic)
         finally:
             admin.close()
         source = self._source or make_source(kafka, cfg.group_id)
@@ -258,4 +260,29 @@ class Runner:
             metrics=self._model_metrics(),
             wall_seconds=wall_seconds,
             busy_seconds=c.busy_seconds,
+        )
+
+
+def _partition_count(admin: Admin, topic: str) -> int:
+    # A topic just created may take a moment to show in the metadata.
+    deadline = time.monotonic() + 10.0
+    while (count := admin.partition_counts([topic]).get(topic)) is None:
+        if time.monotonic() > deadline:
+            raise ServiceUnavailableError(f"Kafka: topic {topic} still not in the metadata 10 s after its creation")
+        time.sleep(0.1)
+    return count
+
+
+def _ensure_copartitioned(admin: Admin, events_topic: str, labels_topic: str) -> None:
+    """Creates a missing labels topic with the events topic's partition count, and refuses
+    to start on two that differ: a label is joined only by the worker that holds its
+    event's partition, so with unequal counts most labels would never meet their event
+    and be dropped, silently, when their hold time ran out."""
+    events = _partition_count(admin, events_topic)
+    admin.ensure_topics([labels_topic], partitions=events)
+    labels = _partition_count(admin, labels_topic)
+    if labels != events:
+        raise ConfigError(
+            f"input.labels_topic: {labels_topic} has {labels} partition(s) but input.topic {events_topic} has "
+            f"{events}; labels are joined per partition, so both topics need the same partition count and keys"
         )

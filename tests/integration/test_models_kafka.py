@@ -180,3 +180,24 @@ def test_labels_topic_n_events_late_match_progressive_val_score_with_delay(
     assert labels["joined"] == n and labels["pending"] == 0 and labels["duplicates"] == 0
     out = values(consume(bootstrap, cfg.output.topic, n))
     assert sorted(r["id"] for r in out) == list(range(n))
+
+
+def test_a_labels_topic_gets_the_events_topics_partitions_or_the_run_refuses_to_start(settings, bootstrap, unique):
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from streamwise.errors import ConfigError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        mismatched = _config(f"{unique}-a", CASES["Phishing"], labels_topic=f"{unique}-a.labels")
+        admin.create_topics([NewTopic(mismatched.input.topic, 3, 1), NewTopic(mismatched.input.labels_topic, 2, 1)])
+        with pytest.raises(ConfigError, match=r"^input\.labels_topic: \S+ has 2 partition\(s\) but input\.topic \S+ has 3"):
+            Runner(mismatched, settings).run(until_idle_s=0.5)
+
+        missing = _config(f"{unique}-b", CASES["Phishing"], labels_topic=f"{unique}-b.labels")
+        admin.create_topics([NewTopic(missing.input.topic, 3, 1)])
+        Runner(missing, settings).run(until_idle_s=0.5)
+        (described,) = admin.describe_topics([missing.input.labels_topic])
+        assert len(described["partitions"]) == 3
+    finally:
+        admin.close()
