@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 
 from common import bootstrap, machine, produce, settings, table, unique
-
 from streamwise.models.drift import recovery_events
-from streamwise.replay import iter_events
 from support import DRIFT_CHANGE, DRIFT_EVENTS, DRIFT_PARAMS, DRIFT_SOURCE, DRIFT_TRANSITION, run_drift_example
+
+from streamwise.replay import iter_events
 
 POLICIES = ("none", "reset", "challenger")
 

@@ -67,7 +67,8 @@ def _synth_generator(source: str, params: dict[str, Any]) -> Any:
     for head, inner in nested.items():
         generator = own.get(head)
         if not (isinstance(generator, str) and generator.startswith("synth.")):
-            raise ConfigError(f"source: {source}: {head}.{next(iter(inner))} given, but {head} is not a synth.<Generator>")
+            given = f"{head}.{next(iter(inner))}"
+            raise ConfigError(f"source: {source}: {given} given, but {head} is not a synth.<Generator>")
         own[head] = _synth_generator(generator, inner)
     for key, value in own.items():
         if key not in nested and isinstance(value, str) and value.startswith("synth."):

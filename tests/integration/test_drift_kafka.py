@@ -6,10 +6,10 @@ sooner than alerting alone does."""
 from __future__ import annotations
 
 import pytest
-
 from streamwise.models.drift import recovery_events
-from streamwise.replay import iter_events
 from support import DRIFT_CHANGE, DRIFT_EVENTS, DRIFT_PARAMS, DRIFT_SOURCE, DRIFT_TRANSITION, produce, run_drift_example
+
+from streamwise.replay import iter_events
 
 
 @pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
