@@ -377,7 +377,9 @@ class ConfluentAdmin:
 
     def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         listed = self._admin.list_topics(timeout=self._timeout_s).topics
-        return {t: len(listed[t].partitions) for t in topics if t in listed}
+        # A topic being created can be listed with an error and no partitions yet.
+        ready = {t: listed[t] for t in topics if t in listed and listed[t].error is None}
+        return {t: len(meta.partitions) for t, meta in ready.items() if meta.partitions}
 
     def close(self) -> None:
         # AdminClient has no close(); its handle is destroyed with the object.

@@ -255,7 +255,7 @@ class KafkaPythonAdmin:
 
     def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         described = self._admin.describe_topics(list(topics))
-        return {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+        return {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0 and t["partitions"]}
 
     def close(self) -> None:
         self._admin.close()

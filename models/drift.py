@@ -124,8 +124,8 @@ def recovery_events(
     transition starts (``change - transition // 2``). Recovery is the number of events
     from ``change`` to the end of the first ``window`` of events, all after the
     transition, whose accuracy is within ``tolerance`` of that level; None if none is.
-    Windows straddling the change are not counted, so ``window + transition // 2`` is
-    the quickest recovery there can be: it means "as good as before at once".
+    Windows straddling the change are not counted, so ``window + (transition + 1) // 2``
+    is the quickest recovery there can be: it means "as good as before at once".
 
     Examples
     --------

@@ -37,7 +37,7 @@ class InputConfig(BaseModel):
     group_id: str | None = None
     # Delayed labels, {"<id>": ..., "<label>": ...}, joined to predictions by event id.
     # Must be co-partitioned with the events topic (same partition count and key).
-    labels_topic: str | None = None
+    labels_topic: str | None = Field(None, min_length=1)
 
 
 class OutputConfig(BaseModel):
@@ -45,9 +45,9 @@ class OutputConfig(BaseModel):
 
     topic: str = Field(min_length=1)
     # Defaults to "<input topic>.dlq".
-    dead_letter_topic: str | None = None
+    dead_letter_topic: str | None = Field(None, min_length=1)
     # Drift detections and champion changes; defaults to "<pipeline name>.alerts".
-    alerts_topic: str | None = None
+    alerts_topic: str | None = Field(None, min_length=1)
 
 
 class PipelineConfig(BaseModel):

@@ -268,7 +268,7 @@ def _partition_count(admin: Admin, topic: str) -> int:
     deadline = time.monotonic() + 10.0
     while (count := admin.partition_counts([topic]).get(topic)) is None:
         if time.monotonic() > deadline:
-            raise ServiceUnavailableError(f"Kafka: topic {topic} still not in the metadata 10 s after its creation")
+            raise ServiceUnavailableError(f"Kafka: topic {topic} did not show in the metadata within 10 s")
         time.sleep(0.1)
     return count
 

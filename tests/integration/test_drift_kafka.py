@@ -24,8 +24,9 @@ def test_drift_is_detected_and_the_policies_recover_sooner_than_none(settings, b
         for model in ("logreg", "naive_bayes", "tree"):
             # The first detection once the transition begins, counted from the change,
             # and what the policy did about it.
-            first = next(a for a in drifts if a["model"] == model and a["event_id"] >= DRIFT_CHANGE - DRIFT_TRANSITION)
-            assert first["event_id"] - DRIFT_CHANGE <= 1000, (policy, first)
+            since = DRIFT_CHANGE - DRIFT_TRANSITION
+            first = next((a for a in drifts if a["model"] == model and a["event_id"] >= since), None)
+            assert first is not None and first["event_id"] - DRIFT_CHANGE <= 1000, (policy, model, drifts)
             action = {"none": "none", "reset": "reset", "challenger": f"started {model}.challenger"}[policy]
             assert first["action"].startswith(action), (policy, first)
 
