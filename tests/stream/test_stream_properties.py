@@ -130,8 +130,13 @@ def test_any_bytes_give_finite_features_or_a_rejection(items: list[bytes], name:
     _feed(build_event_pipeline(cfg.event_schema, cfg.cleaners, cfg.features), items, as_bytes=True)
 
 
+# "Rome" is outside the sink schema's city categories (the other properties want it);
+# a list whose events all carried it would rightly be rejected whole (found by hypothesis).
+valid_city = plausible.map(lambda e: {**e, "city": "Oslo"} if e.get("city") == "Rome" else e)
+
+
 @settings(max_examples=60, deadline=None)
-@given(items=st.lists(plausible, min_size=5, max_size=25))
+@given(items=st.lists(valid_city, min_size=5, max_size=25))
 def test_plausible_events_are_mostly_accepted(items: list[dict[str, Any]]) -> None:
     """Guards the properties above against passing only because everything is rejected."""
     cfg = CONFIGS["sink"]
