@@ -320,34 +320,53 @@ class WindowedAggregates(StreamComponent):
         except ValueError:
             return None
 
+    def _output_names(self) -> list[tuple[float, str | None, list[list[tuple[str, str]]]]]:
+        """Per window, ascending: its length, its count feature's name (None when count is
+        not wanted) and, per field in ``on``, (aggregate, feature name) pairs. Built once,
+        not per event; computed on first use, so snapshots from before it still load."""
+        names = self.__dict__.get("_names")
+        if names is None:
+            p, want = self._prefix, self.aggregates
+            names = self._names = [
+                (
+                    seconds,
+                    f"{p}.count.{label}" if "count" in want else None,
+                    [[(agg, f"{p}.{field}.{agg}.{label}") for agg in want if agg != "count"] for field in self.on],
+                )
+                for seconds, label in self._windows
+            ]
+        return names
+
     def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
         out = dict(x)
         key, t = self._key(x), self._time(x)
         if key is None or t is None:
             return out
         history = self._keys.get(key, ())
-        p = self._prefix
-        n_on = len(self.on)
-        want = self.aggregates
-        # One pass from the newest event back to the longest window's edge, emitting
-        # each window's aggregates as the pass crosses its edge.
-        rows = [values for when, values in reversed(history) if when <= t and when > t - self._longest]
-        times = [when for when, _ in reversed(history) if when <= t and when > t - self._longest]
-        for seconds, label in self._windows:
-            k = 0
+        # The key's events in the longest window before t, newest first: history is in
+        # time order, so the walk back stops at the window's edge.
+        edge = t - self._longest
+        times: list[float] = []
+        rows: list[tuple[float | None, ...]] = []
+        for when, values in reversed(history):
+            if when <= edge:
+                break
+            if when <= t:
+                times.append(when)
+                rows.append(values)
+        k = 0
+        for seconds, count_name, per_field in self._output_names():
+            # Windows ascend, so each one's events extend the previous one's.
             while k < len(times) and times[k] > t - seconds:
                 k += 1
-            window = rows[:k]
-            if "count" in want:
-                out[f"{p}.count.{label}"] = float(k)
-            for j in range(n_on):
-                vals = [r[j] for r in window if r[j] is not None]
-                name = f"{p}.{self.on[j]}"
-                stats = _aggregate(vals)
-                for agg in want:
-                    if agg != "count":
-                        out[f"{name}.{agg}.{label}"] = stats[agg]
-        out[f"{p}.since_last"] = min(t - times[0], self._longest) if times else self._longest
+            if count_name is not None:
+                out[count_name] = float(k)
+            for j, names in enumerate(per_field):
+                if names:
+                    stats = _aggregate([r[j] for r in rows[:k] if r[j] is not None])
+                    for agg, name in names:
+                        out[name] = stats[agg]
+        out[f"{self._prefix}.since_last"] = min(t - times[0], self._longest) if times else self._longest
         return out
 
     def learn_one(self, x: dict[str, Any]) -> None:
