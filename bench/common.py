@@ -15,6 +15,8 @@ import json
 import os
 import platform
 import pstats
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -149,6 +151,16 @@ class Clock(Sensor):
     def rate(self) -> float:
         assert self.first is not None, "no record was polled"
         return self.events / (self.last - self.first)
+
+
+def stop_service(proc: subprocess.Popen[Any], timeout_s: float) -> None:
+    """Stops a ``streamwise run`` the way an operator would: SIGTERM, so it finishes its
+    batch and commits, then SIGKILL if it has not exited within ``timeout_s``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -219,11 +219,7 @@ def measure(servers: str, client: str, role: str, rate: float, seconds: float) -
             while time.monotonic() < deadline and any(k not in reader.seen for k in list(sent)[-100:]):
                 time.sleep(0.1)
         finally:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                service.kill()
+            common.stop_service(service, timeout_s=30)
             reader.stop.set()
             reader.join(timeout=10)
     lat = sorted((reader.seen[k] - t) * 1000 for k, t in sent.items() if k in reader.seen)

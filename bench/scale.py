@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -79,11 +78,7 @@ def run_workers(servers: str, client: str, workers: int, events: list[tuple[byte
             common.produce(servers, topic, events, partitions=PARTITIONS)
             out = consume(servers, cfg.output.topic, len(events), timeout_s=TIMEOUT_S)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            common.stop_service(proc, timeout_s=60)
     stamps = sorted(r.timestamp for r in out)
     ids = {json.loads(r.value)["id"] for r in out}
     span = (stamps[-1] - stamps[0]) / 1000
