@@ -47,7 +47,7 @@ from common import (  # noqa: E402
 from streamwise.models.catalog import build_estimator  # noqa: E402
 from streamwise.models.prequential import PrequentialModel  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
-from streamwise.settings import KafkaSettings  # noqa: E402
+from streamwise.core.settings import KafkaSettings  # noqa: E402
 
 CLIENTS = ("kafka-python", "confluent")
 MODELS: dict[str, list[Any]] = {

@@ -36,8 +36,8 @@ from streamwise.connectors import make_admin  # noqa: E402
 from streamwise.devservices import ensure_dev_services  # noqa: E402
 from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config  # noqa: E402
 from streamwise.replay import iter_events  # noqa: E402
-from streamwise.sensors import Sensor  # noqa: E402
-from streamwise.settings import KafkaSettings, Settings, SnapshotSettings  # noqa: E402
+from streamwise.core.sensors import Sensor  # noqa: E402
+from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings  # noqa: E402
 
 Event = tuple[bytes, bytes]
 LOGREG = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]

@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from streamwise.settings import KafkaSettings  # noqa: E402
+from streamwise.core.settings import KafkaSettings  # noqa: E402
 
 TIMEOUT_S = 180
 

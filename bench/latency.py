@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
-from streamwise.settings import KafkaSettings  # noqa: E402
+from streamwise.core.settings import KafkaSettings  # noqa: E402
 
 WARMUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 20.0

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from streamwise.devservices import ensure_dev_services  # noqa: E402
 from streamwise.replay import iter_events  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
-from streamwise.settings import KafkaSettings, Settings  # noqa: E402
+from streamwise.core.settings import KafkaSettings, Settings  # noqa: E402
 from support import phishing_pipeline, produce, reference_predictions  # noqa: E402
 
 

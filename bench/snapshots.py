@@ -37,8 +37,8 @@ from streamwise.connectors.redis_state import RedisStateStore  # noqa: E402
 from streamwise.pipeline_config import PipelineConfig  # noqa: E402
 from streamwise.processor import PipelineProcessor  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
-from streamwise.sensors import Sensor  # noqa: E402
-from streamwise.settings import Settings  # noqa: E402
+from streamwise.core.sensors import Sensor  # noqa: E402
+from streamwise.core.settings import Settings  # noqa: E402
 
 EVERY_SECONDS = 5.0
 NEVER = 10**12

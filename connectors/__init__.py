@@ -6,7 +6,7 @@ code above this package knows which Kafka client library is in use.
 
 from __future__ import annotations
 
-from streamwise.settings import KafkaSettings
+from streamwise.core.settings import KafkaSettings
 
 from .base import Admin, Sink, Source
 from .records import ConsumedRecord, OutgoingRecord

@@ -10,7 +10,7 @@ Examples
 --------
 The client is a setting; nothing above :mod:`streamwise.connectors` sees the difference.
 
->>> from streamwise.settings import Settings
+>>> from streamwise.core.settings import Settings
 >>> Settings(kafka={"client": "confluent"}).kafka.client
 'confluent'
 >>> consumer_config(KafkaSettings(bootstrap_servers="127.0.0.1:9092"), "g")["isolation.level"]
@@ -27,8 +27,8 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamwise.errors import DeliveryError, ServiceUnavailableError
-from streamwise.settings import KafkaSettings
+from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.settings import KafkaSettings
 
 from .base import RebalanceCallback, TopicPartition
 from .records import ConsumedRecord, OutgoingRecord

@@ -24,7 +24,7 @@ from typing import Any
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaException
 
-from streamwise.errors import ServiceUnavailableError, StreamwiseError
+from streamwise.core.errors import ServiceUnavailableError, StreamwiseError
 
 FOLDER_UID = "streamwise"
 FOLDER_TITLE = "streamwise"

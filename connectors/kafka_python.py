@@ -25,8 +25,8 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
 
-from streamwise.errors import DeliveryError, ServiceUnavailableError
-from streamwise.settings import KafkaSettings
+from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.settings import KafkaSettings
 
 from .base import RebalanceCallback, TopicPartition
 from .records import ConsumedRecord, OutgoingRecord

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a running pipeline: a :class:`~streamwise.sensors.Sensor` that
+"""Prometheus metrics of a running pipeline: a :class:`~streamwise.core.sensors.Sensor` that
 records into a prometheus-client registry, the ``/metrics`` HTTP endpoint that serves it,
 and a small reader of that endpoint for ``streamwise top`` and the Grafana Live push.
 
@@ -29,8 +29,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamwise.errors import ServiceUnavailableError
-from streamwise.sensors import CLEANER_ACTIONS, Sensor
+from streamwise.core.errors import ServiceUnavailableError
+from streamwise.core.sensors import CLEANER_ACTIONS, Sensor
 
 # Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
 # and a consumer catching up on a backlog sees seconds to minutes.

@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from streamwise.errors import ServiceUnavailableError, StreamwiseError
+from streamwise.core.errors import ServiceUnavailableError, StreamwiseError
 
 log = logging.getLogger(__name__)
 

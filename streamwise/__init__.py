@@ -1,6 +1,6 @@
 """streamwise: streaming online learning on Kafka."""
 
-from streamwise.errors import ConfigError, ServiceUnavailableError, StreamwiseError
+from streamwise.core.errors import ConfigError, ServiceUnavailableError, StreamwiseError
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "ServiceUnavailableError", "StreamwiseError", "__version__"]

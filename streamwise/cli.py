@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from streamwise.errors import StreamwiseError
-from streamwise.settings import Settings
+from streamwise.core.errors import StreamwiseError
+from streamwise.core.settings import Settings
 
 app = typer.Typer(
     help="Streaming online learning on Kafka: River and PyTorch models that learn from every event.",

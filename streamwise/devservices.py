@@ -11,7 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from streamwise.errors import ServiceUnavailableError
+from streamwise.core.errors import ServiceUnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_UP = REPO_ROOT / "dev" / "up"

@@ -35,12 +35,12 @@ from streamwise.connectors.redis_state import (
     RedisStateStore,
     SnapshotUnavailableError,
 )
-from streamwise.errors import ServiceUnavailableError
+from streamwise.core.errors import ServiceUnavailableError
 from streamwise.models.state import fingerprint
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
-from streamwise.sensors import Sensor
-from streamwise.settings import SnapshotSettings
+from streamwise.core.sensors import Sensor
+from streamwise.core.settings import SnapshotSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from streamwise.errors import ConfigError
+from streamwise.core.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
 from streamwise.models.config import (
     ChampionConfig,

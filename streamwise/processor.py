@@ -20,7 +20,7 @@ from streamwise.models.labels import LabelRecordError, decode_label_record
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import PrequentialModel
 from streamwise.pipeline_config import PipelineConfig
-from streamwise.sensors import Sensor
+from streamwise.core.sensors import Sensor
 from streamwise.stream.pipeline import build_event_pipeline
 from streamwise.stream.schema import DecodedEvent, EventDecoder, RejectedEvent
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from streamwise.errors import ConfigError
+from streamwise.core.errors import ConfigError
 
 Event = tuple[bytes | None, bytes]
 

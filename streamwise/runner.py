@@ -18,12 +18,12 @@ from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Admin, Sink, Source
 from streamwise.connectors.records import OutgoingRecord
 from streamwise.connectors.redis_state import RedisStateStore
-from streamwise.errors import ConfigError, DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
 from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
-from streamwise.sensors import CountingSensor, Sensor, SensorSet
-from streamwise.settings import Settings
+from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
+from streamwise.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

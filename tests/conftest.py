@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from streamwise.settings import KafkaSettings, Settings
+from streamwise.core.settings import KafkaSettings, Settings
 
 
 @pytest.fixture(scope="session")

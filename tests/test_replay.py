@@ -7,7 +7,7 @@ import json
 import pytest
 from river import datasets
 
-from streamwise.errors import ConfigError
+from streamwise.core.errors import ConfigError
 from streamwise.replay import dataset_size, iter_events
 
 

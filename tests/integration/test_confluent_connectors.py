@@ -19,8 +19,8 @@ from kafka.admin import NewTopic
 from streamwise.connectors import OutgoingRecord, make_admin, make_sink, make_source
 from streamwise.connectors.base import Source
 from streamwise.connectors.records import ConsumedRecord
-from streamwise.errors import DeliveryError, ServiceUnavailableError
-from streamwise.settings import KafkaSettings
+from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.settings import KafkaSettings
 from support import consume, produce
 
 

@@ -22,7 +22,7 @@ from streamwise.cli import app
 from streamwise.connectors.prometheus import bucket_quantile, scrape
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
-from streamwise.settings import MetricsSettings
+from streamwise.core.settings import MetricsSettings
 from support import consume, phishing_pipeline, produce
 
 MALFORMED = [(None, b"not json"), (None, b"\xff\xfe"), (None, b'{"id": "x1", "popup_window": "high"}'), (None, b"[1, 2]")]

@@ -185,7 +185,7 @@ def test_labels_topic_n_events_late_match_progressive_val_score_with_delay(
 def test_a_labels_topic_gets_the_events_topics_partitions_or_the_run_refuses_to_start(settings, bootstrap, unique):
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from streamwise.errors import ConfigError
+    from streamwise.core.errors import ConfigError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:

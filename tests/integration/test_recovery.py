@@ -223,7 +223,7 @@ def test_stopping_in_the_middle_of_a_replay_never_moves_the_group_back(settings,
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    from streamwise.sensors import Sensor
+    from streamwise.core.sensors import Sensor
     from support import phishing_pipeline
 
     cfg = phishing_pipeline(unique)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from river import compose, linear_model, metrics, preprocessing
 
-from streamwise.errors import ConfigError
+from streamwise.core.errors import ConfigError
 from streamwise.pipeline_config import load_pipeline_config, parse_pipeline_config
 from streamwise.stream.datasets import CardTransactions
 from streamwise.stream.features import WindowedAggregates
@@ -170,7 +170,7 @@ def test_per_card_windowed_features_clearly_lift_fraud_roc_auc():
 def test_cleaner_activity_reaches_the_sensor_hook():
     from streamwise.connectors.records import ConsumedRecord
     from streamwise.processor import PipelineProcessor
-    from streamwise.sensors import Sensor
+    from streamwise.core.sensors import Sensor
 
     class Cleanings(Sensor):
         def __init__(self):

@@ -1,0 +1,43 @@
+"""Fixed vocabularies that travel between layers and end up as metric labels.
+
+They are :class:`enum.StrEnum`, so a member is its own string: it can be written into a
+Kafka header or a Prometheus label as is, and compared with a plain string.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeadLetterStage(StrEnum):
+    """Where a record was refused: the ``streamwise.error.stage`` header of its dead letter.
+
+    Examples
+    --------
+    >>> DeadLetterStage("validate") is DeadLetterStage.VALIDATE
+    True
+    >>> [str(s) for s in DeadLetterStage][:3]
+    ['decode', 'validate', 'clean']
+    """
+
+    # Not UTF-8, not JSON, too large, a tombstone (stream/schema.py).
+    DECODE = "decode"
+    # JSON, but not an event of the pipeline's schema (stream/schema.py).
+    VALIDATE = "validate"
+    # Refused by a cleaner: duplicate id, too late (stream/cleaners.py).
+    CLEAN = "clean"
+    # A feature extractor failed or produced a non-finite value (stream/pipeline.py).
+    FEATURES = "features"
+    # A model raised while predicting or learning from the event (streamwise/processor.py).
+    PREDICT = "predict"
+    # A record on the labels topic that is not a label for this pipeline (models/labels.py).
+    LABEL = "label"
+
+
+class CleanerAction(StrEnum):
+    """What a cleaner did to an event it let through (or refused, for ``late``)."""
+
+    IMPUTED = "imputed"
+    CLIPPED = "clipped"
+    DEDUPLICATED = "deduplicated"
+    LATE = "late"
