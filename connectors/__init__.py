@@ -1,7 +1,9 @@
-"""All I/O of streamwise: Kafka source, sink and admin (and, later, Redis and Prometheus).
+"""All I/O of streamwise: the Kafka source, sink and admin, the Redis state store, the
+Prometheus sensor and endpoint, and the Grafana client. Imports only :mod:`streamwise.core`.
 
-:func:`make_source`, :func:`make_sink` and :func:`make_admin` are the one place that turns settings into client objects, so no
-code above this package knows which Kafka client library is in use.
+:func:`make_source`, :func:`make_sink` and :func:`make_admin` are the one place that turns
+settings into client objects, so no code above this package knows which Kafka client
+library is in use.
 """
 
 from __future__ import annotations

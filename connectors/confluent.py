@@ -26,7 +26,6 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-
 from streamwise.core.errors import DeliveryError, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
@@ -135,9 +134,6 @@ class ConfluentSource:
             raise
         self._on_assigned: RebalanceCallback | None = None
         self._on_revoked: RebalanceCallback | None = None
-        # Seeks asked for inside on_assigned, applied by the assignment itself: a
-        # partition librdkafka has not started fetching yet cannot be seeked.
-        self._seeks_in_rebalance: dict[TopicPartition, int] | None = None
 
     def subscribe(
         self,
@@ -152,20 +148,11 @@ class ConfluentSource:
         )
 
     def _assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
-        seeks: dict[TopicPartition, int] = {}
         if self._on_assigned is not None:
-            self._seeks_in_rebalance = seeks
-            try:
-                self._on_assigned(_tps(partitions))
-            finally:
-                self._seeks_in_rebalance = None
-        # OFFSET_INVALID means: start at the committed offset (else auto.offset.reset).
-        # Assigning here, rather than letting confluent-kafka do it after the callback,
-        # is what lets the callback's seeks take effect.
-        positioned = [
-            CTopicPartition(tp.topic, tp.partition, seeks.get((tp.topic, tp.partition), OFFSET_INVALID))
-            for tp in partitions
-        ]
+            self._on_assigned(_tps(partitions))
+        # OFFSET_INVALID: start at the committed offset (else auto.offset.reset). The
+        # runner restores and seeks a new partition after the poll that assigned it.
+        positioned = [CTopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in partitions]
         (consumer.incremental_assign if self._incremental else consumer.assign)(positioned)
 
     def _revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
@@ -253,9 +240,6 @@ class ConfluentSource:
         return self._consumer.consumer_group_metadata()
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
-        if self._seeks_in_rebalance is not None:
-            self._seeks_in_rebalance.update(offsets)
-            return
         for (t, p), o in offsets.items():
             self._consumer.seek(CTopicPartition(t, p, o))
 

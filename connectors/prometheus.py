@@ -28,21 +28,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
-
 from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.sensors import CLEANER_ACTIONS, Sensor
+from streamwise.core.stages import DeadLetterStage
 
 # Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
 # and a consumer catching up on a backlog sees seconds to minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-# Up to KafkaSettings.max_poll_records (1000 by default) and a little beyond.
+# Up to KafkaSettings.max_poll_records (5000 by default) and a little beyond.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Labels arrive with the event or minutes, hours, days later.
 LABEL_DELAY_BUCKETS = (0.0, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
-# The stages at which the decoder and processor dead-letter a record.
-DEAD_LETTER_STAGES = ("decode", "validate", "predict")
 
 _DISTRIBUTIONS = ("streamwise", "river", "kafka-python", "prometheus-client", "torch")
 
@@ -148,17 +146,12 @@ class PrometheusSensor(Sensor):
             self.champion.labels(pipeline, m).set(0)
             self.drifts.labels(pipeline, m)
         if topic is not None:
-            for stage in DEAD_LETTER_STAGES:
+            for stage in DeadLetterStage:
                 self.dead_lettered.labels(pipeline, topic, stage)
         # Per-event hooks look their child up here instead of through .labels().
         self._consumed: dict[tuple[str, int], Any] = {}
         self._valid: dict[tuple[str, int], Any] = {}
         self._lag_seen: set[tuple[str, int]] = set()
-
-    @classmethod
-    def for_pipeline(cls, config: Any, registry: CollectorRegistry | None = None) -> PrometheusSensor:
-        """A sensor for a :class:`~streamwise.pipeline_config.PipelineConfig`."""
-        return cls(config.name, [m.name for m in config.models], config.input.topic, registry)
 
     def value(self, name: str, **labels: str) -> float | None:
         """The current value of one sample, ``pipeline`` label implied (for tests and ``top``)."""

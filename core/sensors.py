@@ -14,8 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from streamwise.core.stages import CleanerAction
+
 # What a cleaner did to an event: the ``action`` of :meth:`Sensor.on_clean`.
-CLEANER_ACTIONS = ("imputed", "clipped", "deduplicated", "late")
+CLEANER_ACTIONS = tuple(CleanerAction)
 # Which prequential figure :meth:`Sensor.on_model_metric` reports.
 METRIC_WINDOWS = ("cumulative", "rolling")
 

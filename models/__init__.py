@@ -1,1 +1,3 @@
-"""Pure learning logic: the River learner catalog, prequential scoring, and (later) torch, drift and champion selection. No I/O."""
+"""Pure learning logic: the River learner catalog, the torch mini-batch learners, prequential
+scoring and evaluation, drift detection, champion selection, the pending-label buffer and the
+state fingerprint. No I/O: imports only :mod:`streamwise.core` and itself."""

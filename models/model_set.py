@@ -4,7 +4,7 @@
 
     models.on_event(id, x, y, t)      # every River model predicts now (and learns, if y)
     models.on_label(id, y, t)         # a delayed label: score the stored prediction, learn
-    outcomes, alerts = models.end_batch()
+    result = models.end_batch()       # a BatchResult: outcomes, alerts, labels learned, torch steps
 
 River models predict and learn per event, in arrival order, which is what makes their
 metrics equal ``river.evaluate.progressive_val_score``. A learner that

@@ -16,6 +16,7 @@ import re
 from typing import Any, ClassVar
 
 from river import base
+from streamwise.core.stages import DeadLetterStage
 from streamwise.stream.schema import RejectedEvent, is_finite_number
 
 __all__ = [
@@ -41,7 +42,7 @@ class StreamComponent(base.Transformer):
     is what River's ``clone`` and ``repr`` read.
     """
 
-    stage: ClassVar[str] = "features"
+    stage: ClassVar[str] = DeadLetterStage.FEATURES
 
     def learn_one(self, x: dict[str, Any]) -> None:
         """Stateless components learn nothing."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from river import stats
+from streamwise.core.stages import DeadLetterStage
 from streamwise.stream.base import (
     RejectedEvent,
     StreamComponent,
@@ -58,7 +59,7 @@ class TypeCoercer(StreamComponent):
     {'amount': 'twelve', 'n': '3.5', 'online': False}
     """
 
-    stage: ClassVar[str] = "clean"
+    stage: ClassVar[str] = DeadLetterStage.CLEAN
 
     def __init__(self, types: Mapping[str, str]) -> None:
         self.types = dict(types)
@@ -190,7 +191,7 @@ class RunningImputer(StreamComponent):
     {'amount': 3.0, 'amount_was_missing': 0.0}
     """
 
-    stage: ClassVar[str] = "clean"
+    stage: ClassVar[str] = DeadLetterStage.CLEAN
 
     def __init__(self, fields: Iterable[str], strategy: str = "mean", indicator: bool = False) -> None:
         if strategy not in ("mean", "median", "mode"):
@@ -250,7 +251,7 @@ class RunningQuantileClipper(StreamComponent):
     {'amount': 50.0}
     """
 
-    stage: ClassVar[str] = "clean"
+    stage: ClassVar[str] = DeadLetterStage.CLEAN
 
     def __init__(self, fields: Iterable[str], lower: float = 0.01, upper: float = 0.99, warmup: int = 30) -> None:
         if not 0.0 <= lower < upper <= 1.0:
@@ -317,7 +318,7 @@ class Deduplicator(StreamComponent):
     {'id': 1}
     """
 
-    stage: ClassVar[str] = "clean"
+    stage: ClassVar[str] = DeadLetterStage.CLEAN
 
     def __init__(self, id_field: str = "id", window: int = 100_000) -> None:
         if window < 1:
@@ -387,7 +388,7 @@ class LatenessPolicy(StreamComponent):
     clean late event: ts is 100s behind the watermark, allowed lateness is 60s
     """
 
-    stage: ClassVar[str] = "clean"
+    stage: ClassVar[str] = DeadLetterStage.CLEAN
 
     def __init__(self, time_field: str, allowed_lateness: float = 0.0, policy: str = "dead_letter") -> None:
         if policy not in _POLICIES:

@@ -227,7 +227,8 @@ class WindowedAggregates(StreamComponent):
     """Per-key aggregates of numeric fields over sliding event-time windows.
 
     For each key (say a card) and each window (say 1h and 24h) it outputs the count of
-    the key's earlier events in the window and, for each field in ``on``, their sum,
+    the key's earlier events in the window and, for each field in ``on`` (the YAML step's
+    ``fields``), their sum,
     mean, min, max and standard deviation, as ``<key>.<field>.<aggregate>.<window>``
     (``<key>.count.<window>`` for counts), plus ``<key>.since_last``, the seconds since
     the key's previous event (capped at the longest window). An empty window gives 0.
@@ -246,7 +247,8 @@ class WindowedAggregates(StreamComponent):
     by
         The field, or list of fields, that form the key.
     on
-        The numeric fields to aggregate.
+        The numeric fields to aggregate (``fields:`` in a pipeline YAML's
+        ``window_aggregates`` step).
     windows
         Window lengths: seconds or durations like ``"1h"``.
     time_field

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from streamwise.core.stages import DeadLetterStage
 from streamwise.stream.base import (
     DURATION_HINT,
     StreamComponent,
@@ -546,7 +547,7 @@ class EventPipeline:
             try:
                 row[schema.event_time] = to_epoch_seconds(event.event_time)
             except ValueError as e:
-                raise RejectedEvent("validate", f"{schema.event_time}: {e}") from None
+                raise RejectedEvent(DeadLetterStage.VALIDATE, f"{schema.event_time}: {e}") from None
         if schema.key is not None and schema.key not in row:
             row[schema.key] = event.key
         return row
@@ -568,10 +569,10 @@ class EventPipeline:
         features = {k: v for k, v in x.items() if k not in self._meta}
         for name, value in features.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_finite_number(value):
-                raise RejectedEvent("features", f"{name} is not a finite number: {value!r}"[:200])
+                raise RejectedEvent(DeadLetterStage.FEATURES, f"{name} is not a finite number: {value!r}"[:200])
         outputs = [*inputs[1:], x]
         for step, seen, made in zip(self.steps, inputs, outputs, strict=True):
-            if step.stage == "clean":
+            if step.stage == DeadLetterStage.CLEAN:
                 self._count(step, seen, made)
             try:
                 step.learn_one(seen)

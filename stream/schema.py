@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from streamwise.core.stages import DeadLetterStage
 
 FieldType = Literal["float", "int", "bool", "category", "text", "timestamp"]
 LabelType = Literal["bool", "int", "float", "category"]
@@ -63,7 +64,9 @@ class EventSchema(BaseModel):
 
 
 class RejectedEvent(Exception):
-    """A record that cannot become an event. ``stage`` is ``decode`` or ``validate``."""
+    """A record that cannot become an event. ``stage`` is a
+    :class:`~streamwise.core.stages.DeadLetterStage`: ``decode`` or ``validate`` from the
+    schema, ``clean`` from a cleaner, ``features`` from a feature extractor."""
 
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(reason)
@@ -172,30 +175,30 @@ class EventDecoder:
         """The JSON value in a record's bytes, before validation; :class:`RejectedEvent` if none."""
         schema = self.schema
         if value is None:
-            raise RejectedEvent("decode", "record has no value (tombstone)")
+            raise RejectedEvent(DeadLetterStage.DECODE, "record has no value (tombstone)")
         if len(value) > schema.max_event_bytes:
             raise RejectedEvent(
-                "decode", f"event of {len(value)} bytes exceeds max_event_bytes={schema.max_event_bytes}"
+                DeadLetterStage.DECODE, f"event of {len(value)} bytes exceeds max_event_bytes={schema.max_event_bytes}"
             )
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RejectedEvent("decode", f"not UTF-8: {e}") from None
+            raise RejectedEvent(DeadLetterStage.DECODE, f"not UTF-8: {e}") from None
         try:
             # orjson: a quarter of json's time per event (measured), and strict JSON:
             # NaN and Infinity are refused, nesting is bounded.
             obj = orjson.loads(text)
         except orjson.JSONDecodeError as e:
-            raise RejectedEvent("decode", f"not JSON: {e}") from None
+            raise RejectedEvent(DeadLetterStage.DECODE, f"not JSON: {e}") from None
         return obj
 
     def validate(self, obj: Any) -> DecodedEvent:
         if not isinstance(obj, dict):
-            raise RejectedEvent("validate", f"event must be a JSON object, got {type(obj).__name__}")
+            raise RejectedEvent(DeadLetterStage.VALIDATE, f"event must be a JSON object, got {type(obj).__name__}")
         try:
             event = self._model.model_validate(obj)
         except pydantic.ValidationError as e:
-            raise RejectedEvent("validate", _describe(e, self._names)) from None
+            raise RejectedEvent(DeadLetterStage.VALIDATE, _describe(e, self._names)) from None
         values = event.__dict__
         x = {}
         for internal, name in self._feature_fields:

@@ -109,9 +109,11 @@ class PartitionStates:
         return {p: st.processor for p, st in sorted(merged.items())}
 
     # ----- rebalance callbacks -----------------------------------------------
-    # kafka-python 3 runs them on its network thread, where blocking consumer calls
-    # (committed offsets) are not allowed. on_assigned therefore only notes the new
-    # partitions; settle() restores them on the main thread right after the poll.
+    # Which thread runs them depends on the client: kafka-python 3 calls them on its
+    # event-loop (network) thread, where a blocking consumer call (committed offsets)
+    # would stall the heartbeat; confluent-kafka calls them inside consume(), on the
+    # thread that polls. Either way on_assigned only notes the new partitions under a
+    # lock, and settle() restores them on the polling thread right after the poll.
 
     def on_assigned(self, tps: list[TopicPartition]) -> None:
         with self._lock:
@@ -267,7 +269,7 @@ class PartitionStates:
         started = time.perf_counter()
         state = st.processor.snapshot_state()
         try:
-            payload = _pickle_deep({"processor": state, "positions": st.positions})
+            payload = _pickle_deep({"processor": state})
         except Exception as e:  # a learner that cannot be pickled must not stop the stream
             log.error("partition %s: state cannot be snapshotted: %s: %s", st.partition, type(e).__name__, e)
             self._snapshot_failed(st, type(e).__name__)

@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
+from streamwise.core.sensors import Sensor
+from streamwise.core.stages import DeadLetterStage
 from streamwise.models.labels import LabelRecordError, decode_label_record
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import PrequentialModel
 from streamwise.pipeline_config import PipelineConfig
-from streamwise.core.sensors import Sensor
 from streamwise.stream.pipeline import build_event_pipeline
-from streamwise.stream.schema import DecodedEvent, EventDecoder, RejectedEvent
+from streamwise.stream.schema import DecodedEvent, RejectedEvent
 
 # Header names follow Kafka Connect's dead-letter convention under our own prefix.
 H_STAGE = "streamwise.error.stage"
@@ -57,7 +58,6 @@ class PipelineProcessor:
     def __init__(self, config: PipelineConfig, sensor: Sensor | None = None) -> None:
         self.config = config
         self.sensor = sensor or Sensor()
-        self.decoder = EventDecoder(config.event_schema)
         # Cleaners and feature extractors (stream/pipeline.py); they learn from every valid
         # event, labelled or not, and without any configured they return the decoded event as is.
         self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
@@ -89,7 +89,7 @@ class PipelineProcessor:
 
     # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
     # the state descends from, shown in every record): not learned, left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "decoder", "epoch"})
+    _NOT_STATE = frozenset({"config", "sensor", "epoch"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything this processor has learned, as a picklable dict. New learning
@@ -124,8 +124,8 @@ class PipelineProcessor:
                 # learners predict the whole batch in end_batch().
                 outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0)
             except Exception as e:  # a model bug must not stop the stream
-                out.append(dead_letter(record, dlq, "predict", type(e).__name__, str(e)))
-                sensor.on_dead_letter(record.topic, "predict")
+                out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
+                sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             predicted.append((record, event, outcome))
         for action, n in self.events.drain_activity().items():
@@ -146,8 +146,8 @@ class PipelineProcessor:
                 cfg.event_schema.label_type,
             )
         except LabelRecordError as e:
-            out.append(dead_letter(record, cfg.dead_letter_topic, "label", "LabelRecordError", str(e)))
-            self.sensor.on_dead_letter(record.topic, "label")
+            out.append(dead_letter(record, cfg.dead_letter_topic, DeadLetterStage.LABEL, "LabelRecordError", str(e)))
+            self.sensor.on_dead_letter(record.topic, DeadLetterStage.LABEL)
             return
         self.learners.on_label(event_id, y, record.timestamp_ms / 1000.0)
 

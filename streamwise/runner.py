@@ -19,11 +19,11 @@ from streamwise.connectors.base import Admin, Sink, Source
 from streamwise.connectors.records import OutgoingRecord
 from streamwise.connectors.redis_state import RedisStateStore
 from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
+from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
+from streamwise.core.settings import Settings
 from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
-from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
-from streamwise.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Runner:
         if settings.metrics.port:  # 0: no /metrics
             from streamwise.connectors.prometheus import PrometheusSensor
 
-            self.prometheus = PrometheusSensor.for_pipeline(config)
+            self.prometheus = PrometheusSensor(config.name, [m.name for m in config.models], config.input.topic)
         self.sensor = SensorSet([self.counts, *sensors, *filter(None, [self.prometheus])])
         self.partitions = PartitionStates(config, settings.snapshot, self.sensor, store=None)
         self._source = source
@@ -74,7 +74,7 @@ class Runner:
 
     @property
     def input_topics(self) -> list[str]:
-        labels = getattr(self.config.input, "labels_topic", None)
+        labels = self.config.input.labels_topic
         return [self.config.input.topic, *([labels] if labels else [])]
 
     @property
