@@ -6,8 +6,8 @@ Everything above ``connectors/`` talks to these protocols only, so a second clie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from .records import ConsumedRecord, OutgoingRecord
 
@@ -27,8 +27,9 @@ class Source(Protocol):
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         """Records in offset order within each partition; empty on timeout."""
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commits, for each partition, the offset of the *next* record to read."""
+    def commit(self, offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None = None) -> None:
+        """Commits, for each partition, the offset of the *next* record to read, with an
+        optional short marker string stored beside it (Kafka's offset metadata)."""
 
     def assignment(self) -> list[TopicPartition]: ...
 
@@ -44,6 +45,9 @@ class Source(Protocol):
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets for these partitions (None where nothing is committed)."""
+
+    def committed_markers(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        """The marker committed with each partition's offset ('' where none)."""
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         """Stops fetching these partitions; polls go on, so the group membership stays alive."""
@@ -63,13 +67,42 @@ class Sink(Protocol):
 
     def begin_transaction(self) -> None: ...
 
-    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
-        """Adds the offsets to the open transaction and commits it; raises DeliveryError if it fails."""
+    def commit_transaction(
+        self,
+        offsets: dict[TopicPartition, int],
+        group_metadata: object,
+        markers: Mapping[TopicPartition, str] | None = None,
+    ) -> None:
+        """Adds the offsets (with their markers) to the open transaction and commits it;
+        raises DeliveryError if it fails."""
 
     def abort_transaction(self) -> None: ...
 
     def flush(self) -> None:
         """Blocks until every record sent is acknowledged; raises DeliveryError otherwise."""
+
+    def close(self) -> None: ...
+
+
+class StateStore(Protocol):
+    """Where each partition's learning state is snapshotted (:class:`RedisStateStore`;
+    :mod:`streamwise.testing` has one in memory). Failures raise
+    ``SnapshotUnavailableError`` (retry later) or ``FencedError`` (another owner)."""
+
+    def claim(self, pipeline: str, partition: int) -> int: ...
+
+    def save(
+        self,
+        pipeline: str,
+        partition: int,
+        payload: bytes,
+        offsets: dict[TopicPartition, int],
+        owner: int | None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any: ...
+
+    def load_latest(self, pipeline: str, partition: int) -> Any:
+        """The newest snapshot that passes its check (``.info``, ``.payload``), or None."""
 
     def close(self) -> None: ...
 

@@ -20,7 +20,7 @@ The client is a setting; nothing above :mod:`streamwise.connectors` sees the dif
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
@@ -70,6 +70,7 @@ def consumer_config(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "partition.assignment.strategy": settings.assignor,
         "session.timeout.ms": settings.session_timeout_ms,
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
         # An oversized event must reach validation and be dead-lettered, not stall the
         # partition; librdkafka wants its receive buffer above the fetch size.
         "fetch.max.bytes": settings.max_fetch_bytes,
@@ -112,6 +113,13 @@ def _probe(client: Consumer | Producer | AdminClient, settings: KafkaSettings) -
         client.list_topics(timeout=_PROBE_TIMEOUT_S)
     except KafkaException as e:
         raise _unavailable(settings, e) from None
+
+
+def _with_markers(
+    offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None
+) -> list[CTopicPartition]:
+    markers = markers or {}
+    return [CTopicPartition(t, p, o, metadata=markers.get((t, p)) or None) for (t, p), o in offsets.items()]
 
 
 def _tps(partitions: Sequence[CTopicPartition]) -> list[TopicPartition]:
@@ -194,13 +202,11 @@ class ConfluentSource:
             )
         return out
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None = None) -> None:
         if not offsets:
             return
         try:
-            self._consumer.commit(
-                offsets=[CTopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-            )
+            self._consumer.commit(offsets=_with_markers(offsets, markers), asynchronous=False)
         except KafkaException as e:
             raise DeliveryError(f"offsets not committed: {e.args[0].str()}") from e
 
@@ -251,6 +257,14 @@ class ConfluentSource:
         )
         return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
+    def committed_markers(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        if not partitions:
+            return {}
+        found = self._consumer.committed(
+            [CTopicPartition(t, p) for t, p in partitions], timeout=self._settings.request_timeout_ms / 1000.0
+        )
+        return {(tp.topic, tp.partition): (tp.metadata or "") for tp in found}
+
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         self._consumer.pause([CTopicPartition(t, p) for t, p in partitions])
 
@@ -292,11 +306,16 @@ class ConfluentSink:
     def begin_transaction(self) -> None:
         self._producer.begin_transaction()
 
-    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
+    def commit_transaction(
+        self,
+        offsets: dict[TopicPartition, int],
+        group_metadata: object,
+        markers: Mapping[TopicPartition, str] | None = None,
+    ) -> None:
         try:
             if offsets:
                 self._producer.send_offsets_to_transaction(
-                    [CTopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata, self._timeout_s
+                    _with_markers(offsets, markers), group_metadata, self._timeout_s
                 )
             self._producer.commit_transaction(self._timeout_s)
         except KafkaException as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -24,7 +24,6 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
-
 from streamwise.core.errors import DeliveryError, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
@@ -57,6 +56,13 @@ def _require_broker(settings: KafkaSettings) -> None:
     raise ServiceUnavailableError(f"Kafka: no broker answered at {settings.bootstrap_servers}")
 
 
+def _with_markers(
+    offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None
+) -> dict[KTopicPartition, OffsetAndMetadata]:
+    markers = markers or {}
+    return {KTopicPartition(t, p): OffsetAndMetadata(o, markers.get((t, p), ""), -1) for (t, p), o in offsets.items()}
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, on_assigned: RebalanceCallback | None, on_revoked: RebalanceCallback | None):
         self._on_assigned = on_assigned
@@ -82,6 +88,7 @@ class KafkaPythonSource:
                 group_id=group_id,
                 group_instance_id=settings.group_instance_id,
                 session_timeout_ms=settings.session_timeout_ms,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
                 partition_assignment_strategy=[
                     CooperativeStickyAssignor if settings.assignor == "cooperative-sticky" else RangePartitionAssignor
                 ],
@@ -111,7 +118,10 @@ class KafkaPythonSource:
         self._consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as e:
+            raise ServiceUnavailableError(f"Kafka at {self._settings.bootstrap_servers}: {type(e).__name__}: {e}") from e
         out: list[ConsumedRecord] = []
         for tp, records in batches.items():
             for r in records:
@@ -128,11 +138,12 @@ class KafkaPythonSource:
                 )
         return out
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None = None) -> None:
         if offsets:
-            self._consumer.commit(
-                {KTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-            )
+            try:
+                self._consumer.commit(_with_markers(offsets, markers))
+            except KafkaError as e:
+                raise DeliveryError(f"offsets not committed: {type(e).__name__}: {e}") from e
 
     def assignment(self) -> list[TopicPartition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
@@ -152,7 +163,16 @@ class KafkaPythonSource:
             self._consumer.seek(KTopicPartition(t, p), o)
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
-        return {tp: self._consumer.committed(KTopicPartition(*tp)) for tp in partitions}
+        return {tp: (found.offset if found is not None else None) for tp, found in self._committed(partitions).items()}
+
+    def committed_markers(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        return {tp: (found.metadata or "") if found is not None else "" for tp, found in self._committed(partitions).items()}
+
+    def _committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, Any]:
+        try:
+            return {tp: self._consumer.committed(KTopicPartition(*tp), metadata=True) for tp in partitions}
+        except KafkaError as e:
+            raise ServiceUnavailableError(f"Kafka at {self._settings.bootstrap_servers}: {type(e).__name__}: {e}") from e
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         self._consumer.pause(*[KTopicPartition(t, p) for t, p in partitions])
@@ -196,13 +216,15 @@ class KafkaPythonSink:
     def begin_transaction(self) -> None:
         self._producer.begin_transaction()
 
-    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: object) -> None:
+    def commit_transaction(
+        self,
+        offsets: dict[TopicPartition, int],
+        group_metadata: object,
+        markers: Mapping[TopicPartition, str] | None = None,
+    ) -> None:
         try:
             if offsets:
-                self._producer.send_offsets_to_transaction(
-                    {KTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
-                    group_metadata,
-                )
+                self._producer.send_offsets_to_transaction(_with_markers(offsets, markers), group_metadata)
             self._producer.commit_transaction()
         except KafkaError as e:
             raise DeliveryError(f"transaction not committed: {type(e).__name__}: {e}") from e

@@ -6,14 +6,24 @@ Layout for pipeline ``P`` and partition ``N`` (all keys under ``streamwise:P:N:`
   written once under a new epoch and never modified, so a reader never sees half of a
   snapshot, and big values do not block the server in one command.
 - ``manifest``: a JSON document listing the last ``keep`` snapshots, newest first,
-  each with its epoch, offsets, size, chunk count and HMAC-SHA256, plus the owner
-  generation that wrote last. It is replaced in one MULTI/EXEC under WATCH, so the
+  each with its epoch, offsets, size, chunk count, HMAC-SHA256 and the claim of the
+  worker that wrote it. It is replaced in one MULTI/EXEC under WATCH, so the
   switch to a new snapshot is atomic and two writers cannot interleave.
 
-Fencing: the epoch only increases, and a writer passes the consumer-group generation
-it owns the partition under. A manifest already written by a newer generation refuses
-the write (:class:`FencedError`), so a zombie worker that lost the partition in a
-rebalance cannot overwrite its successor's snapshot.
+- ``owner``: the claim number of the worker that owns the partition now. A worker takes
+  a new claim (``INCR claims``, then ``SET owner``) each time Kafka assigns it the
+  partition, and every write checks, inside the same WATCH/MULTI as the manifest switch,
+  that ``owner`` is still its claim.
+
+Fencing: a zombie (a worker paused past its session timeout, whose partition was given
+to another) holds an older claim, so its next write is refused with
+:class:`FencedError`. This works the same on both Kafka clients: it needs no consumer
+group generation, which confluent-kafka does not expose. The epoch only increases.
+
+Orphans: chunks are written with a time to live and made permanent in the transaction
+that switches the manifest, so the chunks of a write that never completed (Redis went
+away between the two steps, or the writer died) expire by themselves; a later successful
+write of the partition also deletes any it finds.
 
 Integrity: the HMAC covers the header (format version, pipeline, partition, epoch,
 offsets) and the payload. :meth:`RedisStateStore.load_latest` verifies it *before*
@@ -33,7 +43,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-
 from streamwise.core.errors import ServiceUnavailableError, StreamwiseError
 
 log = logging.getLogger(__name__)
@@ -57,9 +66,10 @@ class SnapshotInfo:
     chunks: int
     hmac: str
     created: float
-    generation: int
+    generation: int = -1  # read from manifests written before owner claims; not used
     blob: str = ""  # "<epoch>-<nonce>": names this snapshot's chunks, unique per write
     meta: dict[str, Any] = field(default_factory=dict)
+    owner: int = -1  # the claim of the worker that wrote it
 
     def chunk_keys(self, prefix: str) -> list[str]:
         return [f"{prefix}blob:{self.blob}:{i}" for i in range(self.chunks)]
@@ -89,7 +99,8 @@ class RedisStateStore:
         signing_key: bytes,
         keep: int = 3,
         chunk_bytes: int = 4 * 1024 * 1024,
-        socket_timeout_s: float = 5.0,
+        socket_timeout_s: float = 2.0,
+        orphan_ttl_s: int = 600,
     ) -> None:
         if not signing_key:
             raise StreamwiseError("snapshot.signing_key is empty: snapshots must be signed")
@@ -97,6 +108,8 @@ class RedisStateStore:
         self._key = signing_key
         self.keep = keep
         self.chunk_bytes = chunk_bytes
+        # Long enough for the slowest complete write; an unfinished one's chunks expire.
+        self.orphan_ttl_s = orphan_ttl_s
         self._redis = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
@@ -139,10 +152,21 @@ class RedisStateStore:
     def _manifest(self, pipe: Any, pipeline: str, partition: int) -> dict[str, Any]:
         raw = pipe.get(self._prefix(pipeline, partition) + "manifest")
         if raw is None:
-            return {"v": FORMAT_VERSION, "epoch": 0, "generation": -1, "snapshots": []}
+            return {"v": FORMAT_VERSION, "epoch": 0, "snapshots": []}
         return json.loads(raw)
 
     # ----- writing --------------------------------------------------------------
+
+    def claim(self, pipeline: str, partition: int) -> int:
+        """Takes ownership of a partition's snapshots: a claim number larger than every
+        earlier one, which each later :meth:`save` must present. Call on assignment."""
+        prefix = self._prefix(pipeline, partition)
+        try:
+            claim = int(self._redis.incr(prefix + "claims"))
+            self._redis.set(prefix + "owner", claim)
+        except redis.RedisError as e:
+            raise SnapshotUnavailableError(f"Redis at {self.where}: {type(e).__name__}: {e}") from None
+        return claim
 
     def save(
         self,
@@ -150,14 +174,20 @@ class RedisStateStore:
         partition: int,
         payload: bytes,
         offsets: dict[tuple[str, int], int],
-        generation: int | None,
+        owner: int | None,
         meta: dict[str, Any] | None = None,
     ) -> SnapshotInfo:
-        """Writes a new snapshot and makes it the newest, atomically. Returns its info."""
+        """Writes a new snapshot and makes it the newest, atomically. Returns its info.
+
+        ``owner`` is the claim from :meth:`claim` (None: unfenced, for tools). Raises
+        :class:`FencedError` when another worker claimed the partition since, and
+        :class:`SnapshotUnavailableError` when Redis fails; either way nothing changed.
+        """
         prefix = self._prefix(pipeline, partition)
+        chunk_keys: list[str] = []
         try:
             current = self._manifest(self._redis, pipeline, partition)
-            self._check_fence(current, generation, pipeline, partition)
+            self._check_owner(self._redis, owner, pipeline, partition)
             # Chunks go under a name no other write uses (epoch plus a nonce); if two
             # writers race for the same epoch, the WATCH below lets only one manifest
             # point at its chunks, and the loser's chunks are deleted.
@@ -169,67 +199,81 @@ class RedisStateStore:
                 chunks=max(1, -(-len(payload) // self.chunk_bytes)),
                 hmac="",
                 created=time.time(),
-                generation=-1 if generation is None else generation,
                 blob=f"{epoch}-{uuid.uuid4().hex[:12]}",
                 meta=meta or {},
+                owner=-1 if owner is None else owner,
             )
             info.hmac = self._sign(pipeline, partition, info, payload)
             chunk_keys = info.chunk_keys(prefix)
             writer = self._redis.pipeline(transaction=False)
             for i, key in enumerate(chunk_keys):
-                writer.set(key, payload[i * self.chunk_bytes : (i + 1) * self.chunk_bytes])
+                writer.set(key, payload[i * self.chunk_bytes : (i + 1) * self.chunk_bytes], ex=self.orphan_ttl_s)
             writer.execute()
             try:
-                dropped = self._flip_manifest(pipeline, partition, info, generation)
+                dropped = self._flip_manifest(pipeline, partition, info, owner)
             except (redis.WatchError, FencedError):
                 self._redis.delete(*chunk_keys)
                 raise
             if dropped:
                 self._redis.delete(*dropped)
+            self._delete_orphans(pipeline, partition)
             return info
         except redis.WatchError:
             raise FencedError(
                 f"snapshot of {pipeline}/{partition}: another writer changed the manifest meanwhile"
             ) from None
         except redis.RedisError as e:
+            self._forget(chunk_keys)
             raise SnapshotUnavailableError(f"Redis at {self.where}: {type(e).__name__}: {e}") from None
 
-    def _check_fence(
-        self, manifest: dict[str, Any], generation: int | None, pipeline: str, partition: int
-    ) -> None:
-        # A client that does not expose its group generation is fenced by epochs alone.
-        if generation is not None and manifest.get("generation", -1) > generation:
+    def _forget(self, keys: list[str]) -> None:
+        """Best effort: deletes a failed write's chunks now (they expire anyway)."""
+        if keys:
+            try:
+                self._redis.delete(*keys)
+            except redis.RedisError:
+                pass
+
+    def _delete_orphans(self, pipeline: str, partition: int) -> None:
+        """Deletes chunks no manifest entry names whose time to live shows they were
+        written more than a minute ago: no write still in progress is that old."""
+        prefix = self._prefix(pipeline, partition)
+        manifest = self._manifest(self._redis, pipeline, partition)
+        live = {k for s in manifest["snapshots"] for k in SnapshotInfo(**s).chunk_keys(prefix)}
+        stale = []
+        for key in self._redis.scan_iter(match=prefix + "blob:*", count=1000):
+            name = key.decode()
+            if name not in live and 0 <= self._redis.ttl(name) < self.orphan_ttl_s - 60:
+                stale.append(name)
+        if stale:
+            self._redis.delete(*stale)
+
+    def _check_owner(self, conn: Any, owner: int | None, pipeline: str, partition: int) -> None:
+        if owner is None:
+            return
+        current = conn.get(self._prefix(pipeline, partition) + "owner")
+        if current is None or int(current) != owner:
             raise FencedError(
-                f"snapshot of {pipeline}/{partition} refused: written by generation "
-                f"{manifest['generation']}, this worker owns generation {generation}"
+                f"snapshot of {pipeline}/{partition} refused: the partition is claimed by "
+                f"{'nobody' if current is None else int(current)}, this worker holds claim {owner}"
             )
 
-    def _flip_manifest(
-        self, pipeline: str, partition: int, info: SnapshotInfo, generation: int | None
-    ) -> list[str]:
-        key = self._prefix(pipeline, partition) + "manifest"
+    def _flip_manifest(self, pipeline: str, partition: int, info: SnapshotInfo, owner: int | None) -> list[str]:
+        prefix = self._prefix(pipeline, partition)
+        key = prefix + "manifest"
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.watch(key)
+            pipe.watch(key, prefix + "owner")
             manifest = self._manifest(pipe, pipeline, partition)
-            self._check_fence(manifest, generation, pipeline, partition)
+            self._check_owner(pipe, owner, pipeline, partition)
             if manifest["epoch"] >= info.epoch:
                 raise redis.WatchError("epoch moved")
             snaps = [asdict(info)] + manifest["snapshots"]
             kept, gone = snaps[: self.keep], snaps[self.keep :]
             pipe.multi()
-            pipe.set(
-                key,
-                json.dumps(
-                    {
-                        "v": FORMAT_VERSION,
-                        "epoch": info.epoch,
-                        "generation": manifest.get("generation", -1) if generation is None else generation,
-                        "snapshots": kept,
-                    }
-                ),
-            )
+            for chunk in info.chunk_keys(prefix):
+                pipe.persist(chunk)
+            pipe.set(key, json.dumps({"v": FORMAT_VERSION, "epoch": info.epoch, "snapshots": kept}))
             pipe.execute()
-        prefix = self._prefix(pipeline, partition)
         return [k for s in gone for k in SnapshotInfo(**s).chunk_keys(prefix)]
 
     # ----- reading --------------------------------------------------------------

@@ -18,6 +18,11 @@ from streamwise.core.stages import CleanerAction
 
 # What a cleaner did to an event: the ``action`` of :meth:`Sensor.on_clean`.
 CLEANER_ACTIONS = tuple(CleanerAction)
+# What :meth:`Sensor.on_fault` counts: a broker call that failed and is retried
+# (kafka), a transaction not committed and its partitions rewound (commit), a producer
+# rebuilt after a fatal error (producer), a snapshot write refused because another
+# worker claimed the partition (fenced), the lag report failing (lag).
+FAULT_KINDS = ("kafka", "commit", "producer", "fenced", "lag")
 # Which prequential figure :meth:`Sensor.on_model_metric` reports.
 METRIC_WINDOWS = ("cumulative", "rolling")
 
@@ -87,6 +92,18 @@ class Sensor:
 
     def on_snapshot_failure(self, partition: int, reason: str) -> None:
         """``reason``: an exception class name or another short word, never a message."""
+
+    def on_snapshot_missing(self, partition: int, action: str) -> None:
+        """Kafka's committed offsets show a snapshot existed but Redis has none (data
+        lost); ``action`` is the ``snapshot.on_missing`` setting applied."""
+
+    # ---- faults ----
+    def on_fault(self, kind: str) -> None:
+        """A fault the worker survived: ``kind`` is one of :data:`FAULT_KINDS`."""
+
+    def on_partitions_waiting(self, n: int) -> None:
+        """Partitions assigned to this worker but paused: state not restorable yet,
+        fenced, or refused; reported with every lag report."""
 
     # ---- cleaners ----
     def on_clean(self, action: str, n: int = 1) -> None:

@@ -50,6 +50,17 @@ class KafkaSettings(BaseModel):
     # transactional id cannot hold read_committed readers back for long.
     transaction_timeout_ms: int = Field(15_000, ge=1000)
     request_timeout_ms: int = Field(30_000, ge=1000)
+    # The longest a worker may go between two polls before the group takes its
+    # partitions away. A batch that runs longer than a quarter of it halves the next
+    # poll's size (down to 1 record), so a slow model makes progress instead of being
+    # fenced, rewound and fetched again.
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    # Several polls share one transaction (or one offset commit) until this much time
+    # has passed since it began: fewer, larger commits. 0 commits after every poll.
+    commit_interval_ms: int = Field(100, ge=0)
+    # Broker errors (timeouts, coordinator moves, a restarting broker) are retried with
+    # a backoff doubling from 0.1 s up to this bound; they never stop the worker.
+    retry_backoff_max_ms: int = Field(5_000, ge=100)
 
 
 class RedisSettings(BaseModel):
@@ -69,8 +80,14 @@ class SnapshotSettings(BaseModel):
     # While Redis is down, keep processing this many events per partition past the
     # last snapshot, then pause consumption: a bound on what a crash would re-learn.
     max_unsnapshotted_events: int = Field(100_000, ge=1)
-    # How long a newly assigned partition waits for Redis to restore its state.
-    restore_timeout_seconds: float = Field(60.0, gt=0)
+    # A partition whose snapshot cannot be read (Redis down) waits, paused, while the
+    # others go on; its restore is retried with a backoff doubling up to this bound.
+    restore_retry_max_seconds: float = Field(10.0, gt=0)
+    # Redis lost a partition's snapshots (FLUSHALL, eviction, a new empty Redis) while
+    # Kafka's committed offsets say one existed. replay: re-learn that partition from
+    # the earliest offset (said in a log line and a metric); refuse: keep it paused and
+    # say so until an operator acts, the other partitions going on.
+    on_missing: Literal["replay", "refuse"] = "replay"
 
 
 class MetricsSettings(BaseModel):

@@ -381,7 +381,7 @@ def snapshots_list(pipeline: PipelineOpt, redis_url: RedisOpt = None) -> None:
                 offsets = " ".join(f"{k}={v}" for k, v in info.offsets.items())
                 typer.echo(
                     f"partition {p}  epoch {info.epoch:>5}  {info.size:>10,} B  {age:8.0f} s ago  "
-                    f"generation {info.generation}  {offsets}"
+                    f"owner claim {info.owner}  {offsets}"
                 )
     except StreamwiseError as e:
         raise _fail(e) from None
@@ -396,8 +396,9 @@ def snapshots_show(
 ) -> None:
     """Verify one snapshot's signature and describe what it holds."""
     import json as _json
-    import pickle
     from dataclasses import asdict
+
+    from streamwise.models.state import decode_state
 
     try:
         store = _store(redis_url)
@@ -409,7 +410,7 @@ def snapshots_show(
         out = asdict(info)
         out["signature"] = "valid" if snap is not None else "INVALID (refused)"
         if snap is not None:
-            state = pickle.loads(snap.payload)["processor"]
+            state = decode_state(snap.payload)
             out["models"] = state["learners"].report()["models"]
         typer.echo(_json.dumps(out, indent=2, default=str))
     except StreamwiseError as e:

@@ -13,36 +13,53 @@ the partition's newest valid snapshot is restored and the consumer seeks to ``S`
 records in ``[S, C)`` are re-learned *without* emitting anything, then processing goes
 on as normal from ``C``. Deterministic learners thus end in exactly the state they
 would have had without the crash, and no output is written twice.
+
+A partition is *ready* when its state is in memory. Otherwise it *waits*, paused, and
+none of its records is processed or committed:
+
+- its snapshot cannot be read (Redis down): the restore is retried with backoff;
+- its snapshot write was refused because another worker claimed it (a zombie, or a
+  forged owner): its state is dropped; if Kafka still assigns it to this worker after
+  a session timeout, this worker claims it again and restores it;
+- Redis lost its snapshots and ``snapshot.on_missing`` is ``refuse``.
+
+Everything here runs on the polling thread; the rebalance callbacks only note what
+changed (see :meth:`PartitionStates.on_assigned`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import pickle
-import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from streamwise.connectors.base import Source, TopicPartition
+from streamwise.connectors.base import Source, StateStore, TopicPartition
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
-from streamwise.connectors.redis_state import (
-    FencedError,
-    RedisStateStore,
-    SnapshotUnavailableError,
-)
+from streamwise.connectors.redis_state import FencedError, SnapshotUnavailableError
 from streamwise.core.errors import ServiceUnavailableError
-from streamwise.models.state import fingerprint
-from streamwise.pipeline_config import PipelineConfig
-from streamwise.processor import PipelineProcessor
 from streamwise.core.sensors import Sensor
 from streamwise.core.settings import SnapshotSettings
+from streamwise.models.state import decode_state, encode_state, fingerprint
+from streamwise.pipeline_config import PipelineConfig
+from streamwise.processor import PipelineProcessor
 
 log = logging.getLogger(__name__)
+
+# Written with each committed offset: the epoch of the partition's newest snapshot at
+# that moment. A restore that finds no snapshot (or an older one) in Redis while Kafka
+# says this epoch existed knows the store lost data, instead of silently re-learning.
+MARKER_PREFIX = "sw1:epoch="
+
+
+def marker(epoch: int) -> str:
+    return f"{MARKER_PREFIX}{epoch}"
+
+
+def epoch_of_marker(text: str) -> int:
+    return int(text[len(MARKER_PREFIX) :]) if text.startswith(MARKER_PREFIX) else 0
 
 
 @dataclass
@@ -53,31 +70,54 @@ class PartitionState:
     emit_from: dict[TopicPartition, int]
     # The next offset to process, per topic-partition: what a snapshot covers.
     positions: dict[TopicPartition, int]
+    # The claim under which this worker may write the partition's snapshots.
+    owner: int | None = None
     epoch: int = 0
+    # Events processed since the last snapshot, and how many of them are committed.
     unsnapshotted: int = 0
+    committed_positions: dict[TopicPartition, int] = field(default_factory=dict)
     last_snapshot: float = field(default_factory=time.monotonic)
-    next_attempt: float = 0.0
-    backoff_s: float = 0.5
     paused: bool = False
     replayed: int = 0
 
 
-def _pickle_deep(obj: Any) -> bytes:
-    """Pickles with a raised recursion limit: River's trees are nested node objects whose
-    depth grows with the data (a Hoeffding tree regressor's default splitter on a
-    steadily increasing feature goes past Python's default limit of 1,000)."""
-    with _deep_recursion():
-        return pickle.dumps(obj, protocol=5)
+@dataclass
+class Waiting:
+    """A partition assigned to this worker whose state is not in memory."""
+
+    tps: list[TopicPartition]
+    reason: str
+    retry_at: float
+    backoff_s: float
 
 
-@contextlib.contextmanager
-def _deep_recursion(limit: int = 50_000) -> Iterator[None]:
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(before, limit))
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
+class StoreHealth:
+    """One backoff for the whole store: after a failed call, no snapshot is attempted
+    until it passes. P partitions due at once then cost one socket timeout per backoff
+    period, not P of them per poll, so an unreachable Redis never stalls the loop for
+    long (the issue measured 5·P s per cycle before)."""
+
+    def __init__(self, max_backoff_s: float = 30.0) -> None:
+        self.next_try = 0.0
+        self.backoff_s = 0.5
+        self.max_backoff_s = max_backoff_s
+        self.down_since: float | None = None
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.next_try
+
+    def failed(self) -> None:
+        now = time.monotonic()
+        self.down_since = self.down_since or now
+        self.next_try = now + self.backoff_s
+        self.backoff_s = min(self.backoff_s * 2, self.max_backoff_s)
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            log.info("state store reachable again after %.1f s", time.monotonic() - self.down_since)
+        self.down_since = None
+        self.next_try = 0.0
+        self.backoff_s = 0.5
 
 
 class PartitionStates:
@@ -86,18 +126,26 @@ class PartitionStates:
         config: PipelineConfig,
         snapshot: SnapshotSettings,
         sensor: Sensor,
-        store: RedisStateStore | None,
+        source: Source,
+        store: StateStore | None,
+        refence_after_s: float,
     ) -> None:
         self.config = config
         self.snapshot = snapshot
         self.sensor = sensor
+        self.source = source
         self.store = store
+        # How long a fenced partition waits before this worker claims it again: past a
+        # session timeout, Kafka has taken it away from a zombie.
+        self.refence_after_s = refence_after_s
         self.states: dict[int, PartitionState] = {}
+        self.waiting: dict[int, Waiting] = {}
         # Partitions this worker gave up, kept for the run's summary and for tests.
         self.retired: dict[int, PartitionState] = {}
-        self.source: Source | None = None
+        self.health = StoreHealth()
         self._quiet = Sensor()
-        self._pending: list[TopicPartition] = []
+        self._assigned: list[TopicPartition] = []
+        self._revoked: list[TopicPartition] = []
         self._lock = threading.Lock()
 
     def processors(self) -> dict[int, PipelineProcessor]:
@@ -108,114 +156,168 @@ class PartitionStates:
         merged = {**self.retired, **self.states}
         return {p: st.processor for p, st in sorted(merged.items())}
 
-    # ----- rebalance callbacks -----------------------------------------------
+    # ----- rebalance callbacks ---------------------------------------------------
     # Which thread runs them depends on the client: kafka-python 3 calls them on its
-    # event-loop (network) thread, where a blocking consumer call (committed offsets)
-    # would stall the heartbeat; confluent-kafka calls them inside consume(), on the
-    # thread that polls. Either way on_assigned only notes the new partitions under a
-    # lock, and settle() restores them on the polling thread right after the poll.
+    # event-loop (network) thread, where a blocking consumer call would stall the
+    # heartbeat, and possibly while the polling thread is in the middle of a batch;
+    # confluent-kafka calls them inside consume(), on the polling thread. Either way
+    # they only note the change under a lock; the polling thread applies it at the next
+    # checkpoint (streamwise/checkpoint.py), between two batches.
 
     def on_assigned(self, tps: list[TopicPartition]) -> None:
         with self._lock:
-            self._pending.extend(tps)
-
-    def settle(self, records: list[ConsumedRecord]) -> list[ConsumedRecord]:
-        """Restores newly assigned partitions and seeks them to their snapshot offsets.
-        Records already polled for those partitions are dropped: after the seek they
-        are fetched again, in order, from the snapshot's offsets."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
-            return records
-        by_partition: dict[int, list[TopicPartition]] = defaultdict(list)
-        for tp in pending:
-            by_partition[tp[1]].append(tp)
-        for p, group in sorted(by_partition.items()):
-            if p in self.states:
-                self._attach(self.states[p], group)
-            else:
-                self.retired.pop(p, None)
-                self.states[p] = self._restore(p, group)
-        moved = set(pending)
-        return [r for r in records if (r.topic, r.partition) not in moved]
-
-    def rewind(self, tps: list[TopicPartition]) -> None:
-        """Forgets the in-memory state of these partitions; the next settle() restores
-        them from their snapshots and re-learns up to the committed offsets."""
-        for p in {tp[1] for tp in tps}:
-            self.states.pop(p, None)
-        with self._lock:
-            self._pending.extend(tp for tp in tps if tp not in self._pending)
+            self._assigned.extend(tps)
+            self._revoked = [tp for tp in self._revoked if tp not in set(tps)]
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
-            self._pending = [tp for tp in self._pending if tp not in set(tps)]
+            self._revoked.extend(tps)
+            self._assigned = [tp for tp in self._assigned if tp not in set(tps)]
+
+    def take_rebalance(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
+        """(assigned, revoked) since the last call."""
+        with self._lock:
+            assigned, self._assigned = self._assigned, []
+            revoked, self._revoked = self._revoked, []
+        return assigned, revoked
+
+    # ----- giving up and taking on ------------------------------------------------
+
+    def release(self, tps: Sequence[TopicPartition], snapshot: bool) -> None:
+        """Forgets revoked partitions. With ``snapshot`` (their last batch committed), a
+        final snapshot helps the next owner start where this worker stopped."""
         for p in sorted({tp[1] for tp in tps}):
+            self.waiting.pop(p, None)
+            st = self.states.pop(p, None)
+            if st is None:
+                continue
+            self.retired[p] = st
+            if snapshot and st.unsnapshotted:
+                self._save(st)
+
+    def rewind(self, partitions: Sequence[int]) -> None:
+        """Forgets the in-memory state of these partitions and restores them from their
+        snapshots, re-learning up to the committed offsets: what a restart would do,
+        after a batch whose outputs did not land."""
+        tps: list[TopicPartition] = []
+        for p in sorted(set(partitions)):
             st = self.states.pop(p, None)
             if st is not None:
-                self.retired[p] = st
-            if st is not None and st.unsnapshotted:
-                # The last batch is already committed (callbacks run between batches),
-                # so the snapshot covers exactly what the next owner will not re-emit.
-                self._save(st, force=True)
+                tps.extend(st.positions)
+        if tps:
+            self.take_on(tps)
+
+    def take_on(self, tps: Sequence[TopicPartition]) -> None:
+        """Restores newly assigned partitions (or puts them to wait) and seeks them."""
+        by_partition: dict[int, list[TopicPartition]] = defaultdict(list)
+        for tp in tps:
+            by_partition[tp[1]].append(tp)
+        for p, group in sorted(by_partition.items()):
+            if p in self.states:
+                # Another topic of an owned partition (events and labels arrive apart).
+                self._attach(self.states[p], group)
+                continue
+            pending = self.waiting.pop(p, None)
+            self.retired.pop(p, None)
+            group = sorted(set(group) | set(pending.tps if pending else ()))
+            self._restore_or_wait(p, group, pending)
+
+    def retry_waiting(self) -> None:
+        """Retries the restore of waiting partitions whose backoff has passed."""
+        now = time.monotonic()
+        assignment = set(self.source.assignment())
+        for p, w in sorted(self.waiting.items()):
+            if now < w.retry_at:
+                continue
+            owned = [tp for tp in w.tps if tp in assignment]
+            if not owned:
+                self.waiting.pop(p)
+                continue
+            del self.waiting[p]
+            self._restore_or_wait(p, owned, w)
+
+    def _wait(self, p: int, tps: list[TopicPartition], reason: str, after_s: float, previous: Waiting | None) -> None:
+        backoff = min((previous.backoff_s * 2) if previous else after_s, max(after_s, self.snapshot.restore_retry_max_seconds))
+        self.waiting[p] = Waiting(tps, reason, time.monotonic() + backoff, backoff)
+        self.source.pause(tps)
+
+    def _restore_or_wait(self, p: int, tps: list[TopicPartition], previous: Waiting | None) -> None:
+        try:
+            st = self._restore(p, tps)
+        except (SnapshotUnavailableError, ServiceUnavailableError) as e:
+            reason = "store unavailable" if isinstance(e, SnapshotUnavailableError) else "kafka unavailable"
+            if previous is None or previous.reason != reason:
+                log.warning("partition %s waits, paused: its state cannot be restored (%s)", p, e)
+            self._wait(p, tps, reason, 0.5, previous)
+            return
+        except _MissingState as e:
+            log.error("partition %s waits, paused: %s (snapshot.on_missing=refuse)", p, e)
+            self._wait(p, tps, "snapshot missing", self.snapshot.restore_retry_max_seconds, previous)
+            return
+        self.states[p] = st
+        self.source.resume(tps)
 
     def _restore(self, p: int, tps: list[TopicPartition]) -> PartitionState:
-        assert self.source is not None
         processor = PipelineProcessor(self.config, self.sensor)
         st = PartitionState(p, processor, emit_from={}, positions={})
-        snap = self._load_with_retry(p)
-        offsets: dict[TopicPartition, int] = {}
-        if snap is not None:
-            with _deep_recursion():
-                state = pickle.loads(snap.payload)  # verified by its HMAC in load_latest
-            processor.restore_state(state["processor"])
-            offsets = snap.info.offsets_by_tp()
-            st.epoch = processor.epoch = snap.info.epoch
-            log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
-        st.positions = dict(offsets)
-        self._attach(st, tps)
-        return st
-
-    def _attach(self, st: PartitionState, tps: list[TopicPartition]) -> None:
-        assert self.source is not None
         committed = self.source.committed(tps)
-        seek = {}
+        offsets: dict[TopicPartition, int] = {}
+        if self.store is not None:
+            # The claim first: from here on a zombie still holding the partition can no
+            # longer write its snapshots.
+            st.owner = self.store.claim(self.config.name, p)
+            snap = self.store.load_latest(self.config.name, p)
+            expected = max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
+            if snap is None and expected > 0:
+                self._state_lost(p, expected)
+            if snap is not None:
+                processor.restore_state(decode_state(snap.payload))
+                offsets = snap.info.offsets_by_tp()
+                st.epoch = processor.epoch = snap.info.epoch
+                log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
         for tp in tps:
             # Without a snapshot, state is rebuilt from the start of the log.
-            seek[tp] = st.positions.get(tp, 0)
-            st.positions[tp] = seek[tp]
+            st.positions[tp] = offsets.get(tp, 0)
             st.emit_from[tp] = committed.get(tp) or 0
-        self.source.seek(seek)
+            st.committed_positions[tp] = st.emit_from[tp]
+        self.source.seek({tp: st.positions[tp] for tp in tps})
+        return st
 
-    def _load_with_retry(self, p: int) -> Any:
-        if self.store is None:
-            return None
-        deadline = time.monotonic() + self.snapshot.restore_timeout_seconds
-        delay = 0.5
-        while True:
-            try:
-                return self.store.load_latest(self.config.name, p)
-            except SnapshotUnavailableError as e:
-                if time.monotonic() + delay > deadline:
-                    raise ServiceUnavailableError(
-                        f"Redis: cannot restore partition {p} of {self.config.name}: {e}"
-                    ) from None
-                log.warning("partition %s: Redis unavailable for restore, retrying in %.1f s", p, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    def _state_lost(self, p: int, expected: int) -> None:
+        message = (
+            f"the state store holds no snapshot of partition {p}, but Kafka's committed offsets were written"
+            f" after its snapshot epoch {expected}: the store lost data"
+        )
+        self.sensor.on_snapshot_missing(p, self.snapshot.on_missing)
+        if self.snapshot.on_missing == "refuse":
+            raise _MissingState(message)
+        log.error("%s; re-learning the partition from its earliest offset (snapshot.on_missing=replay)", message)
+
+    def _attach(self, st: PartitionState, tps: list[TopicPartition]) -> None:
+        committed = self.source.committed(tps)
+        for tp in tps:
+            st.positions.setdefault(tp, 0)
+            st.emit_from[tp] = committed.get(tp) or 0
+            st.committed_positions[tp] = st.emit_from[tp]
+        self.source.seek({tp: st.positions[tp] for tp in tps})
+        self.source.resume(tps)
 
     # ----- processing ----------------------------------------------------------
 
-    def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
+    def process(self, records: Sequence[ConsumedRecord]) -> tuple[list[OutgoingRecord], dict[TopicPartition, int]]:
+        """The batch's outputs, and per topic-partition the offset to commit after it.
+
+        Records of a partition that is not ready (waiting, or given up meanwhile) are
+        neither processed nor committed: they are fetched again once it is.
+        """
         by_partition: dict[int, list[ConsumedRecord]] = defaultdict(list)
         for r in records:
             by_partition[r.partition].append(r)
         out: list[OutgoingRecord] = []
+        offsets: dict[TopicPartition, int] = {}
         for p, recs in by_partition.items():
             st = self.states.get(p)
             if st is None:
-                # Cannot happen with a consistent rebalance; if it does, never guess.
-                log.error("records for partition %s without its state; skipping this poll", p)
                 continue
             replay = [r for r in recs if r.offset < st.emit_from.get((r.topic, r.partition), 0)]
             live = [r for r in recs if r.offset >= st.emit_from.get((r.topic, r.partition), 0)]
@@ -232,47 +334,58 @@ class PartitionStates:
                 tp = (r.topic, r.partition)
                 if r.offset + 1 > st.positions.get(tp, 0):
                     st.positions[tp] = r.offset + 1
+                # Never commit below what the group had already committed: a batch of
+                # re-learned records ends below it, and moving the group back would make
+                # a crash emit those records' outputs a second time.
+                offsets[tp] = max(st.positions[tp], st.emit_from.get(tp, 0))
             st.unsnapshotted += len(recs)
-        return out
+        return out, offsets
 
-    def commit_offsets(self, records: Sequence[ConsumedRecord]) -> dict[TopicPartition, int]:
-        """Per partition, the offset to commit after this batch: one past its last record,
-        but never below what the group had already committed. A batch of re-learned
-        records ends below that; committing it would move the group back, and a crash
-        then would emit those records' outputs a second time."""
-        out: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = (r.topic, r.partition)
-            if r.offset + 1 > out.get(tp, -1):
-                out[tp] = r.offset + 1
-        for tp, offset in out.items():
+    def markers(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, str]:
+        """What is committed beside each offset: the partition's snapshot epoch."""
+        return {tp: marker(self.states[tp[1]].epoch) for tp in offsets if tp[1] in self.states}
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Kafka holds these offsets now: state up to them may be snapshotted."""
+        for tp, offset in offsets.items():
             st = self.states.get(tp[1])
             if st is not None:
-                out[tp] = max(offset, st.emit_from.get(tp, 0))
-        return out
+                st.committed_positions[tp] = offset
 
     # ----- snapshots -----------------------------------------------------------
 
-    def after_commit(self, force: bool = False) -> None:
-        """Snapshots the partitions that are due. Call only after a successful commit."""
+    def snapshot_due(self, force: bool = False) -> None:
+        """Snapshots the partitions that are due and fully committed."""
         now = time.monotonic()
         for st in list(self.states.values()):
-            due = st.unsnapshotted >= self.snapshot.every_events or (
-                st.unsnapshotted and now - st.last_snapshot >= self.snapshot.every_seconds
-            )
-            if (force and st.unsnapshotted) or (due and now >= st.next_attempt):
-                self._save(st, force=force)
+            if not st.unsnapshotted or not self._fully_committed(st):
+                continue
+            due = st.unsnapshotted >= self.snapshot.every_events or now - st.last_snapshot >= self.snapshot.every_seconds
+            if force or due:
+                if not self.health.available():
+                    self._apply_backpressure(st)
+                    continue
+                self._save(st)
 
-    def _save(self, st: PartitionState, force: bool = False) -> bool:
+    def snapshot_wanted(self) -> bool:
+        every = self.snapshot.every_events
+        return any(st.unsnapshotted >= every for st in self.states.values())
+
+    @staticmethod
+    def _fully_committed(st: PartitionState) -> bool:
+        return all(st.committed_positions.get(tp, 0) >= pos for tp, pos in st.positions.items())
+
+    def _save(self, st: PartitionState) -> bool:
         if self.store is None:
             return False
         started = time.perf_counter()
         state = st.processor.snapshot_state()
         try:
-            payload = _pickle_deep({"processor": state})
+            payload = encode_state(state)
         except Exception as e:  # a learner that cannot be pickled must not stop the stream
             log.error("partition %s: state cannot be snapshotted: %s: %s", st.partition, type(e).__name__, e)
-            self._snapshot_failed(st, type(e).__name__)
+            self.sensor.on_snapshot_failure(st.partition, type(e).__name__)
+            st.last_snapshot = time.monotonic()  # retried at the next due time, not every poll
             return False
         try:
             info = self.store.save(
@@ -280,57 +393,55 @@ class PartitionStates:
                 st.partition,
                 payload,
                 st.positions,
-                generation=self._generation(),
+                owner=st.owner,
                 meta={"fingerprint": fingerprint(state), "replayed": st.replayed},
             )
         except SnapshotUnavailableError as e:
             log.warning(
-                "partition %s: snapshot failed (%s); %d events not yet snapshotted, retry in %.1f s",
-                st.partition, e, st.unsnapshotted, st.backoff_s,
+                "partition %s: snapshot failed (%s); %d events not yet snapshotted",
+                st.partition, e, st.unsnapshotted,
             )
-            self._snapshot_failed(st, type(e).__name__)
+            self.health.failed()
+            self.sensor.on_snapshot_failure(st.partition, type(e).__name__)
+            self._apply_backpressure(st)
             return False
         except FencedError as e:
-            # Another worker owns this partition now: its state is the one that counts.
-            log.error("partition %s: %s; dropping local state", st.partition, e)
-            self.states.pop(st.partition, None)
+            self.fenced(st, str(e))
             return False
+        self.health.ok()
         st.epoch = st.processor.epoch = info.epoch
         st.unsnapshotted = 0
         st.last_snapshot = time.monotonic()
-        st.backoff_s = 0.5
-        st.next_attempt = 0.0
         self.sensor.on_snapshot(st.partition, info.size, time.perf_counter() - started)
         if st.paused:
-            self._pause(st, False)
+            self.source.resume(list(st.positions))
+            st.paused = False
         return True
 
-    def _snapshot_failed(self, st: PartitionState, reason: str) -> None:
-        st.next_attempt = time.monotonic() + st.backoff_s
-        st.backoff_s = min(st.backoff_s * 2, 30.0)
-        self.sensor.on_snapshot_failure(st.partition, reason)
-        self._apply_backpressure(st)
+    def fenced(self, st: PartitionState, why: str) -> None:
+        """Another worker claimed this partition: this worker's state is not the one that
+        counts. Its records stop here (nothing past what was committed is committed);
+        if Kafka still assigns the partition to this worker after a session timeout, it
+        claims it again and restores it, so a forged or stale claim cannot stall it."""
+        log.error("partition %s: %s; dropping local state and pausing it", st.partition, why)
+        self.sensor.on_fault("fenced")
+        self.states.pop(st.partition, None)
+        self.retired[st.partition] = st
+        self._wait(st.partition, list(st.positions), "fenced", self.refence_after_s, None)
 
     def _apply_backpressure(self, st: PartitionState) -> None:
         if st.unsnapshotted >= self.snapshot.max_unsnapshotted_events and not st.paused:
             log.warning(
-                "partition %s: %d events since the last snapshot, pausing consumption until Redis is back",
+                "partition %s: %d events since the last snapshot, pausing consumption until the store is back",
                 st.partition, st.unsnapshotted,
             )
-            self._pause(st, True)
-
-    def _pause(self, st: PartitionState, paused: bool) -> None:
-        assert self.source is not None
-        tps = list(st.positions)
-        (self.source.pause if paused else self.source.resume)(tps)
-        st.paused = paused
-
-    def _generation(self) -> int | None:
-        assert self.source is not None
-        return getattr(self.source.group_metadata(), "generation_id", None)
+            self.source.pause(list(st.positions))
+            st.paused = True
 
     def close(self) -> None:
-        """Final snapshot of every partition (graceful shutdown)."""
-        for st in list(self.states.values()):
-            if st.unsnapshotted:
-                self._save(st, force=True)
+        """Final snapshot of every partition (graceful shutdown, after the last commit)."""
+        self.snapshot_due(force=True)
+
+
+class _MissingState(Exception):
+    """Redis lost a partition's snapshots and the policy says not to re-learn it."""

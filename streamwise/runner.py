@@ -1,7 +1,8 @@
 """The runner: the one place that wires Kafka, the stream logic and the models together.
 
-Its loop is poll → process → commit. The order inside a commit is written down once,
-in :meth:`Runner._commit`, because every delivery guarantee rests on it.
+Its loop is poll → apply rebalance → process → checkpoint. What happens at the end of a
+batch (outputs, offsets, commit, snapshots) is written down once, in
+:mod:`streamwise.checkpoint`, because every delivery guarantee rests on its order.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streamwise.checkpoint import Checkpoint
 from streamwise.connectors import make_admin, make_sink, make_source
-from streamwise.connectors.base import Admin, Sink, Source
-from streamwise.connectors.records import OutgoingRecord
+from streamwise.connectors.base import Admin, Sink, Source, StateStore, TopicPartition
 from streamwise.connectors.redis_state import RedisStateStore
-from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, ServiceUnavailableError
 from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
 from streamwise.core.settings import Settings
 from streamwise.partitions import PartitionStates
@@ -47,6 +48,8 @@ class Runner:
         source: Source | None = None,
         sink: Sink | None = None,
         worker_index: int = 0,
+        admin: Admin | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.worker_index = worker_index
         self.config = config
@@ -58,9 +61,12 @@ class Runner:
 
             self.prometheus = PrometheusSensor(config.name, [m.name for m in config.models], config.input.topic)
         self.sensor = SensorSet([self.counts, *sensors, *filter(None, [self.prometheus])])
-        self.partitions = PartitionStates(config, settings.snapshot, self.sensor, store=None)
+        # Built in run(), with their source and store: until then, nothing is owned.
+        self.partitions: Any = _NoPartitions()
         self._source = source
         self._sink = sink
+        self._admin = admin
+        self._store = store
         self._stop = threading.Event()
         self._next_report = 0.0
         self._champion: str | None = None
@@ -82,7 +88,7 @@ class Runner:
         """The learning state of each partition this worker owns."""
         return self.partitions.processors()
 
-    def _state_store(self) -> RedisStateStore | None:
+    def _state_store(self) -> StateStore | None:
         snap = self.settings.snapshot
         if not snap.enabled:
             return None
@@ -97,7 +103,12 @@ class Runner:
             keep=snap.keep,
             chunk_bytes=snap.chunk_bytes,
         )
-        store.ping()
+        try:
+            store.ping()
+        except ServiceUnavailableError as e:
+            # The same rule as a Redis outage mid-run: the worker starts, and each
+            # partition waits, paused, until its state can be read.
+            log.warning("%s; starting anyway: partitions wait until their state can be read", e)
         return store
 
     def stop(self) -> None:
@@ -115,8 +126,8 @@ class Runner:
                 "assignor": "range" if len(topics) > 1 else self.settings.kafka.assignor,
             }
         )
-        store = self._state_store()
-        admin = make_admin(kafka)
+        store = self._store if self._store is not None else self._state_store()
+        admin = self._admin or make_admin(kafka)
         try:
             admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
             if cfg.input.labels_topic is not None:
@@ -124,48 +135,83 @@ class Runner:
         finally:
             admin.close()
         source = self._source or make_source(kafka, cfg.group_id)
-        sink = self._sink or make_sink(kafka, self.worker_id if kafka.guarantee == "exactly_once" else None)
-        self.partitions.store = store
-        self.partitions.source = source
+        transactional_id = self.worker_id if kafka.guarantee == "exactly_once" else None
+        given_sink = self._sink
+
+        def make_sink_() -> Sink:
+            nonlocal given_sink
+            if given_sink is not None:
+                sink, given_sink = given_sink, None
+                return sink
+            return make_sink(kafka, transactional_id)
+
+        # Collaborators are built whole before the loop starts.
+        self.partitions = PartitionStates(
+            cfg, self.settings.snapshot, self.sensor, source, store, refence_after_s=kafka.session_timeout_ms / 1000.0
+        )
+        checkpoint = Checkpoint(
+            source,
+            make_sink_,
+            self.partitions,
+            self.sensor,
+            commit_interval_s=kafka.commit_interval_ms / 1000.0,
+            retry_backoff_max_s=kafka.retry_backoff_max_ms / 1000.0,
+        )
         source.subscribe(topics, on_assigned=self.partitions.on_assigned, on_revoked=self.partitions.on_revoked)
         metrics_server = self._serve_metrics()
         started = time.perf_counter()
         last_activity = started
+        poll_size = kafka.max_poll_records
+        # A batch slower than this shrinks the next poll: the group must hear from this
+        # worker within max.poll.interval.ms, whatever the model costs per event.
+        slow_batch_s = kafka.max_poll_interval_ms / 4000.0
+        backoff = _Backoff(kafka.retry_backoff_max_ms / 1000.0)
         try:
             while not self._stop.is_set():
                 self._report(source)
-                records = self.partitions.settle(source.poll(kafka.poll_timeout_ms, kafka.max_poll_records))
+                try:
+                    records = source.poll(kafka.poll_timeout_ms, poll_size)
+                except ServiceUnavailableError as e:
+                    # A restarting broker, a coordinator move, a timeout: the client
+                    # reconnects by itself; wait a little and poll again.
+                    self.sensor.on_fault("kafka")
+                    backoff.wait(f"poll failed ({type(e).__name__}: {e})")
+                    continue
+                backoff.reset()
+                reset = checkpoint.apply_rebalance()
+                if reset:
+                    # Polled before their seek: fetched again from the restored position.
+                    records = [r for r in records if r.partition not in reset]
                 if not records:
                     # Every batch is committed by now: a snapshot due by time (or one
                     # retried after a Redis outage, which may unpause) can go.
-                    self.partitions.after_commit()
+                    checkpoint.commit()
                     if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
-                        if source.assignment() and not any(source.lag().values()):
+                        if self.partitions.states and not self.partitions.waiting and not any(self._lag(source).values()):
                             break
                     continue
                 t0 = time.perf_counter()
-                outputs = self.partitions.process(records)
-                try:
-                    self._commit(source, sink, outputs, self.partitions.commit_offsets(records))
-                except DeliveryError as e:
-                    # The models learned from a batch whose outputs did not land (the
-                    # transaction was aborted): rewind this worker's partitions to their
-                    # snapshots, as a restart would, and go on.
-                    log.warning("batch not committed (%s); restoring partitions from snapshots", e)
-                    self.partitions.rewind(source.assignment())
-                    continue
-                self.partitions.after_commit()
+                outputs, offsets = self.partitions.process(records)
+                if checkpoint.add(outputs, offsets) and checkpoint.due():
+                    checkpoint.commit()
                 now = time.perf_counter()
-                self.sensor.on_batch(len(records), now - t0)
+                elapsed = now - t0
+                self.sensor.on_batch(len(records), elapsed)
+                if elapsed > slow_batch_s and poll_size > 1:
+                    poll_size = max(1, len(records) // 2)
+                    log.warning("a batch took %.1f s; polling at most %d records next", elapsed, poll_size)
+                elif elapsed < slow_batch_s / 4 and poll_size < kafka.max_poll_records:
+                    poll_size = min(kafka.max_poll_records, poll_size * 2)
                 last_activity = now
                 if max_events is not None and self.counts.events_in >= max_events:
                     break
             self._report(source, force=True)
-            # Graceful stop: every partition's state is snapshotted before leaving.
-            self.partitions.close()
+            # Graceful stop: the open work commits, then every partition is snapshotted.
+            checkpoint.close()
         finally:
             source.close()
-            sink.close()
+            if checkpoint.sink is not None:
+                checkpoint.sink.close()
             if metrics_server is not None:
                 metrics_server.close()
         return self.summary(time.perf_counter() - started)
@@ -178,6 +224,15 @@ class Runner:
         m = self.settings.metrics
         return MetricsServer(self.prometheus.registry, m.host, m.port)
 
+    def _lag(self, source: Source) -> dict[TopicPartition, int]:
+        """The lag, or {} when the broker does not answer: a report, never a reason to stop."""
+        try:
+            return source.lag()
+        except Exception as e:  # noqa: BLE001 - any client error; the loop must go on
+            self.sensor.on_fault("lag")
+            log.debug("lag not read: %s: %s", type(e).__name__, e)
+            return {}
+
     def _report(self, source: Source, force: bool = False) -> None:
         """Feeds the sensors the figures that are read rather than counted, at most once a
         second: the lag costs a broker round trip."""
@@ -185,7 +240,10 @@ class Runner:
         if not force and now < self._next_report:
             return
         self._next_report = now + 1.0
-        self.sensor.on_lag(source.lag())
+        lag = self._lag(source)
+        if lag:
+            self.sensor.on_lag(lag)
+        self.sensor.on_partitions_waiting(len(self.partitions.waiting))
         for partition, processor in self.processors.items():
             for m in processor.models:
                 metric = type(m.metric).__name__
@@ -200,45 +258,6 @@ class Runner:
             if processor.champion != self._champion:
                 self.sensor.on_champion_change(self._champion, processor.champion)
                 self._champion = processor.champion
-
-    def _commit(
-        self,
-        source: Source,
-        sink: Sink,
-        outputs: list[OutgoingRecord],
-        offsets: dict[tuple[str, int], int],
-    ) -> None:
-        """The commit order, in one place because every delivery guarantee rests on it.
-
-        Exactly once (a transactional sink):
-          1. begin a transaction;
-          2. send every prediction and dead letter of the batch into it;
-          3. add the consumed offsets, with the consumer's group metadata so a fenced
-             zombie cannot commit, and commit. Outputs and progress become visible to
-             read_committed readers together, or not at all.
-
-        At least once:
-          1. send every prediction and dead letter;
-          2. flush the producer, which returns once the broker acknowledged all of
-             them (acks=all, idempotent) or raises, so nothing below runs for a lost write;
-          3. only then commit the consumed offsets. A crash between 2 and 3 re-reads
-             the batch and writes its outputs again.
-        """
-        if sink.transactional:
-            sink.begin_transaction()
-            try:
-                for record in outputs:
-                    sink.send(record)
-                sink.commit_transaction(offsets, source.group_metadata())
-            except BaseException:
-                sink.abort_transaction()
-                raise
-        else:
-            for record in outputs:
-                sink.send(record)
-            sink.flush()
-            source.commit(offsets)
-        self.sensor.on_commit(len(offsets))
 
     def _model_metrics(self) -> dict[str, dict[str, Any]]:
         """Each model's prequential metric; with several partitions, one entry per
@@ -286,3 +305,39 @@ def _ensure_copartitioned(admin: Admin, events_topic: str, labels_topic: str) ->
             f"input.labels_topic: {labels_topic} has {labels} partition(s) but input.topic {events_topic} has "
             f"{events}; labels are joined per partition, so both topics need the same partition count and keys"
         )
+
+
+class _NoPartitions:
+    """Before run(): no partition owned yet."""
+
+    states: dict[int, Any] = {}
+    waiting: dict[int, Any] = {}
+
+    def processors(self) -> dict[int, PipelineProcessor]:
+        return {}
+
+    def all_processors(self) -> dict[int, PipelineProcessor]:
+        return {}
+
+
+class _Backoff:
+    """Waits after a failed broker call: 0.1 s, doubling up to a bound; one log line
+    when the trouble starts and one when it ends."""
+
+    def __init__(self, max_s: float) -> None:
+        self.max_s = max_s
+        self.delay = 0.1
+        self.since: float | None = None
+
+    def wait(self, what: str) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s; retrying with backoff", what)
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.max_s)
+
+    def reset(self) -> None:
+        if self.since is not None:
+            log.warning("Kafka answers again after %.1f s", time.monotonic() - self.since)
+        self.since = None
+        self.delay = 0.1

@@ -1,0 +1,201 @@
+"""The end of a batch, in one place: every delivery guarantee rests on its order.
+
+:class:`Checkpoint` owns what happens between "the processor returned its outputs" and
+"the next poll", and every path that ends work on a partition (a poll's batch, a
+revocation, a rewind after a failed commit, a fenced snapshot, the graceful stop) goes
+through it. The steps, in order:
+
+1. **Produce.** Each batch's predictions, dead letters and alerts are sent as soon as
+   they exist; with ``exactly_once`` into a Kafka transaction, begun by the first batch
+   after a commit. Several polls may share one transaction (``kafka.commit_interval_ms``).
+2. **Offsets.** ``exactly_once``: the consumed offsets, with the consumer's group
+   metadata (a zombie of an older generation is fenced by the broker) and a marker
+   naming each partition's snapshot epoch, are added to the transaction.
+   ``at_least_once``: the producer is flushed, so every output is acknowledged before
+   any offset moves.
+3. **Commit.** The transaction commits (outputs and offsets become visible to
+   ``read_committed`` readers together, or not at all), or the offsets are committed.
+4. **Progress.** Only now is the work counted as committed, per partition.
+5. **Snapshot.** Partitions that are due, and whose every processed record is
+   committed, are snapshotted. A snapshot is therefore never ahead of Kafka: its
+   offsets are at most the committed ones, which the recovery rule needs.
+
+A failure at 1–3 (a broker restart, a timeout, the broker fencing this producer)
+aborts the transaction and rewinds every ready partition to its snapshot, as a restart
+would; nothing past the last commit is ever committed. A producer left in a fatal state
+is closed and built again. None of this stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from streamwise.connectors.base import Sink, Source
+from streamwise.connectors.records import OutgoingRecord
+from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.sensors import Sensor
+from streamwise.partitions import PartitionStates
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+class Checkpoint:
+    def __init__(
+        self,
+        source: Source,
+        make_sink: Callable[[], Sink],
+        partitions: PartitionStates,
+        sensor: Sensor,
+        commit_interval_s: float,
+        retry_backoff_max_s: float = 5.0,
+    ) -> None:
+        self.source = source
+        self.partitions = partitions
+        self.sensor = sensor
+        self.commit_interval_s = commit_interval_s
+        self.retry_backoff_max_s = retry_backoff_max_s
+        self._make_sink = make_sink
+        self.sink: Sink | None = make_sink()
+        # What the open unit of work holds: begun (records sent), offsets to commit.
+        self._open = False
+        self._opened_at = 0.0
+        self._offsets: dict[TopicPartition, int] = {}
+        self._sink_retry_at = 0.0
+        self._sink_backoff_s = 0.1
+
+    # ----- step 1 ----------------------------------------------------------------
+
+    def add(self, outputs: list[OutgoingRecord], offsets: dict[TopicPartition, int]) -> bool:
+        """Step 1 for one batch: its outputs go out now, its offsets wait for step 2.
+        False when the batch could not be sent (then everything uncommitted was rewound)."""
+        if not outputs and not offsets:
+            return True
+        sink = self._sink()
+        if sink is None:
+            self._rewind("no producer")
+            return False
+        try:
+            if not self._open:
+                if sink.transactional:
+                    sink.begin_transaction()
+                self._open = True
+                self._opened_at = time.monotonic()
+            for record in outputs:
+                sink.send(record)
+        except DeliveryError as e:
+            self._failed(e)
+            return False
+        self._offsets.update(offsets)
+        return True
+
+    def due(self) -> bool:
+        """Whether the open unit of work should commit now (its interval has passed)."""
+        if not self._open:
+            return False
+        # A partition past snapshot.every_events commits now, so that its snapshot
+        # (which waits for the commit) is not held back by the commit interval.
+        return time.monotonic() - self._opened_at >= self.commit_interval_s or self.partitions.snapshot_wanted()
+
+    # ----- steps 2 to 5 ------------------------------------------------------------
+
+    def commit(self) -> bool:
+        """Steps 2–5. True when everything processed so far is committed."""
+        if self._open:
+            sink = self.sink
+            assert sink is not None
+            offsets, self._offsets = self._offsets, {}
+            markers = self.partitions.markers(offsets)
+            try:
+                if sink.transactional:
+                    # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
+                    sink.commit_transaction(offsets, self.source.group_metadata(), markers)
+                else:
+                    # 2: every output acknowledged; 3: only then the offsets move.
+                    sink.flush()
+                    self.source.commit(offsets, markers)
+            except DeliveryError as e:
+                self._open = False
+                self._failed(e)
+                return False
+            self._open = False
+            # 4: the work is committed.
+            self.partitions.committed(offsets)
+            self.sensor.on_commit(len(offsets))
+        # 5: snapshots of what is due and committed.
+        self.partitions.snapshot_due()
+        return True
+
+    # ----- the paths that end work on a partition ------------------------------------
+
+    def apply_rebalance(self) -> set[int]:
+        """Applies what the rebalance callbacks noted. Revoked partitions: the open work
+        is committed first, then a final snapshot if it was. New partitions: restored and
+        seeked. Returns the partitions whose position was reset: records already polled
+        for them are stale."""
+        assigned, revoked = self.partitions.take_rebalance()
+        if revoked:
+            committed = self.commit()
+            self.partitions.release(revoked, snapshot=committed)
+        reset = {p for _, p in assigned}
+        if assigned:
+            self.partitions.take_on(assigned)
+        before = set(self.partitions.states)
+        self.partitions.retry_waiting()
+        return reset | (set(self.partitions.states) - before)
+
+    def close(self) -> None:
+        """The graceful stop: commit what is open, then a final snapshot of every
+        partition, then close the producer."""
+        if self.commit():
+            self.partitions.close()
+        if self.sink is not None:
+            self._close_sink()
+
+    # ----- failures ---------------------------------------------------------------
+
+    def _failed(self, error: DeliveryError) -> None:
+        log.warning("batch not committed (%s); restoring partitions from their snapshots", error)
+        self.sensor.on_fault("commit")
+        sink = self.sink
+        if sink is not None and sink.transactional:
+            try:
+                sink.abort_transaction()
+            except Exception as e:  # noqa: BLE001 - any failure here means: a new producer
+                log.warning("transaction not aborted (%s: %s); building a new producer", type(e).__name__, e)
+                self.sensor.on_fault("producer")
+                self._close_sink()
+        self._rewind(str(error))
+
+    def _rewind(self, why: str) -> None:
+        self._open = False
+        self._offsets = {}
+        self.partitions.rewind(list(self.partitions.states))
+
+    def _sink(self) -> Sink | None:
+        """The producer, built again (with backoff) after it was closed on a fatal error.
+        Its transactional id is the same, so the broker aborts whatever the old one left open."""
+        if self.sink is not None:
+            return self.sink
+        if time.monotonic() < self._sink_retry_at:
+            return None
+        try:
+            self.sink = self._make_sink()
+        except ServiceUnavailableError as e:
+            log.warning("producer not rebuilt (%s); retrying in %.1f s", e, self._sink_backoff_s)
+            self._sink_retry_at = time.monotonic() + self._sink_backoff_s
+            self._sink_backoff_s = min(self._sink_backoff_s * 2, self.retry_backoff_max_s)
+            return None
+        self._sink_backoff_s = 0.1
+        return self.sink
+
+    def _close_sink(self) -> None:
+        sink, self.sink = self.sink, None
+        try:
+            if sink is not None:
+                sink.close()
+        except Exception as e:  # noqa: BLE001 - a broken producer may fail to close
+            log.debug("producer close failed: %s", e)
