@@ -58,3 +58,4 @@ def ensure_dev_services() -> dict[str, str]:
             env[k] = v
     os.environ.update(env)
     return env
+

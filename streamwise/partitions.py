@@ -255,7 +255,6 @@ class PartitionStates:
             self._wait(p, tps, "snapshot missing", self.snapshot.restore_retry_max_seconds, previous)
             return
         self.states[p] = st
-        self.source.resume(tps)
 
     def _restore(self, p: int, tps: list[TopicPartition]) -> PartitionState:
         processor = PipelineProcessor(self.config, self.sensor)
@@ -280,6 +279,9 @@ class PartitionStates:
             st.positions[tp] = offsets.get(tp, 0)
             st.emit_from[tp] = committed.get(tp) or 0
             st.committed_positions[tp] = st.emit_from[tp]
+        # Resumed before the seek: kafka-python 3 does not fetch a partition that was
+        # seeked while paused and resumed after (seen with fenced partitions).
+        self.source.resume(tps)
         self.source.seek({tp: st.positions[tp] for tp in tps})
         return st
 
@@ -299,8 +301,8 @@ class PartitionStates:
             st.positions.setdefault(tp, 0)
             st.emit_from[tp] = committed.get(tp) or 0
             st.committed_positions[tp] = st.emit_from[tp]
-        self.source.seek({tp: st.positions[tp] for tp in tps})
         self.source.resume(tps)
+        self.source.seek({tp: st.positions[tp] for tp in tps})
 
     # ----- processing ----------------------------------------------------------
 

@@ -75,7 +75,7 @@ def _worker_env(redis_url: str | None = None) -> dict[str, str]:
 
 
 def _start(cfg_path: Path, env: dict[str, str], index: int = 0, until_idle: float | None = None, log=None):
-    cmd = [sys.executable, "-m", "streamwise", "run", "--config", str(cfg_path), "--worker-index", str(index)]
+    cmd = [sys.executable, "-m", "streamwise", "run", "--config", str(cfg_path), "--worker-index", str(index), "-v"]
     if until_idle is not None:
         cmd += ["--until-idle", str(until_idle)]
     return subprocess.Popen(cmd, env=env, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -251,3 +251,4 @@ def test_stopping_in_the_middle_of_a_replay_never_moves_the_group_back(settings,
     Runner(cfg, settings).run(until_idle_s=1.0)
     ids = [json.loads(r.value)["id"] for r in consume(bootstrap, cfg.output.topic, 1250)]
     assert collections.Counter(ids) == collections.Counter(range(1250))
+
