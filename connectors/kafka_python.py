@@ -64,7 +64,13 @@ def _with_markers(
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_assigned: RebalanceCallback | None, on_revoked: RebalanceCallback | None):
+    def __init__(
+        self,
+        on_assigned: RebalanceCallback | None,
+        on_revoked: RebalanceCallback | None,
+        held: dict[TopicPartition, int | None],
+    ):
+        self._held = held
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
 
@@ -73,6 +79,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             self._on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self._held.pop((tp.topic, tp.partition), None)
         if self._on_revoked:
             self._on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
 
@@ -101,6 +109,8 @@ class KafkaPythonSource:
             )
         except _NO_BROKER as e:
             raise _unavailable(settings, e) from None
+        # Held partitions -> the offset of the first record dropped while held.
+        self._held: dict[TopicPartition, int | None] = {}
 
     def subscribe(
         self,
@@ -115,7 +125,7 @@ class KafkaPythonSource:
         for topic in topics:
             while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        self._consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked))
+        self._consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked, self._held))
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         try:
@@ -123,7 +133,14 @@ class KafkaPythonSource:
         except KafkaError as e:
             raise ServiceUnavailableError(f"Kafka at {self._settings.bootstrap_servers}: {type(e).__name__}: {e}") from e
         out: list[ConsumedRecord] = []
+        held = self._held
         for tp, records in batches.items():
+            key = (tp.topic, tp.partition)
+            if key in held:
+                # Held (paused): dropped, and fetched again from the first one on resume.
+                if records and held[key] is None:
+                    held[key] = records[0].offset
+                continue
             for r in records:
                 out.append(
                     ConsumedRecord(
@@ -160,6 +177,8 @@ class KafkaPythonSource:
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for (t, p), o in offsets.items():
+            if (t, p) in self._held:
+                self._held[(t, p)] = None  # the seek says where to start after the hold
             self._consumer.seek(KTopicPartition(t, p), o)
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
@@ -174,11 +193,23 @@ class KafkaPythonSource:
         except KafkaError as e:
             raise ServiceUnavailableError(f"Kafka at {self._settings.bootstrap_servers}: {type(e).__name__}: {e}") from e
 
+    # Pausing is done here, not with KafkaConsumer.pause(): kafka-python 3 parks the
+    # fetch that was in flight when a partition is paused, and a partition seeked around
+    # its resume was then never fetched again (measured: after one poll while paused,
+    # seek + resume gave 0 records and a stuck position; after 15 polls it worked). A
+    # held partition keeps being fetched; its records are dropped and fetched again
+    # from the first dropped one when it is resumed.
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
-        self._consumer.pause(*[KTopicPartition(t, p) for t, p in partitions])
+        for tp in partitions:
+            self._held.setdefault(tuple(tp), None)
 
     def resume(self, partitions: Sequence[TopicPartition]) -> None:
-        self._consumer.resume(*[KTopicPartition(t, p) for t, p in partitions])
+        for tp in partitions:
+            if tuple(tp) not in self._held:
+                continue
+            start = self._held.pop(tuple(tp))
+            if start is not None:
+                self._consumer.seek(KTopicPartition(*tp), start)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

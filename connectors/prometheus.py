@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from streamwise.core.errors import ServiceUnavailableError
-from streamwise.core.sensors import CLEANER_ACTIONS, Sensor
+from streamwise.core.sensors import CLEANER_ACTIONS, FAULT_KINDS, Sensor
 from streamwise.core.stages import DeadLetterStage
 
 # Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
@@ -124,6 +124,19 @@ class PrometheusSensor(Sensor):
         self.snapshot_bytes = Gauge("streamwise_snapshot_size_bytes", "Size of the newest snapshot.", p + ["partition"], registry=r)
         self.snapshot_last = Gauge("streamwise_snapshot_last_success_timestamp_seconds", "Unix time of the newest snapshot.", p + ["partition"], registry=r)
         self.snapshot_failures = Counter("streamwise_snapshot_failures_total", "Snapshots that could not be written.", p, registry=r)
+        self.snapshot_missing = Counter(
+            "streamwise_snapshot_missing_total",
+            "Restores that found no snapshot where Kafka's committed offsets say one existed (the store lost data).",
+            p + ["action"],
+            registry=r,
+        )
+        self.faults = Counter("streamwise_faults_total", "Faults the worker survived, by kind.", p + ["kind"], registry=r)
+        self.partitions_waiting = Gauge(
+            "streamwise_partitions_waiting",
+            "Partitions assigned to this worker but held: state not restorable yet, fenced, or refused.",
+            p,
+            registry=r,
+        )
         self.cleaned = Counter("streamwise_cleaner_events_total", "What the cleaners did to events.", p + ["action"], registry=r)
         self.build = Info("streamwise_build", "Versions of streamwise and its main libraries.", p, registry=r)
         self._snapshot_age = _SnapshotAge(pipeline)
@@ -140,6 +153,8 @@ class PrometheusSensor(Sensor):
         self._snapshot_seconds = self.snapshot_seconds.labels(pipeline)
         self.champion_changes.labels(pipeline)
         self._snapshot_failures = self.snapshot_failures.labels(pipeline)
+        self._faults = {k: self.faults.labels(pipeline, k) for k in FAULT_KINDS}
+        self._waiting = self.partitions_waiting.labels(pipeline)
         self._cleaned = {a: self.cleaned.labels(pipeline, a) for a in CLEANER_ACTIONS}
         self._learned = {m: self.learned.labels(pipeline, m) for m in models}
         for m in models:
@@ -236,6 +251,16 @@ class PrometheusSensor(Sensor):
 
     def on_snapshot_failure(self, partition: int, reason: str) -> None:
         self._snapshot_failures.inc()
+
+    def on_snapshot_missing(self, partition: int, action: str) -> None:
+        self.snapshot_missing.labels(self.pipeline, action).inc()
+
+    # ---- faults ----
+    def on_fault(self, kind: str) -> None:
+        self._faults[kind].inc()
+
+    def on_partitions_waiting(self, n: int) -> None:
+        self._waiting.set(n)
 
     # ---- cleaners ----
     def on_clean(self, action: str, n: int = 1) -> None:

@@ -22,8 +22,8 @@ group generation, which confluent-kafka does not expose. The epoch only increase
 
 Orphans: chunks are written with a time to live and made permanent in the transaction
 that switches the manifest, so the chunks of a write that never completed (Redis went
-away between the two steps, or the writer died) expire by themselves; a later successful
-write of the partition also deletes any it finds.
+away between the two steps, or the writer died) expire by themselves; the next
+successful write of the partition deletes them at once.
 
 Integrity: the HMAC covers the header (format version, pipeline, partition, epoch,
 offsets) and the payload. :meth:`RedisStateStore.load_latest` verifies it *before*
@@ -216,7 +216,7 @@ class RedisStateStore:
                 raise
             if dropped:
                 self._redis.delete(*dropped)
-            self._delete_orphans(pipeline, partition)
+            self._delete_orphans(pipeline, partition, info.epoch)
             return info
         except redis.WatchError:
             raise FencedError(
@@ -234,16 +234,18 @@ class RedisStateStore:
             except redis.RedisError:
                 pass
 
-    def _delete_orphans(self, pipeline: str, partition: int) -> None:
-        """Deletes chunks no manifest entry names whose time to live shows they were
-        written more than a minute ago: no write still in progress is that old."""
+    def _delete_orphans(self, pipeline: str, partition: int, epoch: int) -> None:
+        """Deletes the chunks no kept snapshot names, up to ``epoch`` (the one just
+        written). A chunk of a later epoch may be a write in progress by a worker that
+        claimed the partition since; it is left alone (its manifest switch decides)."""
         prefix = self._prefix(pipeline, partition)
         manifest = self._manifest(self._redis, pipeline, partition)
         live = {k for s in manifest["snapshots"] for k in SnapshotInfo(**s).chunk_keys(prefix)}
         stale = []
         for key in self._redis.scan_iter(match=prefix + "blob:*", count=1000):
             name = key.decode()
-            if name not in live and 0 <= self._redis.ttl(name) < self.orphan_ttl_s - 60:
+            written = name[len(prefix) + len("blob:") :].split("-", 1)[0]
+            if name not in live and written.isdigit() and int(written) <= epoch:
                 stale.append(name)
         if stale:
             self._redis.delete(*stale)

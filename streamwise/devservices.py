@@ -59,3 +59,9 @@ def ensure_dev_services() -> dict[str, str]:
     os.environ.update(env)
     return env
 
+
+
+def kafka_pid() -> int:
+    """The process id of the broker dev/up started (fault tests pause and resume it)."""
+    run_dir = Path(os.environ.get("STREAMWISE_DEV_RUN_DIR", REPO_ROOT / "dev" / ".run"))
+    return int((run_dir / "kafka" / "pid").read_text().strip())

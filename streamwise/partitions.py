@@ -242,10 +242,16 @@ class PartitionStates:
         self.source.pause(tps)
 
     def _restore_or_wait(self, p: int, tps: list[TopicPartition], previous: Waiting | None) -> None:
+        if self.store is not None and not self.health.available():
+            # The store just failed: do not spend another socket timeout per partition.
+            self._wait(p, tps, "store unavailable", 0.5, previous)
+            return
         try:
             st = self._restore(p, tps)
         except (SnapshotUnavailableError, ServiceUnavailableError) as e:
             reason = "store unavailable" if isinstance(e, SnapshotUnavailableError) else "kafka unavailable"
+            if isinstance(e, SnapshotUnavailableError):
+                self.health.failed()
             if previous is None or previous.reason != reason:
                 log.warning("partition %s waits, paused: its state cannot be restored (%s)", p, e)
             self._wait(p, tps, reason, 0.5, previous)
@@ -254,6 +260,8 @@ class PartitionStates:
             log.error("partition %s waits, paused: %s (snapshot.on_missing=refuse)", p, e)
             self._wait(p, tps, "snapshot missing", self.snapshot.restore_retry_max_seconds, previous)
             return
+        if self.store is not None:
+            self.health.ok()
         self.states[p] = st
 
     def _restore(self, p: int, tps: list[TopicPartition]) -> PartitionState:
@@ -279,10 +287,8 @@ class PartitionStates:
             st.positions[tp] = offsets.get(tp, 0)
             st.emit_from[tp] = committed.get(tp) or 0
             st.committed_positions[tp] = st.emit_from[tp]
-        # Resumed before the seek: kafka-python 3 does not fetch a partition that was
-        # seeked while paused and resumed after (seen with fenced partitions).
-        self.source.resume(tps)
         self.source.seek({tp: st.positions[tp] for tp in tps})
+        self.source.resume(tps)
         return st
 
     def _state_lost(self, p: int, expected: int) -> None:
@@ -301,8 +307,8 @@ class PartitionStates:
             st.positions.setdefault(tp, 0)
             st.emit_from[tp] = committed.get(tp) or 0
             st.committed_positions[tp] = st.emit_from[tp]
-        self.source.resume(tps)
         self.source.seek({tp: st.positions[tp] for tp in tps})
+        self.source.resume(tps)
 
     # ----- processing ----------------------------------------------------------
 

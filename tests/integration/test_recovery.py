@@ -252,3 +252,237 @@ def test_stopping_in_the_middle_of_a_replay_never_moves_the_group_back(settings,
     ids = [json.loads(r.value)["id"] for r in consume(bootstrap, cfg.output.topic, 1250)]
     assert collections.Counter(ids) == collections.Counter(range(1250))
 
+
+
+# ----- faults that are not crashes (issue 12): a forged claim, lost Redis data, a paused broker
+
+
+def test_a_forged_owner_claim_in_redis_skips_no_event(bootstrap, credit_topic, unique, reference, tmp_path):
+    """Someone raises every partition's owner claim while the worker runs: its snapshot
+    writes are refused, and it must neither skip nor commit records it did not process.
+    It holds those partitions, claims them again after a session timeout (Kafka still
+    assigns them to it) and goes on from its snapshots."""
+    import redis as _redis
+
+    cfg = _config(f"{unique}-forged", credit_topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    log = open(tmp_path / "worker.log", "wb")
+    proc = _start(path, _worker_env(), until_idle=8.0, log=log)
+    _wait_committed(bootstrap, cfg.group_id, 4000, proc)
+    r = _redis.Redis.from_url(os.environ["STREAMWISE_REDIS__URL"])
+    for p in range(PARTITIONS):
+        r.set(f"streamwise:{cfg.name}:{p}:owner", 10_000)
+    assert proc.wait(timeout=240) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    text = (tmp_path / "worker.log").read_text()
+    assert "dropping local state and pausing it" in text, text[-3000:]
+    _assert_same_as_reference(bootstrap, cfg, reference, reference["store"])
+
+
+@pytest.mark.parametrize("policy", ["replay", "refuse"])
+def test_redis_data_lost_is_said_and_the_policy_applied(bootstrap, credit_topic, unique, reference, tmp_path, policy):
+    cfg = _config(f"{unique}-lost", credit_topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    log = open(tmp_path / "worker.log", "wb")
+    env = _worker_env()
+    proc = _start(path, env, log=log)
+    # A fetch drains one partition before the next: past 2/3 of the stream every
+    # partition has processed events, hence a snapshot once the worker stops.
+    _wait_committed(bootstrap, cfg.group_id, 14_500, proc)
+    proc.send_signal(signal.SIGTERM)  # a clean stop: every partition snapshotted
+    assert proc.wait(timeout=60) == 0
+    store = reference["store"]
+    assert all(store.list(cfg.name, p) for p in range(PARTITIONS))
+    committed_before = _committed(bootstrap, cfg.group_id)
+    for p in range(PARTITIONS):  # what FLUSHALL does to this pipeline, without touching other tests' keys
+        store._redis.delete(*store._redis.scan_iter(match=f"streamwise:{cfg.name}:{p}:*"))
+    env["STREAMWISE_SNAPSHOT__ON_MISSING"] = policy
+    if policy == "replay":
+        final = _start(path, env, until_idle=2.0, log=log)
+        assert final.wait(timeout=240) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+        text = (tmp_path / "worker.log").read_text()
+        assert text.count("the store lost data") >= PARTITIONS and "snapshot.on_missing=replay" in text
+        _assert_same_as_reference(bootstrap, cfg, reference, store)
+    else:
+        waiting = _start(path, env, log=log)
+        deadline = time.monotonic() + 60
+        while (tmp_path / "worker.log").read_text().count("snapshot.on_missing=refuse") < PARTITIONS:
+            assert time.monotonic() < deadline and waiting.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(3)
+        assert waiting.poll() is None, "the worker must keep running, its partitions held"
+        assert _committed(bootstrap, cfg.group_id) == committed_before, "a refused partition moved on"
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("pause_s", [5, 40])
+def test_a_paused_broker_stops_no_worker_and_loses_nothing(bootstrap, credit_topic, unique, reference, tmp_path, pause_s):
+    """SIGSTOP of the broker mid-run (a long GC pause, a network blip), then SIGCONT: the
+    worker keeps running, and the output is exactly once and equal to the reference."""
+    from streamwise.devservices import kafka_pid
+
+    cfg = _config(f"{unique}-broker", credit_topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    log = open(tmp_path / "worker.log", "wb")
+    proc = _start(path, _worker_env(), until_idle=5.0, log=log)
+    _wait_committed(bootstrap, cfg.group_id, 5000, proc)
+    broker = kafka_pid()
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        time.sleep(pause_s)
+        assert proc.poll() is None, "the worker exited while the broker was paused"
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    _assert_same_as_reference(bootstrap, cfg, reference, reference["store"])
+
+
+def test_a_model_slower_than_the_poll_interval_still_makes_progress(settings, bootstrap, unique, caplog):
+    """Each learn_one sleeps 10 ms and the group expects a poll every 6 s: a batch of a
+    thousand records would outlast it, be fenced, rewound and fetched again forever.
+    The runner shrinks its polls instead; every id comes out once."""
+    import logging
+
+    from support import phishing_pipeline
+
+    n = 1250
+    cfg = phishing_pipeline(unique)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(cfg.input.topic, num_partitions=PARTITIONS, replication_factor=1)])
+    admin.close()
+    assert produce(bootstrap, cfg.input.topic, iter_events("Phishing", limit=n)) == n
+    from streamwise.models.catalog import ModelSpec
+
+    cfg.models = [
+        ModelSpec(
+            name="slow",
+            steps=[{"streamwise.DelayedClassifier": {"classifier": {"naive_bayes.GaussianNB": {}}, "seconds": 0.01}}],
+        )
+    ]
+    settings.kafka.max_poll_interval_ms = 6000
+    settings.kafka.session_timeout_ms = 6000
+    with caplog.at_level(logging.WARNING, logger="streamwise.runner"):
+        summary = Runner(cfg, settings).run(until_idle_s=2.0)
+    assert summary.predictions >= 1250
+    assert any("polling at most" in r.getMessage() for r in caplog.records)
+    ids = [json.loads(r.value)["id"] for r in consume(bootstrap, cfg.output.topic, 1250)]
+    assert collections.Counter(ids) == collections.Counter(range(1250))
+
+
+def _manifest_history(store: RedisStateStore, pipeline: str, partitions: int, stop) -> list[dict]:
+    """Samples each partition's newest snapshot (owner claim, offsets) until ``stop`` is set."""
+    seen: list[dict] = []
+    while not stop.is_set():
+        for p in range(partitions):
+            try:
+                infos = store.list(pipeline, p)
+            except Exception:  # noqa: BLE001 - Redis may be paused by the test
+                continue
+            if infos:
+                seen.append({"partition": p, "owner": infos[0].owner, "epoch": infos[0].epoch, "offsets": infos[0].offsets})
+        time.sleep(0.2)
+    return seen
+
+
+def _never_goes_back(history: list[dict]) -> None:
+    last: dict[int, dict] = {}
+    for h in history:
+        before = last.get(h["partition"])
+        if before is not None:
+            assert h["epoch"] >= before["epoch"] and h["owner"] >= before["owner"], (before, h)
+            assert all(h["offsets"].get(k, 0) >= v for k, v in before["offsets"].items()), (before, h)
+        last[h["partition"]] = h
+
+
+def test_a_zombie_worker_is_fenced_in_kafka_and_in_redis(bootstrap, credit_topic, unique, reference, tmp_path):
+    """One of two workers is paused (SIGSTOP) for three session timeouts, so Kafka gives
+    its partitions to the other, then resumed: its transaction and its snapshots are
+    refused, no id is lost or repeated, and no partition's snapshot history goes back."""
+    import threading
+
+    cfg = _config(f"{unique}-zombie", credit_topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    env = _worker_env()
+    log = open(tmp_path / "workers.log", "wb")
+    survivor = _start(path, env, index=0, until_idle=10.0, log=log)
+    zombie = _start(path, env, index=1, until_idle=10.0, log=log)
+    stop = threading.Event()
+    history: list[dict] = []
+    sampler = threading.Thread(target=lambda: history.extend(_manifest_history(reference["store"], cfg.name, PARTITIONS, stop)))
+    sampler.start()
+    try:
+        _wait_committed(bootstrap, cfg.group_id, 4000, survivor)
+        zombie.send_signal(signal.SIGSTOP)
+        time.sleep(3 * 6.0)  # three times STREAMWISE_KAFKA__SESSION_TIMEOUT_MS
+        zombie.send_signal(signal.SIGCONT)
+        assert survivor.wait(timeout=240) == 0, (tmp_path / "workers.log").read_text()[-3000:]
+        assert zombie.wait(timeout=240) == 0, (tmp_path / "workers.log").read_text()[-3000:]
+    finally:
+        stop.set()
+        sampler.join()
+        for proc in (survivor, zombie):
+            if proc.poll() is None:
+                proc.kill()
+    _assert_same_as_reference(bootstrap, cfg, reference, reference["store"])
+    assert history, "no snapshot was seen"
+    _never_goes_back(history)
+
+
+def test_redis_paused_for_two_minutes_with_a_worker_lost_meanwhile(settings, bootstrap, unique, private_redis, tmp_path):
+    """12 partitions, two workers, events arriving live. Redis is paused (SIGSTOP) for
+    120 s and one worker is killed during it: the other keeps serving the partitions it
+    holds (no gap over 10 s in their output), holds the ones it takes over until Redis is
+    back, then restores them; every id exactly once, and no orphan chunk is left."""
+    import threading
+
+    import redis as _redis
+
+    partitions, n = 12, 9000
+    topic = f"{unique}.events"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    events = list(iter_events("synth.Agrawal", {"seed": 7}, limit=n))
+
+    def publish_live() -> None:  # ~60 events/s for 150 s
+        for i in range(0, n, 60):
+            produce(bootstrap, topic, events[i : i + 60])
+            time.sleep(1.0)
+
+    producer = threading.Thread(target=publish_live)
+    producer.start()
+    cfg = _config(f"{unique}-outage", topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    env = _worker_env(private_redis["url"])
+    log = open(tmp_path / "workers.log", "wb")
+    survivor = _start(path, env, index=0, until_idle=10.0, log=log)
+    victim = _start(path, env, index=1, log=log)
+    try:
+        _wait_committed(bootstrap, cfg.group_id, 600, survivor)
+        paused_at = time.time()
+        private_redis["proc"].send_signal(signal.SIGSTOP)
+        time.sleep(10)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        time.sleep(110)
+        assert survivor.poll() is None, "the worker exited while Redis was paused"
+        private_redis["proc"].send_signal(signal.SIGCONT)
+        resumed_at = time.time()
+        producer.join()
+        assert survivor.wait(timeout=300) == 0, (tmp_path / "workers.log").read_text()[-3000:]
+    finally:
+        private_redis["proc"].send_signal(signal.SIGCONT)
+        for proc in (survivor, victim):
+            if proc.poll() is None:
+                proc.kill()
+    records = consume(bootstrap, cfg.output.topic, n, timeout_s=120)
+    counts = collections.Counter(json.loads(r.value)["id"] for r in records)
+    assert counts == collections.Counter(range(n)), f"{sum(c > 1 for c in counts.values())} repeated, {n - len(counts)} missing"
+    # The outputs written while Redis was paused: the survivor's own partitions went on.
+    during = sorted(r.timestamp / 1000.0 for r in records if paused_at + 2 < r.timestamp / 1000.0 < resumed_at)
+    assert during, "nothing was served while Redis was paused"
+    gaps = [b - a for a, b in zip([paused_at + 2, *during], [*during, resumed_at], strict=True)]
+    assert max(gaps) < 10.0, f"longest gap in the output while Redis was paused: {max(gaps):.1f} s"
+    r = _redis.Redis.from_url(private_redis["url"])
+    orphans = [k for k in r.scan_iter(match=f"streamwise:{cfg.name}:*:blob:*") if r.ttl(k) != -1]
+    assert not orphans, f"{len(orphans)} chunks no manifest adopted"

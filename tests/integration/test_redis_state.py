@@ -74,12 +74,13 @@ def test_chunks_of_an_unfinished_write_expire_and_are_cleaned_up(store, name):
     r = redis.Redis.from_url(store._url)
     prefix = f"streamwise:{name}:0:"
     # A write that died between its chunks and its manifest switch: chunks with a TTL.
-    r.set(prefix + "blob:9-deadbeef:0", b"half", ex=store.orphan_ttl_s - 120)
-    r.set(prefix + "blob:9-inflight:0", b"new", ex=store.orphan_ttl_s)  # a write still in progress
+    r.set(prefix + "blob:2-deadbeef:0", b"half", ex=store.orphan_ttl_s)
+    r.set(prefix + "blob:9-inflight:0", b"new", ex=store.orphan_ttl_s)  # a later epoch: a newer owner's write
     assert [k for k in r.scan_iter(match=prefix + "blob:*") if r.ttl(k) == -1]  # the kept one is permanent
-    store.save(name, 0, b"next", {("events", 0): 2}, owner=owner)
+    assert 0 < r.ttl(prefix + "blob:2-deadbeef:0") <= store.orphan_ttl_s  # it would expire by itself
+    store.save(name, 0, b"next", {("events", 0): 2}, owner=owner)  # epoch 2
     left = sorted(k.decode().split(":")[-2] for k in r.scan_iter(match=prefix + "blob:*"))
-    assert "9-deadbeef" not in left and "9-inflight" in left
+    assert "2-deadbeef" not in left and "9-inflight" in left
     assert store.load_latest(name, 0).payload == b"next"
 
 
