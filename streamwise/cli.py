@@ -313,13 +313,15 @@ def top(
     url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes; rates are over this span.")] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one table (after one interval) and exit.")] = False,
+    metric: Annotated[str | None, typer.Option(help="Show only this metric of each model (e.g. Accuracy, LogLoss); default every metric, one row each.")] = None,
 ) -> None:
-    """A live terminal table of throughput, latency, lag and every model's metric, from /metrics."""
+    """A live terminal table of throughput, latency, lag and every model's metrics, from /metrics.
+    One row per model replica and metric; * marks the champion of the replica's partition."""
     from rich.console import Console
     from rich.live import Live
 
     from streamwise.connectors.prometheus import scrape
-    from streamwise.top import render
+    from streamwise.top import metric_names, render
 
     url = url or _default_metrics_url()
     tty = sys.stdout.isatty()
@@ -329,15 +331,18 @@ def top(
         prev = scrape(url)
         time.sleep(interval)
         cur = scrape(url)
+        known = metric_names(cur)
+        if metric is not None and known and metric not in known:
+            raise typer.BadParameter(f"{metric!r} is not reported; the models report {', '.join(known)}", param_hint="--metric")
         if once or not tty:
-            console.print(render(prev, cur, url))
+            console.print(render(prev, cur, url, metric))
             if once:
                 return
-        with Live(render(prev, cur, url), console=console, auto_refresh=False) as live:
+        with Live(render(prev, cur, url, metric), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 prev, cur = cur, scrape(url)
-                live.update(render(prev, cur, url), refresh=True)
+                live.update(render(prev, cur, url, metric), refresh=True)
     except StreamwiseError as e:
         raise _fail(e) from None
     except KeyboardInterrupt:

@@ -137,8 +137,9 @@ def models() -> db.Dashboard:
         .expr(f"sum by (pipeline, model) (changes(streamwise_drift_detections_total{SEL}[1m])) > 0")
     )
     (
-        board.add(_stat("Champion", "none", f"max by (pipeline, model) (streamwise_model_champion{SEL}) == 1",
-                        "{{pipeline}}: {{model}}", "The model whose prediction the records carry."))
+        board.add(_stat("Champion", "none", f"max by (pipeline, partition, model) (streamwise_model_champion{SEL}) == 1",
+                        "{{pipeline}}[{{partition}}]: {{model}}",
+                        "The model whose prediction the records carry, per input partition (each has its own replicas)."))
         .add(_stat("Champion changes", "short", f"sum by (pipeline) (increase(streamwise_champion_changes_total{SEL}[$__range]))", "{{pipeline}}"))
         .add(_stat("Drift detections", "short", f"sum by (pipeline) (increase(streamwise_drift_detections_total{SEL}[$__range]))", "{{pipeline}}"))
         .add(_stat("Labelled events/s", "ops", f"sum by (pipeline) (rate(streamwise_model_learned_total{SEL}{RATE}))", "{{pipeline}}"))
