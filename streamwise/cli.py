@@ -244,18 +244,20 @@ def dashboards_render(
     out: Annotated[Path | None, typer.Option(help="Directory to write into (default deploy/grafana/dashboards).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if a checked-in board differs from the code.")] = False,
 ) -> None:
-    """Render the overview, models and data boards to JSON (grafana-foundation-sdk)."""
-    from streamwise import dashboards
+    """Render the overview, models and data boards to JSON (grafana-foundation-sdk), and the
+    Prometheus alerting rules to deploy/prometheus/alerts.yml and alerts-fast.yml."""
+    from streamwise import alerts, dashboards
 
     directory = out or dashboards.DASHBOARD_DIR
+    rules_directory = out or alerts.RULES_DIR
     if check:
-        stale = dashboards.stale(directory)
+        stale = dashboards.stale(directory) + alerts.stale(rules_directory)
         if stale:
             typer.echo(f"stale: {', '.join(stale)} (run: streamwise dashboards render)", err=True)
             raise typer.Exit(1)
-        typer.echo(f"up to date: {directory}")
+        typer.echo(f"up to date: {directory}, {rules_directory}")
         return
-    for path in dashboards.render(directory):
+    for path in dashboards.render(directory) + alerts.render(rules_directory):
         typer.echo(f"wrote {path}")
 
 

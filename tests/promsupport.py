@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+LOGREG = {"name": "logreg", "steps": ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -82,3 +84,20 @@ def running_in_thread(runner: Any, **run_kwargs: Any) -> Iterator[threading.Thre
         runner.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def one_feature_pipeline(prefix: str, models: list[dict[str, Any]], **extra: Any) -> Any:
+    """A binary classification pipeline on this test's own topics: events ``{"id", "x",
+    "label"}`` with one float feature, the given ``models``, and ``extra`` config keys."""
+    from streamwise.pipeline_config import parse_pipeline_config
+
+    return parse_pipeline_config({
+        "name": prefix,
+        "input": {"topic": f"{prefix}.events"},
+        "output": {"topic": f"{prefix}.predictions"},
+        "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"x": {"type": "float"}}},
+        "task": "classification",
+        "metric": "Accuracy",
+        "models": models,
+        **extra,
+    })

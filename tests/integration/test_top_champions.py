@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaProducer
-from promsupport import free_port, prom_scalar, running_in_thread, scraped, wait_for
+from promsupport import LOGREG, free_port, one_feature_pipeline, prom_scalar, running_in_thread, scraped, wait_for
 from streamwise.connectors import make_admin
 from streamwise.connectors.prometheus import Scrape, scrape
 from streamwise.core.settings import MetricsSettings
@@ -28,7 +28,7 @@ from support import consume, consume_to_end, values
 from typer.testing import CliRunner
 
 from streamwise.cli import app
-from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config
+from streamwise.pipeline_config import PipelineConfig
 from streamwise.runner import Runner
 
 EVENTS_PER_PARTITION = 600
@@ -37,21 +37,13 @@ EXPECTED_CHAMPION = {0: "logreg", 1: "prior"}
 
 
 def two_stream_pipeline(prefix: str) -> PipelineConfig:
-    return parse_pipeline_config({
-        "name": prefix,
-        "input": {"topic": f"{prefix}.events"},
-        "output": {"topic": f"{prefix}.predictions"},
-        "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"x": {"type": "float"}}},
-        "task": "classification",
-        "metric": "Accuracy",
-        "evaluation": {"window": 200, "metrics": "standard"},
+    return one_feature_pipeline(
+        prefix,
+        [{"name": "prior", "steps": ["dummy.PriorClassifier"]}, LOGREG],
+        evaluation={"window": 200, "metrics": "standard"},
         # Hysteresis short enough for 600 events, still well above noise.
-        "champion": {"min_samples": 100, "patience": 20, "margin": 0.05},
-        "models": [
-            {"name": "prior", "steps": ["dummy.PriorClassifier"]},
-            {"name": "logreg", "steps": ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]},
-        ],
-    })
+        champion={"min_samples": 100, "patience": 20, "margin": 0.05},
+    )
 
 
 def _events(partition: int, n: int, seed: int) -> list[dict[str, Any]]:
