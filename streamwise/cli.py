@@ -351,6 +351,40 @@ def top(
         pass
 
 
+@app.command()
+def report(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML: names the topics to read.", envvar="STREAMWISE_PIPELINE", show_envvar=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("streamwise-report.html"),
+    since: Annotated[str | None, typer.Option(help="Only records from this time on (ISO 8601, or Unix seconds).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only records before this time (ISO 8601, or Unix seconds).")] = None,
+    figures_dir: Annotated[Path | None, typer.Option(help="Also write each figure as a PNG into this directory.")] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write one self-contained HTML page of how a pipeline's models learned: prequential
+    metric per model with drift and champion changes, label delay, dead letters by stage,
+    throughput, latency and the final figures, read back from its Kafka topics."""
+    from streamwise.pipeline_config import load_pipeline_config
+    from streamwise.report import collect, parse_time, write
+
+    _logging(verbose)
+    try:
+        pipeline = load_pipeline_config(config)
+        analysis = collect(
+            pipeline,
+            _settings(bootstrap_servers),
+            parse_time(since) if since else None,
+            parse_time(until) if until else None,
+        )
+        written = write(analysis, out, figures_dir)
+    except StreamwiseError as e:
+        raise _fail(e) from None
+    typer.echo(f"{analysis.predictions:,} predictions, {analysis.labelled:,} labelled, "
+               f"{sum(analysis.dead_letters.values()):,} dead letters")
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
 snapshots_app = typer.Typer(
     help="Inspect and roll back the learning-state snapshots kept in Redis.", no_args_is_help=True
 )
