@@ -79,6 +79,16 @@ class Mark:
 
 
 @dataclass
+class Reign:
+    """A stretch of a partition's labelled events whose records carry ``model``'s prediction."""
+
+    partition: int
+    model: str
+    start: int
+    end: int
+
+
+@dataclass
 class Analysis:
     pipeline: str
     metric: str
@@ -88,6 +98,7 @@ class Analysis:
     curves: list[Curve]
     marks: list[Mark]
     champions: dict[int, str]
+    reigns: list[Reign]
     predictions: int
     labelled: int
     dead_letters: dict[str, int]
@@ -256,9 +267,15 @@ def analyse(
     curves: dict[tuple[int, str], Curve] = {}
     evaluations: dict[tuple[int, str], Evaluation] = {}
     label_index: dict[tuple[int, Any], int] = {}
+    reigns: list[Reign] = []
     for p in sorted(scored):
         for i, (event_id, y, b) in enumerate(scored[p], start=1):
             label_index[p, event_id] = i
+            champion = b.get("champion")
+            if reigns and reigns[-1].partition == p and reigns[-1].model == champion:
+                reigns[-1].end = i
+            else:
+                reigns.append(Reign(p, champion, i, i))
             for model, entry in b.get("models", {}).items():
                 ev = evaluations.get((p, model))
                 if ev is None:
@@ -325,6 +342,7 @@ def analyse(
         curves=[curves[k] for k in sorted(curves)],
         marks=sorted(marks, key=lambda m: (m.partition, m.x)),
         champions=champions,
+        reigns=reigns,
         predictions=len(rows),
         labelled=sum(len(v) for v in scored.values()),
         dead_letters=dict(sorted(dl_stage.items())),
@@ -370,33 +388,56 @@ def _pyplot() -> Any:
 
 
 def plot_learning(a: Analysis) -> Any:
-    """The prequential metric of every model replica over its partition's labelled events."""
+    """The prequential metric of every model replica over its partition's labelled events,
+    drift detections marked, and under it a band saying which model was champion."""
     plt = _pyplot()
     partitions = sorted({c.partition for c in a.curves}) or [0]
-    fig, axes = plt.subplots(len(partitions), 1, figsize=(11, 3.6 * len(partitions)), squeeze=False)
+    fig, axes = plt.subplots(
+        2 * len(partitions), 1, figsize=(11, 4.0 * len(partitions)), squeeze=False,
+        gridspec_kw={"height_ratios": [9, 1] * len(partitions), "hspace": 0.08},
+    )
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(a.configured)}
-    for ax, p in zip(axes[:, 0], partitions, strict=True):
+
+    def colour(model: str) -> Any:
+        return colours.get(model.split(".challenger")[0], "grey")
+
+    for k, p in enumerate(partitions):
+        ax, band = axes[2 * k, 0], axes[2 * k + 1, 0]
+        band.sharex(ax)
+        lows = []
         for c in (c for c in a.curves if c.partition == p):
-            parent = c.model.split(".challenger")[0]
-            colour = colours.get(parent, "grey")
             if c.model in colours:
-                ax.plot(*_thin(c.x, c.cumulative), color=colour, lw=1.6, label=f"{c.model} cumulative")
-                ax.plot(*_thin(c.x, c.rolling), color=colour, lw=1.0, ls="--", label=f"{c.model} rolling ({a.window})")
+                ax.plot(*_thin(c.x, c.cumulative), color=colour(c.model), lw=1.6, label=f"{c.model} cumulative")
+                ax.plot(*_thin(c.x, c.rolling), color=colour(c.model), lw=1.0, ls="--",
+                        label=f"{c.model} rolling ({a.window})")
             else:  # a challenger: its rolling figure, thin, in its model's colour
-                ax.plot(*_thin(c.x, c.rolling), color=colour, lw=0.8, ls=":", alpha=0.8, label=f"{c.model} rolling")
+                ax.plot(*_thin(c.x, c.rolling), color=colour(c.model), lw=0.8, ls=":", alpha=0.8,
+                        label=f"{c.model} rolling")
+            # A model's first labels swing between 0 and 1: the scale is set by what follows.
+            lows += [v for v in c.rolling[50:] + c.cumulative[50:] if not math.isnan(v)]
+        if lows:
+            ax.set_ylim(max(0.0, min(lows) - 0.05) if min(lows) >= 0 else min(lows), ax.get_ylim()[1])
         top = ax.get_ylim()[1]
         for m in (m for m in a.marks if m.partition == p):
             if m.kind == "drift":
-                ax.axvline(m.x, color=colours.get(m.model, "red"), lw=0.8, ls=":", alpha=0.9)
-                ax.plot([m.x], [top], marker="v", color=colours.get(m.model, "red"), ms=6, clip_on=False)
-            elif m.kind == "champion":
-                ax.axvline(m.x, color="black", lw=1.0, ls="-.", alpha=0.7)
-                ax.annotate(f"→ {m.model}", (m.x, top), xytext=(3, -10), textcoords="offset points", fontsize=7)
-        ax.set_title(f"{a.pipeline}, partition {p}: prequential {a.metric} (▼ drift detection, -· champion change)")
-        ax.set_xlabel("labelled events (test-then-train order)")
+                ax.axvline(m.x, color=colour(m.model), lw=0.8, ls=":", alpha=0.9)
+                ax.plot([m.x], [top], marker="v", color=colour(m.model), ms=6, clip_on=False)
+        ax.set_title(f"{a.pipeline}, partition {p}: prequential {a.metric} (▼ drift detection)")
         ax.set_ylabel(a.metric)
         ax.legend(loc="lower right", fontsize=7, ncol=2)
-    fig.tight_layout()
+        ax.tick_params(labelbottom=False)
+        mine = [r for r in a.reigns if r.partition == p]
+        span = max((r.end for r in mine), default=1)
+        for r in mine:
+            band.broken_barh([(r.start - 0.5, r.end - r.start + 1)], (0, 1), color=colour(r.model), alpha=0.85)
+            if (r.end - r.start) / span > 0.06:
+                band.text((r.start + r.end) / 2, 0.5, r.model, ha="center", va="center", fontsize=7, color="white")
+        band.set_yticks([])
+        band.set_ylim(0, 1)
+        band.set_ylabel("champion", rotation=0, ha="right", va="center", fontsize=8)
+        band.grid(False)
+        band.set_xlabel("labelled events (test-then-train order)")
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.1)
     return fig
 
 

@@ -145,3 +145,24 @@ def test_a_time_range_limits_what_is_scored():
     a = analyse(config, keep(topics[config.output.topic]), keep(topics[config.input.topic]))
     assert 0 < a.predictions < N and a.labelled == a.predictions
     assert parse_time("1970-01-01T00:16:40") == 1_000_000
+
+
+def test_the_readme_shows_a_plot_the_report_command_made():
+    from pathlib import Path
+
+    import matplotlib.image
+    from typer.testing import CliRunner
+
+    from streamwise.cli import app
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    image = repo / "docs" / "img" / "credit-drift-learning.png"
+    assert "(docs/img/credit-drift-learning.png)" in readme and image.is_file()
+    pixels = matplotlib.image.imread(image)
+    # The size write() gives the learning figure of a one-partition pipeline (11 x 4 in at 110 dpi).
+    assert pixels.shape[:2] == (440, 1210) and float(pixels[..., :3].mean(axis=2).std()) > 0.05
+    # The regeneration line names options the command has.
+    assert "streamwise report -c examples/credit_drift.yaml --figures-dir docs/img" in readme
+    help_text = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"}).output
+    assert "--figures-dir" in help_text and "--config" in help_text
