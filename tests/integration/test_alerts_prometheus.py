@@ -10,20 +10,28 @@ streamwise/alerts.py with windows of seconds). A pipeline runs in this process w
    can take them: ``StreamwiseConsumerLagGrowing``;
 4. the model hangs (a batch never returns): ``StreamwiseWorkerStalled``.
 
-Each alert is read back from Prometheus' own ``/api/v1/alerts``.
+A second test stops a worker process with SIGSTOP: it can no longer be scraped, and
+``StreamwiseTargetDown`` fires. Each alert is read back from Prometheus' own
+``/api/v1/alerts``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from promsupport import LOGREG, free_port, one_feature_pipeline, prom_get, running_in_thread, scraped, wait_for
-from streamwise.core.settings import KafkaSettings, MetricsSettings, Settings
+from streamwise.core.settings import MetricsSettings
 from support import consume, produce
 
 from streamwise.processor import PipelineProcessor
@@ -86,11 +94,10 @@ def _alerts(prom: str, pipeline: str, state: str = "firing") -> dict[str, dict[s
 
 
 @pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
-def test_trouble_fires_the_matching_alerts_in_the_real_prometheus(services, bootstrap, unique, trouble):
+def test_trouble_fires_the_matching_alerts_in_the_real_prometheus(services, settings, bootstrap, unique, trouble):
     cfg = one_feature_pipeline(unique, [LOGREG])
-    settings = Settings()
     # Small batches, so that a slow model shows as a lag that grows steadily.
-    settings.kafka = KafkaSettings(bootstrap_servers=bootstrap, poll_timeout_ms=200, max_poll_records=20)
+    settings.kafka = settings.kafka.model_copy(update={"max_poll_records": 20})
     settings.snapshot = settings.snapshot.model_copy(update={"every_seconds": 5.0})
     port = free_port()
     settings.metrics = MetricsSettings(host="127.0.0.1", port=port)
@@ -127,3 +134,42 @@ def test_trouble_fires_the_matching_alerts_in_the_real_prometheus(services, boot
             producer.stopped.set()
             trouble.delay_s = 0.0
             trouble.running.set()
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
+def test_a_stopped_worker_fires_target_down(services, bootstrap, unique, tmp_path):
+    cfg = one_feature_pipeline(unique, [LOGREG])
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    port = free_port()
+    env = {**os.environ, "STREAMWISE_METRICS__HOST": "127.0.0.1", "STREAMWISE_METRICS__PORT": str(port)}
+    worker = subprocess.Popen([sys.executable, "-m", "streamwise", "run", "--config", str(config)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/metrics"), 60, "the worker's /metrics")
+        with scraped(services, cfg.name, port) as prom:
+            produce(bootstrap, cfg.input.topic, _events(0, 100))
+            assert len(consume(bootstrap, cfg.output.topic, 100)) == 100
+            assert "StreamwiseTargetDown" not in _target_alerts(prom, cfg.name)
+            worker.send_signal(signal.SIGSTOP)
+            down = wait_for(lambda: _target_alerts(prom, cfg.name).get("StreamwiseTargetDown"), 30, "target down")
+            assert down["labels"]["instance"] == f"127.0.0.1:{port}" and down["labels"]["severity"] == "critical"
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        worker.terminate()
+        worker.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _target_alerts(prom: str, name: str) -> dict[str, dict[str, Any]]:
+    """Firing alerts about the scrape target this test registered (``up`` has no pipeline
+    label, only the target's own)."""
+    return {a["labels"]["alertname"]: a for a in prom_get(prom, "/api/v1/alerts")["alerts"]
+            if a["labels"].get("test") == name and a["state"] == "firing"}
