@@ -184,6 +184,138 @@ def _bucket_size(span_s: float) -> float:
     return 86400.0
 
 
+# A labelled event in scoring order: (event id, label, its prediction record).
+Scored = tuple[Any, Any, dict[str, Any]]
+
+
+def _labels_and_times(
+    events: Iterable[ConsumedRecord], decoder: EventDecoder, inline: bool
+) -> tuple[dict[tuple[int, int], Any], dict[tuple[int, int], int]]:
+    """Each input record's inline label (decoded as the service decodes it) and its
+    timestamp, by (partition, offset)."""
+    labels: dict[tuple[int, int], Any] = {}
+    times: dict[tuple[int, int], int] = {}
+    for r in events:
+        times[r.partition, r.offset] = r.timestamp_ms
+        if inline:
+            try:
+                y = decoder.decode(r.value or b"").y
+            except RejectedEvent:
+                continue  # dead-lettered by the service as well
+            if y is not None:
+                labels[r.partition, r.offset] = y
+    return labels, times
+
+
+def _prediction_rows(predictions: Iterable[ConsumedRecord]) -> list[dict[str, Any]]:
+    """The prediction records, once each (at-least-once delivery may repeat one), in the
+    order the service processed them: by input partition, then offset. Each gets its
+    input position as ``_src``."""
+    seen: set[tuple[int, int]] = set()
+    rows: list[dict[str, Any]] = []
+    for r in predictions:
+        body = json.loads(r.value or b"{}")
+        src = body.get("source", {})
+        key = (int(src.get("partition", r.partition)), int(src.get("offset", r.offset)))
+        if key not in seen:
+            seen.add(key)
+            body["_src"] = key
+            rows.append(body)
+    rows.sort(key=lambda b: b["_src"])
+    return rows
+
+
+def _delayed_order(
+    config: PipelineConfig,
+    rows: list[dict[str, Any]],
+    labels: Iterable[ConsumedRecord],
+    event_ts: dict[tuple[int, int], int],
+) -> tuple[dict[int, list[Scored]], list[float]]:
+    """With a labels topic: each partition's labelled events in the order their labels
+    were learned (a label that came before its event counts when the event arrived),
+    and every label's delay in seconds."""
+    schema, cfg = config.event_schema, config.labels
+    by_id = {(b["_src"][0], b["id"]): b for b in rows}
+    arrivals = []
+    learned: set[tuple[int, Any]] = set()
+    delays: list[float] = []
+    for r in labels:
+        try:
+            event_id, y = decode_label_record(r.value, cfg.id_field or schema.id, cfg.label_field, schema.label_type)
+        except LabelRecordError:
+            continue
+        b = by_id.get((r.partition, event_id))
+        if b is None or (r.partition, event_id) in learned:
+            continue  # no prediction for it in range, or a repeated label (learned once)
+        learned.add((r.partition, event_id))
+        t_event = event_ts.get(b["_src"], b.get("event_timestamp_ms", r.timestamp_ms))
+        delays.append(max(0.0, (r.timestamp_ms - t_event) / 1000.0))
+        arrivals.append((r.partition, max(r.timestamp_ms, t_event), r.offset, event_id, y, b))
+    scored: dict[int, list[Scored]] = defaultdict(list)
+    for p, _, _, event_id, y, b in sorted(arrivals, key=lambda a: a[:3]):
+        scored[p].append((event_id, y, b))
+    return scored, delays
+
+
+def _score(
+    config: PipelineConfig, scored: dict[int, list[Scored]], parse_key: Any, names: list[str]
+) -> tuple[dict[tuple[int, str], Curve], dict[tuple[int, Any], int], list[Reign]]:
+    """Test-then-train, replayed: each model's figures after every label, the position
+    of each labelled event on its partition's axis, and the champion's reigns."""
+    binary = config.event_schema.label_type == "bool"
+    curves: dict[tuple[int, str], Curve] = {}
+    evaluations: dict[tuple[int, str], Evaluation] = {}
+    position: dict[tuple[int, Any], int] = {}
+    reigns: list[Reign] = []
+    for p in sorted(scored):
+        for i, (event_id, y, b) in enumerate(scored[p], start=1):
+            position[p, event_id] = i
+            champion = b.get("champion")
+            if reigns and reigns[-1].partition == p and reigns[-1].model == champion:
+                reigns[-1].end = i
+            else:
+                reigns.append(Reign(p, champion, i, i))
+            # Challengers appear in the records from their first prediction on.
+            for model, entry in b.get("models", {}).items():
+                ev = evaluations.get((p, model))
+                if ev is None:
+                    ev = evaluations[p, model] = Evaluation(config.task, binary, config.evaluation.window, names)
+                    curves[p, model] = Curve(model, p)
+                ev.update(y, _prediction(entry, parse_key))
+                c = curves[p, model]
+                c.labelled += 1
+                c.x.append(i)
+                c.cumulative.append(ev.cumulative[config.metric].get())
+                c.rolling.append(ev.rolling[config.metric].get())
+    for key, ev in evaluations.items():
+        curves[key].final = ev.report()
+    return curves, position, reigns
+
+
+def _marks(
+    config: PipelineConfig, alerts: Iterable[ConsumedRecord], position: dict[tuple[int, Any], int]
+) -> list[Mark]:
+    """The alerts topic's drift detections, champion changes and challenger outcomes,
+    placed at the labelled event that caused them."""
+    marks = []
+    for r in alerts:
+        a = json.loads(r.value or b"{}")
+        if a.get("pipeline") not in (None, config.name) or a.get("partition") is None:
+            continue
+        x = position.get((a["partition"], a.get("event_id")))
+        kind = a.get("type")
+        if x is None or kind not in ("drift", "champion", "challenger"):
+            continue
+        if kind == "drift":
+            text = f"drift in {a['model']} ({a.get('action', '')})"
+        elif kind == "champion":
+            text = f"champion: {a['previous']} → {a['champion']}"
+        else:
+            text = f"{a['challenger']} {a.get('action', '')}"
+        marks.append(Mark(a["partition"], x, kind, a["champion"] if kind == "champion" else a["model"], text))
+    return sorted(marks, key=lambda m: (m.partition, m.x))
+
+
 def analyse(
     config: PipelineConfig,
     predictions: Iterable[ConsumedRecord],
@@ -198,122 +330,32 @@ def analyse(
     timestamps); ``labels`` the labels topic's, when the pipeline has one.
     """
     schema = config.event_schema
-    decoder = EventDecoder(schema)
-    parse_key = _label_parser(schema.label_type)
     inline = config.input.labels_topic is None
-    binary = schema.label_type == "bool"
     extra = config.evaluation.metrics
-    names = list(dict.fromkeys([config.metric, *(metric_names(config.task, binary) if extra == "standard" else extra)]))
+    standard = metric_names(config.task, schema.label_type == "bool") if extra == "standard" else extra
+    names = list(dict.fromkeys([config.metric, *standard]))
 
-    # Input events: label (inline) and arrival time, by (partition, offset).
-    event_label: dict[tuple[int, int], Any] = {}
-    event_ts: dict[tuple[int, int], int] = {}
-    for r in events:
-        event_ts[r.partition, r.offset] = r.timestamp_ms
-        if inline:
-            try:
-                y = decoder.decode(r.value or b"").y
-            except RejectedEvent:
-                continue  # dead-lettered by the service as well
-            if y is not None:
-                event_label[r.partition, r.offset] = y
-
-    # Prediction records, once each (at-least-once delivery may repeat one), in the
-    # order the service processed them: by input partition, then offset.
-    seen: set[tuple[int, int]] = set()
-    rows: list[dict[str, Any]] = []
-    for r in predictions:
-        body = json.loads(r.value or b"{}")
-        src = body.get("source", {})
-        key = (int(src.get("partition", r.partition)), int(src.get("offset", r.offset)))
-        if key in seen:
-            continue
-        seen.add(key)
-        body["_src"] = key
-        rows.append(body)
-    rows.sort(key=lambda b: b["_src"])
-
-    # What gets scored, per partition, in scoring order: (event id, label, record).
-    scored: dict[int, list[tuple[Any, Any, dict[str, Any]]]] = defaultdict(list)
+    event_label, event_ts = _labels_and_times(events, EventDecoder(schema), inline)
+    rows = _prediction_rows(predictions)
     label_delays: list[float] = []
     if inline:
+        scored: dict[int, list[Scored]] = defaultdict(list)
         for b in rows:
             y = event_label.get(b["_src"])
             if y is not None:
                 scored[b["_src"][0]].append((b["id"], y, b))
     else:
-        by_id = {(b["_src"][0], b["id"]): b for b in rows}
-        cfg = config.labels
-        arrivals = []
-        learned: set[tuple[int, Any]] = set()
-        for r in labels:
-            try:
-                event_id, y = decode_label_record(
-                    r.value, cfg.id_field or schema.id, cfg.label_field, schema.label_type
-                )
-            except LabelRecordError:
-                continue
-            b = by_id.get((r.partition, event_id))
-            if b is None or (r.partition, event_id) in learned:
-                continue  # no prediction for it in range, or a repeated label (learned once)
-            learned.add((r.partition, event_id))
-            t_event = event_ts.get(b["_src"], b.get("event_timestamp_ms", r.timestamp_ms))
-            label_delays.append(max(0.0, (r.timestamp_ms - t_event) / 1000.0))
-            # A label that came before its event is scored when the event arrives.
-            arrivals.append((r.partition, event_id, max(r.timestamp_ms, t_event), r.offset, y, b))
-        for p, event_id, _, _, y, b in sorted(arrivals, key=lambda a: (a[0], a[2], a[3])):
-            scored[p].append((event_id, y, b))
+        scored, label_delays = _delayed_order(config, rows, labels, event_ts)
+    curves, position, reigns = _score(config, scored, _label_parser(schema.label_type), names)
 
-    curves: dict[tuple[int, str], Curve] = {}
-    evaluations: dict[tuple[int, str], Evaluation] = {}
-    label_index: dict[tuple[int, Any], int] = {}
-    reigns: list[Reign] = []
-    for p in sorted(scored):
-        for i, (event_id, y, b) in enumerate(scored[p], start=1):
-            label_index[p, event_id] = i
-            champion = b.get("champion")
-            if reigns and reigns[-1].partition == p and reigns[-1].model == champion:
-                reigns[-1].end = i
-            else:
-                reigns.append(Reign(p, champion, i, i))
-            for model, entry in b.get("models", {}).items():
-                ev = evaluations.get((p, model))
-                if ev is None:
-                    ev = evaluations[p, model] = Evaluation(config.task, binary, config.evaluation.window, names)
-                    curves[p, model] = Curve(model, p)
-                ev.update(y, _prediction(entry, parse_key))
-                c = curves[p, model]
-                c.labelled += 1
-                c.x.append(i)
-                c.cumulative.append(ev.cumulative[config.metric].get())
-                c.rolling.append(ev.rolling[config.metric].get())
-    for key, ev in evaluations.items():
-        curves[key].final = ev.report()
-
-    marks = []
-    for r in alerts:
-        a = json.loads(r.value or b"{}")
-        if a.get("pipeline") not in (None, config.name) or a.get("partition") is None:
-            continue
-        x = label_index.get((a["partition"], a.get("event_id")))
-        if x is None:
-            continue
-        if a.get("type") == "drift":
-            marks.append(Mark(a["partition"], x, "drift", a["model"], f"drift in {a['model']} ({a.get('action', '')})"))
-        elif a.get("type") == "champion":
-            text = f"champion: {a['previous']} → {a['champion']}"
-            marks.append(Mark(a["partition"], x, "champion", a["champion"], text))
-        elif a.get("type") == "challenger":
-            marks.append(Mark(a["partition"], x, "challenger", a["model"], f"{a['challenger']} {a.get('action', '')}"))
-
-    dl_stage = Counter()
+    dl_stage: Counter[str] = Counter()
     dl_times: list[tuple[float, str]] = []
     for r in dead_letters:
         stage = dict(r.headers).get(H_STAGE, b"unknown").decode("utf-8", "replace")
         dl_stage[stage] += 1
         dl_times.append((r.timestamp_ms / 1000.0, stage))
 
-    # Time axis: from the first input record to the last prediction.
+    # Time axis: from the first input record to the last prediction or dead letter.
     done = [(b["event_timestamp_ms"] / 1000.0 + b["latency_s"], b["latency_s"]) for b in rows if "latency_s" in b]
     arrived = [t / 1000.0 for t in event_ts.values()]
     times = arrived + [t for t, _ in done] + [t for t, _ in dl_times]
@@ -330,9 +372,6 @@ def analyse(
         out[j] += 1
         lat[j].append(latency)
 
-    champions = {}
-    for b in rows:
-        champions[b["_src"][0]] = b.get("champion")
     return Analysis(
         pipeline=config.name,
         metric=config.metric,
@@ -340,8 +379,9 @@ def analyse(
         metrics=names,
         configured=[m.name for m in config.models],
         curves=[curves[k] for k in sorted(curves)],
-        marks=sorted(marks, key=lambda m: (m.partition, m.x)),
-        champions=champions,
+        marks=_marks(config, alerts, position),
+        # The champion of each partition's last record.
+        champions={b["_src"][0]: b.get("champion") for b in rows},
         reigns=reigns,
         predictions=len(rows),
         labelled=sum(len(v) for v in scored.values()),
