@@ -134,14 +134,15 @@ class PrometheusSensor(Sensor):
         self.cleaned = Counter("streamwise_cleaner_events_total", "What the cleaners did to events.", p + ["action"], registry=r)
         self.build = Info("streamwise_build", "Versions of streamwise and its main libraries.", p, registry=r)
         # Progress, for the stall alert (streamwise/alerts.py): when a batch was last
-        # committed, and when the loop last read the lag (about once a second while it
-        # turns, busy or idle). Both start at the sensor's start.
+        # committed, and when the loop last came round to report (about once a second
+        # while it turns, busy or idle). Both start at the sensor's start.
         self.last_progress = Gauge(
             "streamwise_last_progress_timestamp_seconds",
             "Unix time of the last committed batch (of the start, before any).", p, registry=r)
-        self.lag_read = Gauge(
-            "streamwise_consumer_lag_read_timestamp_seconds",
-            "Unix time the worker last read its consumer lag; stops moving while a batch is stuck.", p, registry=r)
+        self.last_report = Gauge(
+            "streamwise_last_report_timestamp_seconds",
+            "Unix time the worker's loop last reported (about once a second); stops while a batch is stuck.",
+            p, registry=r)
         self._snapshot_age = _SnapshotAge(pipeline)
         r.register(self._snapshot_age)
 
@@ -150,9 +151,9 @@ class PrometheusSensor(Sensor):
         self._latency = self.latency.labels(pipeline)
         self._commits = self.commits.labels(pipeline)
         self._last_progress = self.last_progress.labels(pipeline)
-        self._lag_read = self.lag_read.labels(pipeline)
+        self._last_report = self.last_report.labels(pipeline)
         self._last_progress.set_to_current_time()
-        self._lag_read.set_to_current_time()
+        self._last_report.set_to_current_time()
         self._batch_size = self.batch_size.labels(pipeline)
         self._batch_seconds = self.batch_seconds.labels(pipeline)
         self._pending = self.pending_labels.labels(pipeline)
@@ -210,6 +211,9 @@ class PrometheusSensor(Sensor):
         self._commits.inc()
         self._last_progress.set_to_current_time()
 
+    def on_report(self) -> None:
+        self._last_report.set_to_current_time()
+
     def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
         # A partition given away in a rebalance must stop reporting its last lag.
         for topic, partition in self._lag_seen - set(lag):
@@ -217,7 +221,6 @@ class PrometheusSensor(Sensor):
         for (topic, partition), n in lag.items():
             self.lag.labels(self.pipeline, topic, str(partition)).set(n)
         self._lag_seen = set(lag)
-        self._lag_read.set_to_current_time()
 
     # ---- models ----
     def on_model_metric(

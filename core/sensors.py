@@ -61,6 +61,10 @@ class Sensor:
 
     def on_commit(self, n_partitions: int) -> None: ...
 
+    def on_report(self) -> None:
+        """The worker's loop came round to report its figures: about once a second, busy
+        or idle. It stops while a batch is stuck (a hung model, a blocked call)."""
+
     def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
         """Records behind the end, per assigned (topic, partition); all of them each time."""
 

@@ -215,7 +215,7 @@ def rules(p: AlertParams = PRODUCTION) -> list[dict[str, Any]]:
             f"time() - max by (pipeline, instance) (streamwise_last_progress_timestamp_seconds) > {p.stall_s}\n"
             "and on (pipeline, instance) (\n"
             f"  sum by (pipeline, instance) ({lag}) > 0\n"
-            "  or time() - max by (pipeline, instance) (streamwise_consumer_lag_read_timestamp_seconds)"
+            "  or time() - max by (pipeline, instance) (streamwise_last_report_timestamp_seconds)"
             f" > {p.stall_s}\n"
             ")",
             "{{ $labels.pipeline }}: {{ $labels.instance }} has committed nothing for {{ $value | humanizeDuration }}",

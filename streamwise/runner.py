@@ -241,6 +241,7 @@ class Runner:
         if not force and now < self._next_report:
             return
         self._next_report = now + 1.0
+        self.sensor.on_report()
         lag = self._lag(source)
         if lag:
             self.sensor.on_lag(lag)

@@ -166,18 +166,18 @@ def cases(p: AlertParams, step: int) -> list[Case]:
     stall_n = n(p.stall_s) + n(p.stall_for_s) + 10
     stall_at = (n(p.stall_s) + n(p.stall_for_s) + 4) * step
     progress = _series("streamwise_last_progress_timestamp_seconds")
-    lag_read = _series("streamwise_consumer_lag_read_timestamp_seconds")
+    reported = _series("streamwise_last_report_timestamp_seconds")
     stopped, moving = f"0x{stall_n}", f"0+{step}x{stall_n}"
     critical = {**worker_labels, "severity": "critical"}
     out += [
         Case("input waits, nothing committed", "StreamwiseWorkerStalled",
-             [(progress, stopped), (lag_read, moving), (lag, f"100x{stall_n}")], stall_at, [critical]),
+             [(progress, stopped), (reported, moving), (lag, f"100x{stall_n}")], stall_at, [critical]),
         Case("a batch is stuck: the loop stopped", "StreamwiseWorkerStalled",
-             [(progress, stopped), (lag_read, stopped), (lag, f"0x{stall_n}")], stall_at, [critical]),
+             [(progress, stopped), (reported, stopped), (lag, f"0x{stall_n}")], stall_at, [critical]),
         Case("idle: nothing to commit", "StreamwiseWorkerStalled",
-             [(progress, stopped), (lag_read, moving), (lag, f"0x{stall_n}")], stall_at),
+             [(progress, stopped), (reported, moving), (lag, f"0x{stall_n}")], stall_at),
         Case("busy and committing", "StreamwiseWorkerStalled",
-             [(progress, moving), (lag_read, moving), (lag, f"100x{stall_n}")], stall_at),
+             [(progress, moving), (reported, moving), (lag, f"100x{stall_n}")], stall_at),
     ]
 
     # ---- scrape target ----
