@@ -15,7 +15,7 @@ from streamwise.connectors.records import ConsumedRecord
 
 from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config
 from streamwise.processor import PipelineProcessor
-from streamwise.report import analyse, parse_time, render_html
+from streamwise.report import analyse, parse_time, plot_learning, render_html
 
 N = 1200
 
@@ -57,7 +57,8 @@ class Topics:
 
     def add(self, topic: str, value: bytes, ts_ms: int, headers: Any = (), partition: int = 0) -> ConsumedRecord:
         records = self.records.setdefault(topic, [])
-        r = ConsumedRecord(topic, partition, len(records), None, value, ts_ms, tuple(headers))
+        offset = sum(1 for r in records if r.partition == partition)
+        r = ConsumedRecord(topic, partition, offset, None, value, ts_ms, tuple(headers))
         records.append(r)
         return r
 
@@ -65,25 +66,28 @@ class Topics:
         return self.records.get(topic, [])
 
 
-def _run(config: PipelineConfig, delayed: bool) -> tuple[PipelineProcessor, Topics]:
-    """Feeds the processor batches of 50 events (and, delayed, their labels 30 events
-    later), plus a malformed record, and keeps what it wrote."""
+def _run(
+    config: PipelineConfig, delayed: bool, partition: int = 0, topics: Topics | None = None, seed: int = 3
+) -> tuple[PipelineProcessor, Topics]:
+    """Feeds one partition's processor batches of 50 events (and, delayed, their labels
+    30 events later), plus a malformed record, and keeps what it wrote."""
     processor = PipelineProcessor(config)
-    topics = Topics()
+    topics = topics or Topics()
     labels_topic = config.input.labels_topic
     pending: list[ConsumedRecord] = []
-    events = _stream(3)
+    events = _stream(seed)
     for start in range(0, N, 50):
         batch = []
         for i, e in enumerate(events[start : start + 50], start=start):
             body = {k: v for k, v in e.items() if not (delayed and k == "label")}
-            batch.append(topics.add(config.input.topic, json.dumps(body).encode(), 1_000_000 + 10 * i))
+            batch.append(topics.add(config.input.topic, json.dumps(body).encode(), 1_000_000 + 10 * i, (), partition))
             if delayed and i >= 30:
                 label = {"id": i - 30, "label": events[i - 30]["label"]}
                 assert labels_topic is not None
-                pending.append(topics.add(labels_topic, json.dumps(label).encode(), 1_000_000 + 10 * i + 5))
+                pending.append(topics.add(labels_topic, json.dumps(label).encode(), 1_000_000 + 10 * i + 5, (),
+                                          partition))
         if start == 400:
-            batch.append(topics.add(config.input.topic, b"not json", 1_000_000 + 10 * start + 7))
+            batch.append(topics.add(config.input.topic, b"not json", 1_000_000 + 10 * start + 7, (), partition))
         for out in processor.process(batch + pending):
             topics.add(out.topic, out.value, 1_000_000 + 10 * (start + 50), out.headers)
         pending = []
@@ -121,6 +125,28 @@ def test_the_report_rebuilds_the_processors_own_figures(delayed: bool):
         assert len(a.label_delays) == labelled and all(abs(d - 0.305) < 1e-9 for d in a.label_delays)
     else:
         assert a.label_delays == [] and a.inline_labels
+
+
+def test_each_partition_keeps_its_own_replicas_and_champion():
+    config = _config(None)
+    topics = Topics()
+    processors = {p: _run(config, False, p, topics, seed=10 + p)[0] for p in (0, 1)}
+    a = analyse(config, topics[config.output.topic], topics[config.input.topic], (), topics[config.alerts_topic])
+    figures = a.figures()
+    assert a.predictions == 2 * N and {c.partition for c in a.curves} == {0, 1}
+    for p, processor in processors.items():
+        for m in processor.learners.models:
+            mine = figures["models"][f"{m.name}[{p}]"]
+            assert mine["cumulative"]["Accuracy"] == m.metric.get() and mine["labelled"] == N
+            assert mine["rolling"] == processor.learners.evaluations[m.name].report()["rolling"]
+        assert figures["champions"][str(p)] == processor.champion
+        reigns = [r for r in a.reigns if r.partition == p]
+        assert reigns[0].start == 1 and reigns[-1].end == N
+        assert all(r.end + 1 == nxt.start for r, nxt in zip(reigns, reigns[1:], strict=False))
+    # One plot and one champion band per partition.
+    fig = plot_learning(a)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes[::2]] == ["unit, partition 0", "unit, partition 1"]
+    assert len(fig.axes) == 4
 
 
 def test_the_page_is_one_file_with_its_figures():
