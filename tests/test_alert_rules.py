@@ -248,3 +248,8 @@ def test_promtool_catches_a_rule_that_fires_when_it_should_not(tmp_path: Path):
     run = subprocess.run([promtool, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode != 0 and "StreamwiseDeadLetterRateHigh" in run.stdout + run.stderr
+
+
+def test_the_readme_lists_every_rule():
+    readme = (alerts.RULES_DIR.parents[1] / "README.md").read_text()
+    assert [r["alert"] for r in alerts.rules() if f"| `{r['alert']}` |" not in readme] == []
