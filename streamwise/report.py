@@ -464,7 +464,10 @@ def plot_learning(a: Analysis) -> Any:
                 ax.plot([m.x], [top], marker="v", color=colour(m.model), ms=6, clip_on=False)
         ax.set_title(f"{a.pipeline}, partition {p}: prequential {a.metric} (▼ drift detection)")
         ax.set_ylabel(a.metric)
-        ax.legend(loc="lower right", fontsize=7, ncol=2)
+        if any(c.partition == p for c in a.curves):
+            ax.legend(loc="lower right", fontsize=7, ncol=2)
+        else:
+            ax.text(0.5, 0.5, "no labelled event in range", ha="center", va="center", transform=ax.transAxes)
         ax.tick_params(labelbottom=False)
         mine = [r for r in a.reigns if r.partition == p]
         span = max((r.end for r in mine), default=1)

@@ -162,6 +162,15 @@ def test_the_page_is_one_file_with_its_figures():
     assert "logreg[0]" in page and "decode: 1" in page
 
 
+@pytest.mark.filterwarnings("error")
+def test_an_empty_range_still_makes_a_page():
+    for labels_topic in (None, "unit.labels"):
+        a = analyse(_config(labels_topic), [], [])
+        assert a.predictions == 0 and a.curves == []
+        embedded = re.search(r'id="streamwise-figures">(.*?)</script>', render_html(a), re.S)
+        assert embedded and json.loads(embedded.group(1))["models"] == {}
+
+
 def test_a_time_range_limits_what_is_scored():
     config = _config(None)
     _, topics = _run(config, False)

@@ -99,6 +99,11 @@ def test_report_of_a_credit_drift_run_opens_in_chromium_and_plots_what_prometheu
     assert result.exit_code == 0, result.output
     assert f"{EVENTS:,} predictions" in result.output
 
+    # A time range: nothing was written after now, so a range starting in an hour is empty.
+    later = CliRunner().invoke(app, ["report", "--config", str(config), "--out", str(tmp_path / "later.html"),
+                                     "--since", str(time.time() + 3600)])
+    assert later.exit_code == 0 and "0 predictions, 0 labelled, 0 dead letters" in later.output, later.output
+
     html = page.read_text()
     figures = _figures(html)
     # Every model's final figures, as plotted and tabled, equal what the service exported.
