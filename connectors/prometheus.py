@@ -88,6 +88,13 @@ class PrometheusSensor(Sensor):
     1.0
     >>> s.value("streamwise_event_to_prediction_latency_seconds_count")
     1.0
+
+    Each partition has its own champion and counts its own changes:
+
+    >>> s.on_champion_change(None, "logreg", 0); s.on_champion_change(None, "logreg", 1)
+    >>> s.on_champion_change("logreg", "logreg.challenger1", 1)
+    >>> [s.value("streamwise_champion_changes_total", partition=p) for p in ("0", "1")]
+    [0.0, 1.0]
     """
 
     def __init__(
@@ -113,8 +120,8 @@ class PrometheusSensor(Sensor):
         self.lag = Gauge("streamwise_consumer_lag_records", "Records between the consumer's position and the end of the partition.", p + ["topic", "partition"], registry=r)
         self.model_metric = Gauge("streamwise_model_metric", "Prequential (test-then-train) metric of a model.", p + ["model", "partition", "metric", "window"], registry=r)
         self.drifts = Counter("streamwise_drift_detections_total", "Drifts flagged by a model's detector.", p + ["model"], registry=r)
-        self.champion = Gauge("streamwise_model_champion", "1 for the model whose prediction the records carry, else 0.", p + ["model"], registry=r)
-        self.champion_changes = Counter("streamwise_champion_changes_total", "Times the champion model changed.", p, registry=r)
+        self.champion = Gauge("streamwise_model_champion", "1 for the model whose prediction a partition's records carry, else 0.", p + ["model", "partition"], registry=r)
+        self.champion_changes = Counter("streamwise_champion_changes_total", "Times a partition's champion model changed.", p + ["partition"], registry=r)
         self.label_delay = Histogram("streamwise_label_delay_seconds", "From an event's arrival to its label's.", p, buckets=LABEL_DELAY_BUCKETS, registry=r)
         self.pending_labels = Gauge("streamwise_pending_labels", "Events waiting for their label.", p, registry=r)
         self.torch_step = Histogram("streamwise_torch_step_duration_seconds", "One optimiser step of a torch learner.", p + ["model", "device"], buckets=STEP_BUCKETS, registry=r)
@@ -139,6 +146,16 @@ class PrometheusSensor(Sensor):
         )
         self.cleaned = Counter("streamwise_cleaner_events_total", "What the cleaners did to events.", p + ["action"], registry=r)
         self.build = Info("streamwise_build", "Versions of streamwise and its main libraries.", p, registry=r)
+        # Progress, for the stall alert (streamwise/alerts.py): when a batch was last
+        # committed, and when the loop last came round to report (about once a second
+        # while it turns, busy or idle). Both start at the sensor's start.
+        self.last_progress = Gauge(
+            "streamwise_last_progress_timestamp_seconds",
+            "Unix time of the last committed batch (of the start, before any).", p, registry=r)
+        self.last_report = Gauge(
+            "streamwise_last_report_timestamp_seconds",
+            "Unix time the worker's loop last reported (about once a second); stops while a batch is stuck.",
+            p, registry=r)
         self._snapshot_age = _SnapshotAge(pipeline)
         r.register(self._snapshot_age)
 
@@ -146,19 +163,22 @@ class PrometheusSensor(Sensor):
         self._predictions = self.predictions.labels(pipeline)
         self._latency = self.latency.labels(pipeline)
         self._commits = self.commits.labels(pipeline)
+        self._last_progress = self.last_progress.labels(pipeline)
+        self._last_report = self.last_report.labels(pipeline)
+        self._last_progress.set_to_current_time()
+        self._last_report.set_to_current_time()
         self._batch_size = self.batch_size.labels(pipeline)
         self._batch_seconds = self.batch_seconds.labels(pipeline)
         self._pending = self.pending_labels.labels(pipeline)
         self._label_delay = self.label_delay.labels(pipeline)
         self._snapshot_seconds = self.snapshot_seconds.labels(pipeline)
-        self.champion_changes.labels(pipeline)
         self._snapshot_failures = self.snapshot_failures.labels(pipeline)
         self._faults = {k: self.faults.labels(pipeline, k) for k in FAULT_KINDS}
         self._waiting = self.partitions_waiting.labels(pipeline)
         self._cleaned = {a: self.cleaned.labels(pipeline, a) for a in CLEANER_ACTIONS}
         self._learned = {m: self.learned.labels(pipeline, m) for m in models}
+        self._models = list(models)
         for m in models:
-            self.champion.labels(pipeline, m).set(0)
             self.drifts.labels(pipeline, m)
         if topic is not None:
             for stage in DeadLetterStage:
@@ -204,6 +224,10 @@ class PrometheusSensor(Sensor):
 
     def on_commit(self, n_partitions: int) -> None:
         self._commits.inc()
+        self._last_progress.set_to_current_time()
+
+    def on_report(self) -> None:
+        self._last_report.set_to_current_time()
 
     def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
         # A partition given away in a rebalance must stop reporting its last lag.
@@ -224,11 +248,19 @@ class PrometheusSensor(Sensor):
         # No detector label: one series per model, created at zero, keeps rate() honest.
         self.drifts.labels(self.pipeline, model).inc()
 
-    def on_champion_change(self, previous: str | None, champion: str) -> None:
-        if previous is not None:
-            self.champion.labels(self.pipeline, previous).set(0)
-            self.champion_changes.labels(self.pipeline).inc()
-        self.champion.labels(self.pipeline, champion).set(1)
+    def on_champion_change(self, previous: str | None, champion: str, partition: int | None = None) -> None:
+        part = "" if partition is None else str(partition)
+        changes = self.champion_changes.labels(self.pipeline, part)
+        if previous is None:
+            # A partition's series appear when it is first reported (partitions are not
+            # known at start): every model at 0, and the counter at 0 so that rate()
+            # sees its first change.
+            for m in self._models:
+                self.champion.labels(self.pipeline, m, part).set(0)
+        else:
+            self.champion.labels(self.pipeline, previous, part).set(0)
+            changes.inc()
+        self.champion.labels(self.pipeline, champion, part).set(1)
 
     def on_label(self, delay_s: float) -> None:
         self._label_delay.observe(delay_s)

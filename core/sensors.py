@@ -61,6 +61,10 @@ class Sensor:
 
     def on_commit(self, n_partitions: int) -> None: ...
 
+    def on_report(self) -> None:
+        """The worker's loop came round to report its figures: about once a second, busy
+        or idle. It stops while a batch is stuck (a hung model, a blocked call)."""
+
     def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
         """Records behind the end, per assigned (topic, partition); all of them each time."""
 
@@ -74,8 +78,11 @@ class Sensor:
     def on_drift(self, model: str, detector: str) -> None:
         """``detector`` (e.g. ``ADWIN``) flagged a drift in ``model``'s errors."""
 
-    def on_champion_change(self, previous: str | None, champion: str) -> None:
-        """Called once at start (``previous`` None) and at every change after."""
+    def on_champion_change(self, previous: str | None, champion: str, partition: int | None = None) -> None:
+        """``champion`` now answers in the records of ``partition``: called once when the
+        partition is first reported (``previous`` None) and at every real change after.
+        Each partition holds its own replica of every model, so each has its own champion;
+        ``partition`` is None when one state serves every partition."""
 
     def on_label(self, delay_s: float) -> None:
         """A label was joined to its event, ``delay_s`` after the event arrived."""

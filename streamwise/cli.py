@@ -244,18 +244,20 @@ def dashboards_render(
     out: Annotated[Path | None, typer.Option(help="Directory to write into (default deploy/grafana/dashboards).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if a checked-in board differs from the code.")] = False,
 ) -> None:
-    """Render the overview, models and data boards to JSON (grafana-foundation-sdk)."""
-    from streamwise import dashboards
+    """Render the overview, models and data boards to JSON (grafana-foundation-sdk), and the
+    Prometheus alerting rules to deploy/prometheus/alerts.yml and alerts-fast.yml."""
+    from streamwise import alerts, dashboards
 
     directory = out or dashboards.DASHBOARD_DIR
+    rules_directory = out or alerts.RULES_DIR
     if check:
-        stale = dashboards.stale(directory)
+        stale = dashboards.stale(directory) + alerts.stale(rules_directory)
         if stale:
             typer.echo(f"stale: {', '.join(stale)} (run: streamwise dashboards render)", err=True)
             raise typer.Exit(1)
-        typer.echo(f"up to date: {directory}")
+        typer.echo(f"up to date: {directory}, {rules_directory}")
         return
-    for path in dashboards.render(directory):
+    for path in dashboards.render(directory) + alerts.render(rules_directory):
         typer.echo(f"wrote {path}")
 
 
@@ -313,13 +315,15 @@ def top(
     url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes; rates are over this span.")] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one table (after one interval) and exit.")] = False,
+    metric: Annotated[str | None, typer.Option(help="Show only this metric of each model (e.g. Accuracy, LogLoss); default every metric, one row each.")] = None,
 ) -> None:
-    """A live terminal table of throughput, latency, lag and every model's metric, from /metrics."""
+    """A live terminal table of throughput, latency, lag and every model's metrics, from /metrics.
+    One row per model replica and metric; * marks the champion of the replica's partition."""
     from rich.console import Console
     from rich.live import Live
 
     from streamwise.connectors.prometheus import scrape
-    from streamwise.top import render
+    from streamwise.top import metric_names, render
 
     url = url or _default_metrics_url()
     tty = sys.stdout.isatty()
@@ -329,19 +333,56 @@ def top(
         prev = scrape(url)
         time.sleep(interval)
         cur = scrape(url)
+        known = metric_names(cur)
+        if metric is not None and known and metric not in known:
+            raise typer.BadParameter(f"{metric!r} is not reported; the models report {', '.join(known)}", param_hint="--metric")
         if once or not tty:
-            console.print(render(prev, cur, url))
+            console.print(render(prev, cur, url, metric))
             if once:
                 return
-        with Live(render(prev, cur, url), console=console, auto_refresh=False) as live:
+        with Live(render(prev, cur, url, metric), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 prev, cur = cur, scrape(url)
-                live.update(render(prev, cur, url), refresh=True)
+                live.update(render(prev, cur, url, metric), refresh=True)
     except StreamwiseError as e:
         raise _fail(e) from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def report(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML: names the topics to read.", envvar="STREAMWISE_PIPELINE", show_envvar=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("streamwise-report.html"),
+    since: Annotated[str | None, typer.Option(help="Only records from this time on (ISO 8601, or Unix seconds).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only records before this time (ISO 8601, or Unix seconds).")] = None,
+    figures_dir: Annotated[Path | None, typer.Option(help="Also write each figure as a PNG into this directory.")] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write one self-contained HTML page of how a pipeline's models learned: prequential
+    metric per model with drift and champion changes, label delay, dead letters by stage,
+    throughput, latency and the final figures, read back from its Kafka topics."""
+    from streamwise.pipeline_config import load_pipeline_config
+    from streamwise.report import collect, parse_time, write
+
+    _logging(verbose)
+    try:
+        pipeline = load_pipeline_config(config)
+        analysis = collect(
+            pipeline,
+            _settings(bootstrap_servers),
+            parse_time(since) if since else None,
+            parse_time(until) if until else None,
+        )
+        written = write(analysis, out, figures_dir)
+    except StreamwiseError as e:
+        raise _fail(e) from None
+    typer.echo(f"{analysis.predictions:,} predictions, {analysis.labelled:,} labelled, "
+               f"{sum(analysis.dead_letters.values()):,} dead letters")
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 snapshots_app = typer.Typer(

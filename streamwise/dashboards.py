@@ -10,7 +10,8 @@ drift between SDK builds, so moving either means moving both and re-rendering
 Three boards, each with a ``pipeline`` variable (every pipeline that reports
 ``streamwise_build_info``):
 
-- **overview**: throughput, latency p50/p99, consumer lag, dead-letter rate, snapshot age;
+- **overview**: throughput, latency p50/p99, consumer lag, dead-letter rate, snapshot age,
+  and the Prometheus alerts (streamwise/alerts.py) firing for the pipeline;
 - **models**: each model's prequential metric, the champion, learning rate, drift
   detections (also as annotations);
 - **data**: valid and dead-lettered events, what the cleaners did (imputed, clipped,
@@ -27,6 +28,7 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
@@ -34,6 +36,7 @@ SDK_BUILD = "1769699379!11.6.0"
 GRAFANA_VERSION = "11.6.0"
 # Pinned in deploy/grafana/provisioning/datasources; every query refers to it.
 DATASOURCE_UID = "streamwise-prometheus"
+DATASOURCE_NAME = "Prometheus"
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
 
 SEL = '{pipeline=~"$pipeline"}'
@@ -77,6 +80,44 @@ class _Board:
         return self
 
 
+class _AlertList(cogbuilder.Builder[dm.Panel]):
+    """Grafana's alert list panel, which this SDK build has no builder for: the state of the
+    data source-managed rules (Prometheus' own, deploy/prometheus/alerts.yml) of the
+    pipelines on show. Its options are those of Grafana 11's UnifiedAlertListOptions."""
+
+    def __init__(self, title: str, description: str) -> None:
+        self._internal = dm.Panel(
+            type_val="alertlist",
+            title=title,
+            description=description,
+            grid_pos=dm.GridPos(h=8, w=12),
+            options={
+                "viewMode": "list",
+                "groupMode": "default",
+                "groupBy": [],
+                "maxItems": 20,
+                "sortOrder": 3,  # importance: firing first
+                "dashboardAlerts": False,
+                "alertName": "",
+                "alertInstanceLabelFilter": '{pipeline=~"$pipeline"}',
+                "datasource": DATASOURCE_NAME,
+                "stateFilter": {"firing": True, "pending": True, "noData": False, "normal": False, "error": True},
+                "showInactiveAlerts": False,
+            },
+        )
+
+    def id(self, id_val: int) -> _AlertList:
+        self._internal.id = id_val
+        return self
+
+    def datasource(self, ref: dm.DataSourceRef) -> _AlertList:
+        self._internal.datasource = ref
+        return self
+
+    def build(self) -> dm.Panel:
+        return self._internal
+
+
 def _q(expr: str, legend: str = "__auto", ref: str = "A") -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).range().datasource(_ds())
 
@@ -102,6 +143,19 @@ def overview() -> db.Dashboard:
     dead = f"sum by (pipeline, stage) (rate(streamwise_events_dead_lettered_total{SEL}{RATE}))"
     lat = "streamwise_event_to_prediction_latency_seconds"
     board = _Board("streamwise-overview", "streamwise / overview", "Throughput, latency, lag, dead letters and snapshot age of every pipeline.")
+    # Prometheus' alerting rules (streamwise/alerts.py) marked on every panel while they fire.
+    board.builder.annotation(
+        db.AnnotationQuery()
+        .name("Alerts")
+        .datasource(_ds())
+        .enable(True)
+        .icon_color("orange")
+        .expr('ALERTS{alertstate="firing", pipeline=~"$pipeline"}')
+    )
+    firing = (
+        'count by (pipeline) (ALERTS{pipeline=~"$pipeline", alertstate="firing"})'
+        f" or 0 * max by (pipeline) (streamwise_build_info{SEL})"
+    )
     (
         board.add(_stat("Events in", "ops", consumed, "{{pipeline}}"))
         .add(_stat("Latency p99", "s", _quantile(0.99, lat), "{{pipeline}}"))
@@ -121,6 +175,9 @@ def overview() -> db.Dashboard:
                      (f"max by (pipeline) (streamwise_snapshot_age_seconds{SEL})", "{{pipeline}} age"),
                      (_quantile(0.99, "streamwise_snapshot_duration_seconds"), "{{pipeline}} write p99"),
                      (f"sum by (pipeline) (increase(streamwise_snapshot_failures_total{SEL}{RATE}))", "{{pipeline}} failures")))
+        .add(_stat("Firing alerts", "short", firing, "{{pipeline}}",
+                   "Prometheus alerting rules (deploy/prometheus/alerts.yml) firing now for the pipeline."))
+        .add(_AlertList("Alerts", "Pending and firing alerts of the pipelines on show, from Prometheus' rules."))
     )
     return board.builder
 
@@ -137,8 +194,9 @@ def models() -> db.Dashboard:
         .expr(f"sum by (pipeline, model) (changes(streamwise_drift_detections_total{SEL}[1m])) > 0")
     )
     (
-        board.add(_stat("Champion", "none", f"max by (pipeline, model) (streamwise_model_champion{SEL}) == 1",
-                        "{{pipeline}}: {{model}}", "The model whose prediction the records carry."))
+        board.add(_stat("Champion", "none", f"max by (pipeline, partition, model) (streamwise_model_champion{SEL}) == 1",
+                        "{{pipeline}}[{{partition}}]: {{model}}",
+                        "The model whose prediction the records carry, per input partition (each has its own replicas)."))
         .add(_stat("Champion changes", "short", f"sum by (pipeline) (increase(streamwise_champion_changes_total{SEL}[$__range]))", "{{pipeline}}"))
         .add(_stat("Drift detections", "short", f"sum by (pipeline) (increase(streamwise_drift_detections_total{SEL}[$__range]))", "{{pipeline}}"))
         .add(_stat("Labelled events/s", "ops", f"sum by (pipeline) (rate(streamwise_model_learned_total{SEL}{RATE}))", "{{pipeline}}"))

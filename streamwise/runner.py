@@ -69,7 +69,8 @@ class Runner:
         self._store = store
         self._stop = threading.Event()
         self._next_report = 0.0
-        self._champion: str | None = None
+        # The champion last reported for each partition: each has its own.
+        self._champions: dict[int, str] = {}
 
     @property
     def worker_id(self) -> str:
@@ -240,6 +241,7 @@ class Runner:
         if not force and now < self._next_report:
             return
         self._next_report = now + 1.0
+        self.sensor.on_report()
         lag = self._lag(source)
         if lag:
             self.sensor.on_lag(lag)
@@ -255,9 +257,10 @@ class Runner:
                     for name, value in values.items():
                         if not (window == "cumulative" and name == metric):
                             self.sensor.on_model_metric(m.name, name, window, value, partition)
-            if processor.champion != self._champion:
-                self.sensor.on_champion_change(self._champion, processor.champion)
-                self._champion = processor.champion
+            previous = self._champions.get(partition)
+            if processor.champion != previous:
+                self.sensor.on_champion_change(previous, processor.champion, partition)
+                self._champions[partition] = processor.champion
 
     def _model_metrics(self) -> dict[str, dict[str, Any]]:
         """Each model's prequential metric; with several partitions, one entry per

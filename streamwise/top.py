@@ -30,6 +30,11 @@ class PipelineRow:
 
 @dataclass
 class ModelRow:
+    """One metric of one model replica: ``model`` is ``name[partition]`` when the state is
+    per partition, and ``champion`` says whether that partition's records carry its
+    prediction. ``learned`` is the model's count over all the worker's partitions (the
+    service does not count it per partition)."""
+
     pipeline: str
     model: str
     metric: str
@@ -45,8 +50,11 @@ def _rate(prev: Scrape | None, cur: Scrape, name: str, pipeline: str) -> float:
     return max(0.0, cur.sum(name, pipeline=pipeline) - prev.sum(name, pipeline=pipeline)) / (cur.at - prev.at)
 
 
-def figures(prev: Scrape | None, cur: Scrape) -> tuple[list[PipelineRow], list[ModelRow]]:
-    """The rows of the two tables, one per pipeline and one per (pipeline, model).
+def figures(
+    prev: Scrape | None, cur: Scrape, metric: str | None = None
+) -> tuple[list[PipelineRow], list[ModelRow]]:
+    """The rows of the two tables: one per pipeline, and one per (pipeline, model replica,
+    metric), or only ``metric``'s rows when it is given.
 
     Examples
     --------
@@ -55,6 +63,20 @@ def figures(prev: Scrape | None, cur: Scrape) -> tuple[list[PipelineRow], list[M
     >>> rows, _ = figures(a, b)
     >>> rows[0].events_in, rows[0].events_per_s
     (30.0, 10.0)
+
+    Every metric keeps its own row; the champion is the one of the replica's partition:
+
+    >>> m = Scrape.parse('''
+    ... streamwise_model_metric{pipeline="p",model="nb",partition="0",metric="Accuracy",window="rolling"} 0.88
+    ... streamwise_model_metric{pipeline="p",model="nb",partition="0",metric="LogLoss",window="rolling"} 0.25
+    ... streamwise_model_metric{pipeline="p",model="nb",partition="1",metric="Accuracy",window="rolling"} 0.91
+    ... streamwise_model_champion{pipeline="p",model="nb",partition="0"} 0
+    ... streamwise_model_champion{pipeline="p",model="nb",partition="1"} 1
+    ... ''', at=0.0)
+    >>> [(r.model, r.metric, r.rolling, r.champion) for r in figures(None, m)[1]]
+    [('nb[0]', 'Accuracy', 0.88, False), ('nb[0]', 'LogLoss', 0.25, False), ('nb[1]', 'Accuracy', 0.91, True)]
+    >>> [(r.model, r.metric) for r in figures(None, m, metric="LogLoss")[1]]
+    [('nb[0]', 'LogLoss')]
     """
     pipelines = sorted({ls["pipeline"] for samples in cur.samples.values() for ls, _ in samples if "pipeline" in ls})
     rows = []
@@ -70,21 +92,51 @@ def figures(prev: Scrape | None, cur: Scrape) -> tuple[list[PipelineRow], list[M
             lag=cur.sum("streamwise_consumer_lag_records", pipeline=p),
             snapshot_age_s=max((v for _, v in cur.select("streamwise_snapshot_age_seconds", pipeline=p)), default=math.nan),
         ))
-    models: dict[tuple[str, str, str], ModelRow] = {}
+    # (pipeline, model, partition) -> 1.0 for the champion of that partition's records.
+    champions = {
+        (ls["pipeline"], ls["model"], ls.get("partition", "")): v for ls, v in cur.select("streamwise_model_champion")
+    }
+    models: dict[tuple[str, str, str, str], ModelRow] = {}
     for ls, v in cur.select("streamwise_model_metric"):
-        key = (ls["pipeline"], ls["model"], ls.get("partition", ""))
-        # One replica per input partition: logreg[0], logreg[1], ...
-        shown = f"{key[1]}[{key[2]}]" if key[2] else key[1]
-        row = models.setdefault(key, ModelRow(
-            ls["pipeline"], shown, ls["metric"], math.nan, math.nan,
-            cur.sum("streamwise_model_learned_total", pipeline=key[0], model=key[1]),
-            cur.sum("streamwise_model_champion", pipeline=key[0], model=key[1]) == 1,
-        ))
+        if metric is not None and ls["metric"] != metric:
+            continue
+        pipeline, model, part = ls["pipeline"], ls["model"], ls.get("partition", "")
+        # The metric is part of the key: with several evaluation metrics, each has its row.
+        key = (pipeline, model, part, ls["metric"])
+        row = models.get(key)
+        if row is None:
+            row = models[key] = ModelRow(
+                pipeline,
+                # One replica per input partition: logreg[0], logreg[1], ...
+                f"{model}[{part}]" if part else model,
+                ls["metric"],
+                math.nan,
+                math.nan,
+                cur.sum("streamwise_model_learned_total", pipeline=pipeline, model=model),
+                champions.get((pipeline, model, part)) == 1.0,
+            )
         if ls["window"] == "cumulative":
             row.cumulative = v
         elif ls["window"] == "rolling":
             row.rolling = v
-    return rows, [models[k] for k in sorted(models)]
+    return rows, [models[k] for k in sorted(models, key=_model_order)]
+
+
+def _model_order(key: tuple[str, str, str, str]) -> tuple[str, int, str, str, str]:
+    # Partition 10 after 9, not after 1.
+    pipeline, model, part, metric = key
+    return (pipeline, int(part) if part.isdigit() else -1, part, model, metric)
+
+
+def metric_names(cur: Scrape) -> list[str]:
+    """The metrics the models report, for ``--metric``'s error message.
+
+    Examples
+    --------
+    >>> metric_names(Scrape.parse('streamwise_model_metric{pipeline="p",model="a",metric="F1",window="rolling"} 1\\n'))
+    ['F1']
+    """
+    return sorted({ls["metric"] for ls, _ in cur.select("streamwise_model_metric")})
 
 
 def _num(v: float, fmt: str = ",.0f") -> str:
@@ -114,12 +166,12 @@ def cells(rows: list[PipelineRow], models: list[ModelRow]) -> tuple[list[list[st
     return prow, mrow
 
 
-def render(prev: Scrape | None, cur: Scrape, source: str) -> object:
-    """A rich renderable of both tables."""
+def render(prev: Scrape | None, cur: Scrape, source: str, metric: str | None = None) -> object:
+    """A rich renderable of both tables; the models table only shows ``metric`` when given."""
     from rich.console import Group
     from rich.table import Table
 
-    prow, mrow = cells(*figures(prev, cur))
+    prow, mrow = cells(*figures(prev, cur, metric))
     tables = []
     for title, columns, body in ((f"streamwise top — {source}", PIPELINE_COLUMNS, prow), ("models", MODEL_COLUMNS, mrow)):
         t = Table(title=title, title_justify="left")

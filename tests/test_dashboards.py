@@ -68,6 +68,12 @@ def test_every_panel_queries_the_provisioned_datasource_and_known_metrics():
         board = _board(name)
         for panel in board["panels"]:
             assert panel["datasource"]["uid"] == dashboards.DATASOURCE_UID
+            if panel["type"] == "alertlist":
+                # No query: it lists the rules of the data source it names, for the pipelines on show.
+                assert panel["options"]["datasource"] == dashboards.DATASOURCE_NAME
+                assert f"name: {dashboards.DATASOURCE_NAME}" in provisioning and "manageAlerts: true" in provisioning
+                assert '{pipeline=~"$pipeline"}' in panel["options"]["alertInstanceLabelFilter"]
+                continue
             assert panel.get("targets"), f"{name}/{panel['title']}: no query"
         for title, expr in dashboards.panel_queries(board):
             used = set(re.findall(r"streamwise_[a-z_]+", expr))
@@ -85,6 +91,8 @@ def test_each_board_shows_what_the_issue_asks_for():
     for needed in ("streamwise_events_consumed_total", "histogram_quantile(0.5", "histogram_quantile(0.99",
                    "streamwise_consumer_lag_records", "streamwise_events_dead_lettered_total", "streamwise_snapshot_age_seconds"):
         assert needed in overview
+    assert "ALERTS{" in overview and any(p["type"] == "alertlist" for p in _board("overview")["panels"])
+    assert "ALERTS{" in json.dumps(_board("overview")["annotations"])
     models = exprs("models")
     assert "streamwise_model_metric" in models and "streamwise_model_champion" in models
     assert "drift" in json.dumps(_board("models")["annotations"]).lower()
@@ -117,3 +125,7 @@ def test_docker_compose_accepts_the_stack_and_every_service_waits_for_healthy_on
     assert services["streamwise"]["environment"]["STREAMWISE_METRICS__PORT"] == "9108"
     prom = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["streamwise:9108"]
+    # The alerting rules are mounted beside the config that loads them.
+    assert prom["rule_files"] == ["alerts.yml"] and (REPO / "deploy/prometheus/alerts.yml").is_file()
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in services["prometheus"]["volumes"]]
+    assert any(m.startswith(str(REPO / "deploy/prometheus") + ":/etc/prometheus") for m in mounts), mounts

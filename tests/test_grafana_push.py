@@ -135,7 +135,7 @@ def test_live_push_sends_line_protocol_of_the_metrics(grafana, monkeypatch):
         sensor.on_event_in("fraud.events", 0)
         sensor.on_prediction(0.02)
     sensor.on_model_metric("logreg", "Accuracy", "cumulative", 0.75, 0)
-    sensor.on_champion_change(None, "logreg")
+    sensor.on_champion_change(None, "logreg", 0)
     metrics = MetricsServer(sensor.registry)
     monkeypatch.setenv("STREAMWISE_GRAFANA__TOKEN", TOKEN)
     try:

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import threading
 import time
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,66 +19,28 @@ from streamwise.connectors.prometheus import bucket_quantile, scrape
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
 from streamwise.core.settings import MetricsSettings
+from promsupport import free_port, prom_get, prom_scalar, promql, running_in_thread, scraped, wait_for
 from support import consume, phishing_pipeline, produce
 
 MALFORMED = [(None, b"not json"), (None, b"\xff\xfe"), (None, b'{"id": "x1", "popup_window": "high"}'), (None, b"[1, 2]")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def _promql(base: str, expr: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        body = json.load(resp)
-    assert body["status"] == "success", (expr, body)
-    return body["data"]["result"]
-
-
-def _scalar(base: str, expr: str) -> float | None:
-    result = _promql(base, expr)
-    return float(result[0]["value"][1]) if result else None
 
 
 @pytest.fixture
 def running(settings, unique) -> Iterator[tuple[Any, Runner, str]]:
     """The Phishing pipeline, running in a thread with /metrics on a free port."""
     cfg = phishing_pipeline(unique)
-    port = _free_port()
+    port = free_port()
     settings.metrics = MetricsSettings(host="127.0.0.1", port=port)
     runner = Runner(cfg, settings)
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
+    with running_in_thread(runner):
         yield cfg, runner, f"http://127.0.0.1:{port}/metrics"
-    finally:
-        runner.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_prometheus_scrapes_a_replay_and_every_dashboard_query_has_data(services, bootstrap, running):
     cfg, runner, metrics_url = running
-    prom = services["STREAMWISE_DEV_PROMETHEUS_URL"]
     port = urllib.parse.urlsplit(metrics_url).port
-    target = Path(services["STREAMWISE_DEV_PROMETHEUS_TARGETS"]) / f"{cfg.name}.json"
-    # File service discovery: Prometheus picks the file up within its 1 s refresh.
-    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"test": cfg.name}}]))
-    try:
-        _wait(lambda: _scalar(prom, f'up{{test="{cfg.name}"}}') == 1.0, 30, "Prometheus to scrape the service")
+    assert port is not None
+    with scraped(services, cfg.name, port) as prom:
         events = list(iter_events("Phishing"))
         # Replayed in steps while Prometheus scrapes every second, with the demo's malformed records.
         for i in range(0, len(events), 250):
@@ -90,34 +48,32 @@ def test_prometheus_scrapes_a_replay_and_every_dashboard_query_has_data(services
             time.sleep(0.4)
         assert len(consume(bootstrap, cfg.output.topic, 1250)) == 1250
         sel = f'{{pipeline="{cfg.name}"}}'
-        _wait(lambda: _scalar(prom, f"sum(streamwise_predictions_total{sel})") == 1250.0, 30, "the last scrape")
-        _wait(lambda: _scalar(prom, f"sum(streamwise_consumer_lag_records{sel})") == 0.0, 30, "lag 0 scraped")
+        wait_for(lambda: prom_scalar(prom, f"sum(streamwise_predictions_total{sel})") == 1250.0, 30, "the last scrape")
+        wait_for(lambda: prom_scalar(prom, f"sum(streamwise_consumer_lag_records{sel})") == 0.0, 30, "lag 0 scraped")
 
         # What Prometheus holds is what the service did.
-        assert _scalar(prom, f"sum(streamwise_events_consumed_total{sel})") == 1254.0
-        assert _scalar(prom, f"sum(streamwise_events_valid_total{sel})") == 1250.0
-        assert _scalar(prom, f"sum(streamwise_events_dead_lettered_total{sel})") == 4.0
+        assert prom_scalar(prom, f"sum(streamwise_events_consumed_total{sel})") == 1254.0
+        assert prom_scalar(prom, f"sum(streamwise_events_valid_total{sel})") == 1250.0
+        assert prom_scalar(prom, f"sum(streamwise_events_dead_lettered_total{sel})") == 4.0
         for m in _models(runner):
             # One input partition: one replica of each model, so one series.
-            found = _promql(prom, f'streamwise_model_metric{{pipeline="{cfg.name}", model="{m.name}", window="cumulative"}}')
+            found = promql(prom, f'streamwise_model_metric{{pipeline="{cfg.name}", model="{m.name}", window="cumulative"}}')
             assert len(found) == 1 and math.isclose(float(found[0]["value"][1]), m.metric.get(), abs_tol=1e-12)
-        assert _scalar(prom, f'streamwise_model_champion{{pipeline="{cfg.name}", model="logreg"}}') == 1.0
+        assert prom_scalar(prom, f'streamwise_model_champion{{pipeline="{cfg.name}", model="logreg"}}') == 1.0
         assert cfg.name in _label_values(prom, "pipeline", "streamwise_build_info")
 
         variables = {"pipeline": cfg.name, "__rate_interval": "1m", "__range": "5m"}
         checked = 0
         for name, board in _boards():
             for title, expr in dashboards.panel_queries(board):
-                result = _promql(prom, dashboards.substitute(expr, variables))
+                result = promql(prom, dashboards.substitute(expr, variables))
                 assert result, f"{name} / {title}: no data for {dashboards.substitute(expr, variables)}"
                 checked += 1
         assert checked >= 25
         # The headline figures are real numbers, not NaN from empty histograms.
-        assert _scalar(prom, dashboards.substitute(dashboards._quantile(0.99, "streamwise_event_to_prediction_latency_seconds"), variables)) > 0
-        assert _scalar(prom, dashboards.substitute(
+        assert prom_scalar(prom, dashboards.substitute(dashboards._quantile(0.99, "streamwise_event_to_prediction_latency_seconds"), variables)) > 0
+        assert prom_scalar(prom, dashboards.substitute(
             f'sum by (pipeline) (rate(streamwise_events_consumed_total{dashboards.SEL}{dashboards.RATE}))', variables)) > 0
-    finally:
-        target.unlink()
 
 
 def _boards() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -126,9 +82,7 @@ def _boards() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _label_values(prom: str, label: str, metric: str) -> list[str]:
-    url = f"{prom}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric})
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)["data"]
+    return prom_get(prom, f"/api/v1/label/{label}/values", **{"match[]": metric})  # type: ignore[no-any-return]
 
 
 def test_top_prints_the_figures_of_metrics(bootstrap, running):
@@ -136,7 +90,7 @@ def test_top_prints_the_figures_of_metrics(bootstrap, running):
     produce(bootstrap, cfg.input.topic, list(iter_events("Phishing", limit=300)) + MALFORMED[:2])
     assert len(consume(bootstrap, cfg.output.topic, 300)) == 300
     # Lag and model metrics are refreshed once a second.
-    _wait(lambda: (s := scrape(metrics_url)).sum("streamwise_consumer_lag_records") == 0
+    wait_for(lambda: (s := scrape(metrics_url)).sum("streamwise_consumer_lag_records") == 0
           and s.sum("streamwise_model_learned_total") == 600, 10, "the pipeline to go idle")
 
     result = CliRunner().invoke(app, ["top", "--url", metrics_url, "--once", "--interval", "0.5"])
