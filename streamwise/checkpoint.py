@@ -127,7 +127,34 @@ class Checkpoint:
             self.sensor.on_commit(len(offsets))
         # 5: snapshots of what is due and committed.
         self.partitions.snapshot_due()
+        self._commit_markers()
         return True
+
+    def _commit_markers(self) -> None:
+        """After step 5: the same committed offsets again, carrying the new snapshot
+        epochs, so that Kafka knows a snapshot exists (see partitions.MARKER_PREFIX). No
+        output is involved: a failure is logged and retried at the next commit."""
+        offsets = self.partitions.stale_markers()
+        sink = self.sink
+        if not offsets or sink is None or self._open:
+            return
+        markers = self.partitions.markers(offsets)
+        try:
+            if sink.transactional:
+                sink.begin_transaction()
+                try:
+                    sink.commit_transaction(offsets, self.source.group_metadata(), markers)
+                except DeliveryError:
+                    sink.abort_transaction()
+                    raise
+            else:
+                self.source.commit(offsets, markers)
+        except DeliveryError as e:
+            log.warning("snapshot epochs not recorded in Kafka (%s); retrying at the next commit", e)
+            for tp in offsets:
+                st = self.partitions.states.get(tp[1])
+                if st is not None:
+                    st.marked_epoch = 0
 
     # ----- the paths that end work on a partition ------------------------------------
 
@@ -152,6 +179,7 @@ class Checkpoint:
         partition, then close the producer."""
         if self.commit():
             self.partitions.close()
+            self._commit_markers()
         if self.sink is not None:
             self._close_sink()
 

@@ -73,6 +73,8 @@ class PartitionState:
     # The claim under which this worker may write the partition's snapshots.
     owner: int | None = None
     epoch: int = 0
+    # The snapshot epoch Kafka's committed offsets last carried for this partition.
+    marked_epoch: int = 0
     # Events processed since the last snapshot, and how many of them are committed.
     unsnapshotted: int = 0
     committed_positions: dict[TopicPartition, int] = field(default_factory=dict)
@@ -351,7 +353,23 @@ class PartitionStates:
 
     def markers(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, str]:
         """What is committed beside each offset: the partition's snapshot epoch."""
-        return {tp: marker(self.states[tp[1]].epoch) for tp in offsets if tp[1] in self.states}
+        out = {}
+        for tp in offsets:
+            st = self.states.get(tp[1])
+            if st is not None:
+                out[tp] = marker(st.epoch)
+                st.marked_epoch = st.epoch
+        return out
+
+    def stale_markers(self) -> dict[TopicPartition, int]:
+        """The committed offsets of partitions snapshotted since their last commit: a
+        commit of the same offsets with the new epoch lets a later restore know that
+        snapshot existed, even when no record follows it."""
+        out: dict[TopicPartition, int] = {}
+        for st in self.states.values():
+            if st.epoch > st.marked_epoch:
+                out.update({tp: o for tp, o in st.committed_positions.items() if o > 0})
+        return out
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         """Kafka holds these offsets now: state up to them may be snapshotted."""

@@ -188,7 +188,8 @@ class Runner:
                     # retried after a Redis outage, which may unpause) can go.
                     checkpoint.commit()
                     if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
-                        if self.partitions.states and not self.partitions.waiting and not any(self._lag(source).values()):
+                        lag = self._lag(source)
+                        if self.partitions.states and not self.partitions.waiting and lag is not None and not any(lag.values()):
                             break
                     continue
                 t0 = time.perf_counter()
@@ -225,14 +226,14 @@ class Runner:
         m = self.settings.metrics
         return MetricsServer(self.prometheus.registry, m.host, m.port)
 
-    def _lag(self, source: Source) -> dict[TopicPartition, int]:
-        """The lag, or {} when the broker does not answer: a report, never a reason to stop."""
+    def _lag(self, source: Source) -> dict[TopicPartition, int] | None:
+        """The lag, or None when the broker does not answer: a report, never a reason to stop."""
         try:
             return source.lag()
         except Exception as e:  # noqa: BLE001 - any client error; the loop must go on
             self.sensor.on_fault("lag")
             log.debug("lag not read: %s: %s", type(e).__name__, e)
-            return {}
+            return None
 
     def _report(self, source: Source, force: bool = False) -> None:
         """Feeds the sensors the figures that are read rather than counted, at most once a
@@ -243,7 +244,7 @@ class Runner:
         self._next_report = now + 1.0
         self.sensor.on_report()
         lag = self._lag(source)
-        if lag:
+        if lag is not None:  # all assigned partitions each time: a revoked one's lag goes away
             self.sensor.on_lag(lag)
         self.sensor.on_partitions_waiting(len(self.partitions.waiting))
         for partition, processor in self.processors.items():
