@@ -246,8 +246,12 @@ class ConfluentSource:
         return self._consumer.consumer_group_metadata()
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
-        for (t, p), o in offsets.items():
-            self._consumer.seek(CTopicPartition(t, p, o))
+        try:
+            for (t, p), o in offsets.items():
+                self._consumer.seek(CTopicPartition(t, p, o))
+        except KafkaException as e:
+            # E.g. the partition was taken away meanwhile: retried once it is settled.
+            raise ServiceUnavailableError(f"Kafka: cannot seek: {e.args[0].str()}") from None
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         if not partitions:

@@ -179,7 +179,11 @@ class KafkaPythonSource:
         for (t, p), o in offsets.items():
             if (t, p) in self._held:
                 self._held[(t, p)] = None  # the seek says where to start after the hold
-            self._consumer.seek(KTopicPartition(t, p), o)
+            try:
+                self._consumer.seek(KTopicPartition(t, p), o)
+            except (ValueError, KafkaError) as e:
+                # E.g. the partition was taken away meanwhile: retried once it is settled.
+                raise ServiceUnavailableError(f"Kafka: cannot seek {t}[{p}]: {e}") from None
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         return {tp: (found.offset if found is not None else None) for tp, found in self._committed(partitions).items()}

@@ -205,7 +205,12 @@ class PartitionStates:
         for p in sorted(set(partitions)):
             st = self.states.pop(p, None)
             if st is not None:
+                self.retired[p] = st
                 tps.extend(st.positions)
+        # A partition the group took away meanwhile (this worker was a zombie) is not
+        # restored here: its revocation is on its way, and its new owner has it.
+        assigned = set(self.source.assignment())
+        tps = [tp for tp in tps if tp in assigned]
         if tps:
             self.take_on(tps)
 
