@@ -383,7 +383,7 @@ def test_snapshots_through_sentinel_over_tls_with_an_acl_user(secure, sentinel, 
     )
     store = open_state_store(redis, SnapshotSettings(signing_key="k" * 32))
     assert store is not None
-    info = store.save(unique, 0, b"learned state", {(f"{unique}.events", 0): 42}, generation=1)
+    info = store.save(unique, 0, b"learned state", {(f"{unique}.events", 0): 42}, owner=None)
     latest = store.load_latest(unique, 0)
     assert latest is not None and latest.payload == b"learned state" and latest.info.epoch == info.epoch
     assert store.partitions(unique) == [0]
