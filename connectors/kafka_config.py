@@ -379,7 +379,12 @@ def connect_error(settings: KafkaSettings, reports: list[str], fallback: str) ->
     explained = explain_failure(settings, reports)
     if explained is not None:
         return ConfigError(f"Kafka at {settings.bootstrap_servers}: {explained}")
-    return ServiceUnavailableError(f"Kafka: no broker answered at {settings.bootstrap_servers} ({fallback})")
+    # Something answered and then dropped the connection: a plaintext client that gets
+    # that is most likely talking to a TLS or SASL listener.
+    hint = ""
+    if reports and settings.security_protocol == "PLAINTEXT":
+        hint = "; if the listener uses TLS or SASL, set kafka.security_protocol"
+    return ServiceUnavailableError(f"Kafka: no broker answered at {settings.bootstrap_servers} ({fallback}){hint}")
 
 
 def missing_topic(topic: str) -> ConfigError:

@@ -17,7 +17,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 
@@ -310,6 +310,10 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as e:
             raise ConfigError(_one_line(e)) from None
+        except SettingsError as e:
+            # A JSON value (a dict or list setting) that does not parse; pydantic-settings
+            # names the section and the source, not the value.
+            raise ConfigError(f"{e}: dict and list settings take JSON") from None
 
     # The explicit identity of this process (a StatefulSet pod name, say): names the
     # transactional id and the static group member id, so a restarted pod fences its

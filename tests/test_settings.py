@@ -57,6 +57,12 @@ def test_cli_and_dev_variables_and_dict_entries_are_not_settings_errors():
     ) == []
 
 
+def test_a_json_setting_that_does_not_parse_is_one_line(env):
+    env({"STREAMWISE_KAFKA__EXTRA": "{fetch.min.bytes: 1"})
+    with pytest.raises(ConfigError, match='^error parsing value for field "kafka" from source "EnvSettingsSource"'):
+        Settings()
+
+
 def test_sasl_from_the_environment_reaches_both_clients(env):
     env(SASL)
     s = Settings()
