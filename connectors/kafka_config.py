@@ -257,6 +257,22 @@ def kafka_python_producer(settings: KafkaSettings, transactional_id: str | None)
     return _kafka_python(settings, "producer", config)
 
 
+def kafka_python_reader(settings: KafkaSettings) -> dict[str, Any]:
+    """kafka-python ``KafkaConsumer`` keyword arguments for reading a topic outside any
+    consumer group (``connectors/topic_reader.py``), committed records only."""
+    return _kafka_python(
+        settings,
+        "consumer",
+        {
+            "group_id": None,
+            "enable_auto_commit": False,
+            "isolation_level": "read_committed",
+            "max_partition_fetch_bytes": settings.max_fetch_bytes,
+            "fetch_max_bytes": settings.max_fetch_bytes,
+        },
+    )
+
+
 def kafka_python_admin(settings: KafkaSettings) -> dict[str, Any]:
     """kafka-python ``KafkaAdminClient`` keyword arguments."""
     return _kafka_python(settings, "admin", {})
