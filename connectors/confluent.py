@@ -20,15 +20,17 @@ The client is a setting; nothing above :mod:`streamwise.connectors` sees the dif
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
+from . import kafka_config
 from .base import RebalanceCallback, TopicPartition
 from .records import ConsumedRecord, OutgoingRecord
 
@@ -40,6 +42,8 @@ _rdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 # How long a metadata request may take before we say no broker answered: librdkafka
 # itself retries forever without telling the caller.
 _PROBE_TIMEOUT_S = 5.0
+# librdkafka keeps connecting in the background; each step only looks at what it logged.
+_PROBE_STEP_S = 0.25
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
@@ -49,57 +53,38 @@ def _on_error(err: KafkaError) -> None:
     (log.warning if err.fatal() else log.debug)("librdkafka: %s", err)
 
 
-def _common(settings: KafkaSettings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "client.id": settings.client_id,
-        "logger": _rdkafka_log,
-        "error_cb": _on_error,
-    }
+class _Reports:
+    """librdkafka's log lines for one client: passed on to Python logging, and the ones
+    about a failed connection kept, because they hold the cause (a refused password, an
+    unverified certificate) that a metadata timeout does not."""
+
+    def __init__(self, connecting: bool = False) -> None:
+        self.lines: list[str] = []
+        self.connecting = connecting
+
+    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        text = msg % args if args else msg
+        if self.connecting and level >= logging.WARNING:
+            self.lines.append(text)
+            # Kept back while connecting: _probe turns them into one error line.
+            level = logging.DEBUG
+        _rdkafka_log.log(level, text, **kwargs)
+
+
+def _with_callbacks(config: dict[str, Any], reports: _Reports) -> dict[str, Any]:
+    return {**config, "logger": reports, "error_cb": _on_error}
 
 
 def consumer_config(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
-    """The librdkafka consumer settings that match the kafka-python consumer's."""
-    config: dict[str, Any] = {
-        **_common(settings),
-        "group.id": group_id,
-        # Offsets move only when the runner commits them (or a transaction does).
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "partition.assignment.strategy": settings.assignor,
-        "session.timeout.ms": settings.session_timeout_ms,
-        "max.poll.interval.ms": settings.max_poll_interval_ms,
-        # An oversized event must reach validation and be dead-lettered, not stall the
-        # partition; librdkafka wants its receive buffer above the fetch size.
-        "fetch.max.bytes": settings.max_fetch_bytes,
-        "max.partition.fetch.bytes": settings.max_fetch_bytes,
-        "receive.message.max.bytes": max(100_000_000, settings.max_fetch_bytes + 512),
-        "socket.timeout.ms": settings.request_timeout_ms,
-    }
-    if settings.group_instance_id is not None:
-        config["group.instance.id"] = settings.group_instance_id
-    return config
+    """The librdkafka consumer settings (:func:`kafka_config.confluent_consumer`) with
+    this module's log and error callbacks."""
+    return _with_callbacks(kafka_config.confluent_consumer(settings, group_id), _Reports())
 
 
 def producer_config(settings: KafkaSettings, transactional_id: str | None) -> dict[str, Any]:
-    """The librdkafka producer settings that match the kafka-python producer's."""
-    config: dict[str, Any] = {
-        **_common(settings),
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": settings.linger_ms,
-        "message.max.bytes": settings.max_request_bytes,
-        "request.timeout.ms": settings.request_timeout_ms,
-        # Successful deliveries are not reported back to Python at all: a callback per
-        # record would cost more than producing it. Failures still are.
-        "delivery.report.only.error": True,
-    }
-    if transactional_id is not None:
-        config["transactional.id"] = transactional_id
-        config["transaction.timeout.ms"] = settings.transaction_timeout_ms
-    return config
+    """The librdkafka producer settings (:func:`kafka_config.confluent_producer`) with
+    this module's log and error callbacks."""
+    return _with_callbacks(kafka_config.confluent_producer(settings, transactional_id), _Reports())
 
 
 def _unavailable(settings: KafkaSettings, exc: BaseException) -> ServiceUnavailableError:
@@ -107,12 +92,33 @@ def _unavailable(settings: KafkaSettings, exc: BaseException) -> ServiceUnavaila
     return ServiceUnavailableError(f"Kafka: no broker answered at {settings.bootstrap_servers} ({reason})")
 
 
-def _probe(client: Consumer | Producer | AdminClient, settings: KafkaSettings) -> None:
-    """Fails in seconds, with one line, when no broker answers a metadata request."""
+def _build(factory: Any, config: dict[str, Any]) -> Any:
+    """The client, or a ConfigError naming the key librdkafka refused (a typo in
+    kafka.extra, or a value it cannot use)."""
     try:
-        client.list_topics(timeout=_PROBE_TIMEOUT_S)
-    except KafkaException as e:
-        raise _unavailable(settings, e) from None
+        return factory(config)
+    except (KafkaException, ValueError, TypeError) as e:
+        reason = e.args[0].str() if e.args and isinstance(e.args[0], KafkaError) else str(e)
+        raise ConfigError(f"kafka: librdkafka refused the configuration: {reason}") from None
+
+
+def _probe(client: Consumer | Producer | AdminClient, settings: KafkaSettings, reports: _Reports) -> None:
+    """Fails in seconds, with one line, when no broker answers a metadata request; the
+    line names the cause when librdkafka logged one (authentication, TLS), and then
+    comes as soon as it is logged rather than at the end of the wait."""
+    deadline = time.monotonic() + _PROBE_TIMEOUT_S
+    while True:
+        try:
+            client.list_topics(timeout=_PROBE_STEP_S)
+            break
+        except KafkaException as e:
+            # The log lines are delivered by poll(); serve them before reading them.
+            client.poll(0)
+            if kafka_config.explain_failure(settings, reports.lines) or time.monotonic() >= deadline:
+                raise kafka_config.connect_error(settings, reports.lines, e.args[0].str()) from None
+    # Connected: later warnings (a broker restarting) go to the log as usual.
+    reports.connecting = False
+    reports.lines.clear()
 
 
 def _with_markers(
@@ -129,15 +135,16 @@ def _tps(partitions: Sequence[CTopicPartition]) -> list[TopicPartition]:
 class ConfluentSource:
     def __init__(self, settings: KafkaSettings, group_id: str) -> None:
         self._settings = settings
-        self._config = consumer_config(settings, group_id)
-        self._consumer = Consumer(self._config)
+        self._reports = _Reports(connecting=True)
+        self._config = _with_callbacks(kafka_config.confluent_consumer(settings, group_id), self._reports)
+        self._consumer = _build(Consumer, self._config)
         self._offsets: Consumer | None = None
         # cooperative-sticky hands over partitions incrementally; range revokes and
         # reassigns everything, and librdkafka wants the matching assign call.
         self._incremental = settings.assignor == "cooperative-sticky"
         try:
-            _probe(self._consumer, settings)
-        except ServiceUnavailableError:
+            _probe(self._consumer, settings, self._reports)
+        except (ServiceUnavailableError, ConfigError):
             self._consumer.close()
             raise
         self._on_assigned: RebalanceCallback | None = None
@@ -285,11 +292,12 @@ class ConfluentSink:
     def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
         self._timeout_s = settings.request_timeout_ms / 1000.0
         self._failures: list[str] = []
-        config = producer_config(settings, transactional_id)
+        reports = _Reports(connecting=True)
+        config = _with_callbacks(kafka_config.confluent_producer(settings, transactional_id), reports)
         # Called from flush() and commit_transaction(), only for records that failed.
         config["on_delivery"] = self._on_delivery
-        self._producer = Producer(config)
-        _probe(self._producer, settings)
+        self._producer = _build(Producer, config)
+        _probe(self._producer, settings, reports)
         self.transactional = transactional_id is not None
         if self.transactional:
             # Also aborts whatever a previous incarnation with the same id left open,
@@ -358,18 +366,29 @@ class ConfluentSink:
 
     def close(self) -> None:
         self._producer.flush(self._timeout_s)
-        self._producer.close()
+        # Producer.close() exists from confluent-kafka 2.13; before it, dropping the last
+        # reference destroys the handle (after the flush above, nothing is lost).
+        close = getattr(self._producer, "close", None)
+        if close is not None:
+            close()
 
 
 class ConfluentAdmin:
     def __init__(self, settings: KafkaSettings) -> None:
         self._timeout_s = settings.request_timeout_ms / 1000.0
-        self._admin = AdminClient(_common(settings))
-        _probe(self._admin, settings)
+        self._settings = settings
+        reports = _Reports(connecting=True)
+        self._admin = _build(AdminClient, _with_callbacks(kafka_config.confluent_admin(settings), reports))
+        _probe(self._admin, settings, reports)
 
     def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None:
         existing = set(self._admin.list_topics(timeout=self._timeout_s).topics)
-        new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        missing = [t for t in topics if t not in existing]
+        if missing and not self._settings.create_topics:
+            raise kafka_config.missing_topic(missing[0])
+        # -1: the broker's default.replication.factor (KIP-464).
+        replicas = self._settings.replication_factor or -1
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=replicas) for t in missing]
         if not new:
             return
         # operation_timeout: wait until the topic exists across the cluster, like

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import (
+    KafkaConfigurationError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
@@ -24,28 +24,23 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
-from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
+from . import kafka_config
 from .base import RebalanceCallback, TopicPartition
 from .records import ConsumedRecord, OutgoingRecord
 
 log = logging.getLogger(__name__)
 
 
-# What kafka-python raises when it cannot bootstrap (after its own 30 s timeout).
+# What kafka-python raises when it cannot bootstrap within its bootstrap timeout.
 _NO_BROKER = (KafkaTimeoutError, KafkaConnectionError)
-
-
-def _unavailable(settings: KafkaSettings, exc: Exception) -> ServiceUnavailableError:
-    return ServiceUnavailableError(
-        f"Kafka: no broker answered at {settings.bootstrap_servers} ({type(exc).__name__})"
-    )
 
 
 def _require_broker(settings: KafkaSettings) -> None:
     """Fails in seconds, with one line, when no bootstrap server accepts a connection;
-    kafka-python itself would retry for 30 s and then raise a timeout."""
+    kafka-python itself would retry until its bootstrap timeout and then raise."""
     for server in settings.bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
@@ -61,6 +56,66 @@ def _with_markers(
 ) -> dict[KTopicPartition, OffsetAndMetadata]:
     markers = markers or {}
     return {KTopicPartition(t, p): OffsetAndMetadata(o, markers.get((t, p), ""), -1) for (t, p), o in offsets.items()}
+class _Reports(logging.Handler):
+    """Keeps kafka-python's connection-failure log lines while a client is built: they
+    hold the cause (a refused password, an unverified certificate) that its bootstrap
+    timeout does not. ``decisive`` is set by the first line that shows the settings are
+    wrong, since retrying cannot help then."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        super().__init__(logging.WARNING)
+        self.settings = settings
+        self.lines: list[str] = []
+        self.decisive = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        if kafka_config.explain_failure(self.settings, [line]):
+            self.decisive.set()
+
+
+def _connect(settings: KafkaSettings, build: Callable[[], Any]) -> Any:
+    """``build()``: a client, or one line naming why it cannot connect.
+
+    kafka-python retries a refused password or an unverified certificate until its
+    bootstrap timeout and then reports only the timeout. So the client is built on a
+    helper thread while this one reads its log: a line that shows the settings are
+    wrong ends the wait at once (the helper, a daemon, gives up on its own later).
+    Meanwhile kafka-python's log lines are held back (one failure, retried, logs a
+    dozen); the cause goes into the error instead.
+    """
+    _require_broker(settings)
+    root = logging.getLogger("kafka")
+    reports = _Reports(settings)
+    propagate = root.propagate
+    root.addHandler(reports)
+    root.propagate = False
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def attempt() -> None:
+        try:
+            outcome["client"] = build()
+        except BaseException as e:  # handed to the waiting thread
+            outcome["error"] = e
+        finally:
+            root.removeHandler(reports)
+            root.propagate = propagate
+            done.set()
+
+    threading.Thread(target=attempt, name="streamwise-kafka-connect", daemon=True).start()
+    while not done.wait(0.05) and not reports.decisive.is_set():
+        pass
+    if "client" in outcome:
+        return outcome["client"]
+    error = outcome.get("error")
+    if isinstance(error, KafkaConfigurationError):
+        raise ConfigError(f"kafka: {error}") from None
+    if error is None or isinstance(error, _NO_BROKER):
+        reason = type(error).__name__ if error is not None else "refused"
+        raise kafka_config.connect_error(settings, list(reports.lines), reason) from None
+    raise error
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -88,27 +143,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaPythonSource:
     def __init__(self, settings: KafkaSettings, group_id: str) -> None:
         self._settings = settings
-        _require_broker(settings)
-        try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=settings.bootstrap_servers,
-                client_id=settings.client_id,
-                group_id=group_id,
-                group_instance_id=settings.group_instance_id,
-                session_timeout_ms=settings.session_timeout_ms,
-                max_poll_interval_ms=settings.max_poll_interval_ms,
-                partition_assignment_strategy=[
-                    CooperativeStickyAssignor if settings.assignor == "cooperative-sticky" else RangePartitionAssignor
-                ],
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                isolation_level="read_committed",
-                max_partition_fetch_bytes=settings.max_fetch_bytes,
-                fetch_max_bytes=settings.max_fetch_bytes,
-                request_timeout_ms=max(settings.request_timeout_ms, 305_000 // 10),
-            )
-        except _NO_BROKER as e:
-            raise _unavailable(settings, e) from None
+        config = kafka_config.kafka_python_consumer(settings, group_id)
+        self._consumer = _connect(settings, lambda: KafkaConsumer(**config))
         # Held partitions -> the offset of the first record dropped while held.
         self._held: dict[TopicPartition, int | None] = {}
 
@@ -221,26 +257,8 @@ class KafkaPythonSource:
 
 class KafkaPythonSink:
     def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
-        _require_broker(settings)
-        extra: dict[str, Any] = {}
-        if transactional_id is not None:
-            extra = {
-                "transactional_id": transactional_id,
-                "transaction_timeout_ms": settings.transaction_timeout_ms,
-            }
-        try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers,
-                client_id=settings.client_id,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=settings.linger_ms,
-                max_request_size=settings.max_request_bytes,
-                request_timeout_ms=settings.request_timeout_ms,
-                **extra,
-            )
-        except _NO_BROKER as e:
-            raise _unavailable(settings, e) from None
+        config = kafka_config.kafka_python_producer(settings, transactional_id)
+        self._producer = _connect(settings, lambda: KafkaProducer(**config))
         self.transactional = transactional_id is not None
         if self.transactional:
             # Also aborts whatever a previous incarnation with the same id left open,
@@ -291,17 +309,18 @@ class KafkaPythonSink:
 
 class KafkaPythonAdmin:
     def __init__(self, settings: KafkaSettings) -> None:
-        _require_broker(settings)
-        try:
-            self._admin = KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
-            )
-        except _NO_BROKER as e:
-            raise _unavailable(settings, e) from None
+        self._settings = settings
+        config = kafka_config.kafka_python_admin(settings)
+        self._admin = _connect(settings, lambda: KafkaAdminClient(**config))
 
     def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None:
         existing = set(self._admin.list_topics())
-        new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        missing = [t for t in topics if t not in existing]
+        if missing and not self._settings.create_topics:
+            raise kafka_config.missing_topic(missing[0])
+        # -1: the broker's default.replication.factor (KIP-464).
+        replicas = self._settings.replication_factor or -1
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=replicas) for t in missing]
         for topic in new:
             try:
                 self._admin.create_topics([topic])

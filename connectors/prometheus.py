@@ -15,18 +15,25 @@ that dashboards show 0 rather than "No data" and ``rate()`` sees the first incre
 
 from __future__ import annotations
 
+import base64
+import hmac
 import math
 import platform
+import socket
+import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.sensors import CLEANER_ACTIONS, FAULT_KINDS, Sensor
@@ -302,22 +309,72 @@ class PrometheusSensor(Sensor):
         child.inc(n)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass  # one line per scrape would drown the service's own log
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _with_basic_auth(app: Any, username: str, password: str) -> Any:
+    """``app`` behind HTTP basic auth (RFC 7617): 401 without the right credentials."""
+    expected = ("Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()).encode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode()
+        # Constant time: how much of a guess matched must not show in the timing.
+        if not hmac.compare_digest(given, expected):
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="streamwise metrics"'), ("Content-Type", "text/plain")],
+            )
+            return [b"401 Unauthorized\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
 class MetricsServer:
     """``/metrics`` for one registry on ``host:port`` (port 0 picks a free one), served
-    from a daemon thread until :meth:`close`."""
+    from a daemon thread until :meth:`close`; over HTTPS when given a certificate and
+    key, behind basic auth when given credentials (Prometheus' ``tls_config`` and
+    ``basic_auth`` scrape settings)."""
 
-    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
+        app = make_wsgi_app(registry)
+        if basic_auth is not None:
+            app = _with_basic_auth(app, *basic_auth)
+        server_class = type(
+            "_Server", (_ThreadingServer,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET}
+        )
         try:
-            self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as e:
+            self._httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+            if tls_cert_file is not None:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(certfile=tls_cert_file, keyfile=tls_key_file)
+                self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        except (OSError, ssl.SSLError) as e:
             raise ServiceUnavailableError(f"metrics: cannot listen on {host}:{port}: {e}") from None
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="streamwise-metrics", daemon=True)
+        self._thread.start()
         self.host = host
         self.port: int = self._httpd.server_address[1]
+        self.scheme = "https" if tls_cert_file is not None else "http"
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
+        return f"{self.scheme}://{host}:{self.port}/metrics"
 
     def close(self) -> None:
         self._httpd.shutdown()
@@ -390,10 +447,17 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
     return lower
 
 
-def scrape(url: str, timeout_s: float = 5.0) -> Scrape:
-    """Reads a ``/metrics`` page over HTTP."""
+def scrape(
+    url: str, timeout_s: float = 5.0, auth: tuple[str, str] | None = None, cafile: str | None = None
+) -> Scrape:
+    """Reads a ``/metrics`` page over HTTP(S), with basic auth when given ``auth``; an
+    https URL is checked against ``cafile`` (else the system's CA store)."""
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as resp:
             text = resp.read().decode("utf-8")
     except OSError as e:
         raise ServiceUnavailableError(f"metrics: cannot read {url}: {e}") from None

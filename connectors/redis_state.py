@@ -29,6 +29,11 @@ Integrity: the HMAC covers the header (format version, pipeline, partition, epoc
 offsets) and the payload. :meth:`RedisStateStore.load_latest` verifies it *before*
 returning the payload, and falls back to the previous snapshot, with one log line,
 when a snapshot fails its check: unchecked bytes are never unpickled.
+
+Connection: :func:`open_state_store` builds the store from the settings (plain or TLS
+``rediss://``, an ACL user, client certificates, Sentinel); the runner and the CLI both
+use it. Redis Cluster is not supported: a snapshot write touches several keys of one
+partition in one transaction, and the client is a single-node (or Sentinel) one.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-from streamwise.core.errors import ServiceUnavailableError, StreamwiseError
+from streamwise.core.errors import ConfigError, ServiceUnavailableError, StreamwiseError
+from streamwise.core.settings import RedisSettings, SnapshotSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,7 @@ class RedisStateStore:
         chunk_bytes: int = 4 * 1024 * 1024,
         socket_timeout_s: float = 2.0,
         orphan_ttl_s: int = 600,
+        client: redis.Redis | None = None,
     ) -> None:
         if not signing_key:
             raise StreamwiseError("snapshot.signing_key is empty: snapshots must be signed")
@@ -110,20 +117,39 @@ class RedisStateStore:
         self.chunk_bytes = chunk_bytes
         # Long enough for the slowest complete write; an unfinished one's chunks expire.
         self.orphan_ttl_s = orphan_ttl_s
-        self._redis = redis.Redis.from_url(
+        self._redis = client or redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
 
     @property
     def where(self) -> str:
         # The URL without its password, for messages.
-        pool = self._redis.connection_pool.connection_kwargs
-        return f"{pool.get('host', '?')}:{pool.get('port', '?')}/{pool.get('db', 0)}"
+        pool = self._redis.connection_pool
+        kwargs = pool.connection_kwargs
+        if getattr(pool, "service_name", None):  # Sentinel: the master moves, its name does not
+            return f"sentinel master {pool.service_name}/{kwargs.get('db', 0)}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
     def ping(self) -> None:
+        """Checks the connection and the credentials, with one line on failure that
+        names the cause and never the password."""
         try:
             self._redis.ping()
+        except redis.AuthenticationError:
+            user = self._redis.connection_pool.connection_kwargs.get("username") or "default"
+            raise ConfigError(
+                f"Redis at {self.where}: authentication failed for user {user!r}: check redis.username and"
+                " redis.password (or the credentials in redis.url)"
+            ) from None
+        except redis.ResponseError as e:
+            # NOAUTH: the server wants a password and none was given.
+            if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+                raise ConfigError(f"Redis at {self.where}: authentication required: set redis.password") from None
+            raise ServiceUnavailableError(f"Redis at {self.where}: {e}") from None
         except redis.RedisError as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "certificate" in reason.lower() or "ssl" in reason.lower():
+                raise ConfigError(f"Redis at {self.where}: TLS failed ({reason}): check redis.ssl_ca_file") from None
             raise ServiceUnavailableError(f"Redis: no answer at {self.where} ({type(e).__name__})") from None
 
     # ----- keys and signatures -------------------------------------------------
@@ -346,3 +372,66 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def redis_client(settings: RedisSettings) -> redis.Redis:
+    """A redis-py client for ``settings``: plain or TLS (``rediss://``), an ACL user,
+    client certificates, or the master that Sentinel names."""
+    from urllib.parse import urlparse
+
+    url = settings.url.get_secret_value()
+    tls = urlparse(url).scheme == "rediss"
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+    }
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    if settings.password is not None:
+        kwargs["password"] = settings.password.get_secret_value()
+    files = {"ssl_ca_certs": settings.ssl_ca_file, "ssl_certfile": settings.ssl_cert_file,
+             "ssl_keyfile": settings.ssl_key_file}
+    given = {k: str(v) for k, v in files.items() if v is not None}
+    if given and not tls:
+        raise ConfigError("redis.ssl_ca_file, redis.ssl_cert_file, redis.ssl_key_file: set, but redis.url is not rediss://")
+    if tls:
+        kwargs.update(given, ssl_check_hostname=settings.ssl_check_hostname)
+    if not settings.sentinels:
+        return redis.Redis.from_url(url, **kwargs)
+    from redis.sentinel import Sentinel
+
+    db = int(urlparse(url).path.lstrip("/") or 0)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s}
+    if settings.sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
+    if tls:
+        sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl_")}, ssl=True)
+    hosts = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in settings.sentinels)]
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, db=db, ssl=tls, **kwargs)
+    return sentinel.master_for(str(settings.sentinel_master))
+
+
+def open_state_store(
+    redis_settings: RedisSettings, snapshot: SnapshotSettings, ping: bool = True
+) -> RedisStateStore | None:
+    """The one factory of the snapshot store (the runner and the CLI use it): None when
+    snapshots are off; a :class:`ConfigError` without a signing key. With ``ping``, it
+    is checked at once: wrong credentials or certificates raise a :class:`ConfigError`,
+    an unreachable server a :class:`ServiceUnavailableError`, each one line."""
+    if not snapshot.enabled:
+        return None
+    if snapshot.signing_key is None or not snapshot.signing_key.get_secret_value():
+        raise ConfigError(
+            "snapshot.signing_key: required to sign snapshots (set STREAMWISE_SNAPSHOT__SIGNING_KEY),"
+            " or turn snapshots off with STREAMWISE_SNAPSHOT__ENABLED=false"
+        )
+    store = RedisStateStore(
+        redis_settings.url.get_secret_value(),
+        snapshot.signing_key.get_secret_value().encode(),
+        keep=snapshot.keep,
+        chunk_bytes=snapshot.chunk_bytes,
+        client=redis_client(redis_settings),
+    )
+    if ping:
+        store.ping()
+    return store

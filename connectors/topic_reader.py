@@ -16,7 +16,8 @@ from kafka.structs import TopicPartition as KTopicPartition
 from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
-from .kafka_python import _NO_BROKER, _require_broker, _unavailable
+from . import kafka_config
+from .kafka_python import _connect
 from .records import ConsumedRecord
 
 
@@ -31,19 +32,8 @@ def read_topic(
     bound may be None), in offset order within each partition, partitions in turn. A topic
     that does not exist reads as empty: a pipeline that never dead-lettered anything has
     no dead-letter topic."""
-    _require_broker(settings)
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=settings.client_id,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=settings.max_fetch_bytes,
-            fetch_max_bytes=settings.max_fetch_bytes,
-        )
-    except _NO_BROKER as e:
-        raise _unavailable(settings, e) from None
+    config = kafka_config.kafka_python_reader(settings)
+    consumer = _connect(settings, lambda: KafkaConsumer(**config))
     try:
         # Listing topics, not asking for one's partitions: that request could create it.
         if topic not in consumer.topics():

@@ -9,13 +9,28 @@ pipeline YAML instead: see :mod:`streamwise.pipeline_config`.
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from .errors import ConfigError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+# AWS_MSK_IAM exists in kafka-python only (with botocore installed); librdkafka reaches
+# MSK IAM through OAUTHBEARER with a signing callback, which streamwise does not ship.
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"]
 
 
 class KafkaSettings(BaseModel):
+    # A misspelt key in a dict or YAML is an error, as a misspelt env var is (Settings).
+    model_config = ConfigDict(extra="forbid")
+
     bootstrap_servers: str = "127.0.0.1:9092"
     # Which Kafka client library the connectors use (env STREAMWISE_KAFKA__CLIENT).
     # kafka-python is pure Python; confluent (librdkafka) costs far less CPU per record.
@@ -62,9 +77,102 @@ class KafkaSettings(BaseModel):
     # a backoff doubling from 0.1 s up to this bound; they never stop the worker.
     retry_backoff_max_ms: int = Field(5_000, ge=100)
 
+    # ----- topics ---------------------------------------------------------------
+    # false: the topics must exist (clusters where ACLs forbid creating them); a missing
+    # one stops the start with a line naming it.
+    create_topics: bool = True
+    # None: the broker's default.replication.factor (KIP-464), which managed clusters
+    # set to what they require (3 on Confluent Cloud and MSK).
+    replication_factor: int | None = Field(None, ge=1)
+
+    # ----- security: one model for both clients (see connectors/kafka_config.py) ----
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # OAUTHBEARER: the client-credentials grant against the identity provider's token
+    # endpoint (OIDC), as Confluent Cloud and most OAuth-secured clusters use it.
+    sasl_oauth_token_endpoint: str | None = None
+    sasl_oauth_client_id: str | None = None
+    sasl_oauth_client_secret: SecretStr | None = None
+    sasl_oauth_scope: str | None = None
+    # TLS: the CA that signed the brokers' certificates (default: the system's store),
+    # and a client certificate and key for mutual TLS (PEM files).
+    ssl_ca_file: FilePath | None = None
+    ssl_cert_file: FilePath | None = None
+    ssl_key_file: FilePath | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    # Anything else the chosen client understands, in that client's own spelling
+    # (kafka-python: ``fetch_min_bytes``; confluent: ``fetch.min.bytes``); checked
+    # against the client's known settings when the client is built. Hidden from repr:
+    # it may carry credentials.
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"sasl_mechanism: required with security_protocol {self.security_protocol}")
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(
+                f"sasl_mechanism: {self.sasl_mechanism} needs security_protocol SASL_SSL or SASL_PLAINTEXT,"
+                f" not {self.security_protocol}"
+            )
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"sasl_username, sasl_password: both required with sasl_mechanism {self.sasl_mechanism}")
+        if self.sasl_mechanism == "OAUTHBEARER" and not (
+            self.sasl_oauth_token_endpoint and self.sasl_oauth_client_id and self.sasl_oauth_client_secret
+        ):
+            raise ValueError(
+                "sasl_oauth_token_endpoint, sasl_oauth_client_id, sasl_oauth_client_secret: required with"
+                " sasl_mechanism OAUTHBEARER"
+            )
+        tls_files = [n for n in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file") if getattr(self, n) is not None]
+        if tls_files and not tls:
+            # Silently ignoring them is how a user ends up talking plaintext to a TLS port.
+            raise ValueError(
+                f"{', '.join(tls_files)}: set, but security_protocol {self.security_protocol} uses no TLS"
+            )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file, ssl_key_file: a client certificate and its key go together")
+        return self
+
 
 class RedisSettings(BaseModel):
+    """Where the snapshots live. ``url`` may be ``redis://`` or ``rediss://`` (TLS); the
+    other fields add what a URL carries badly: files, a separate ACL password, Sentinel."""
+
+    model_config = ConfigDict(extra="forbid")
+
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # An ACL user and its password (Redis 6+); override any in the URL.
+    username: str | None = None
+    password: SecretStr | None = None
+    # TLS (rediss:// or Sentinel with ssl): CA, and a client certificate and key when the
+    # server asks for one (tls-auth-clients yes).
+    ssl_ca_file: FilePath | None = None
+    ssl_cert_file: FilePath | None = None
+    ssl_key_file: FilePath | None = None
+    ssl_check_hostname: bool = True
+    # Sentinel: host:port of each sentinel and the name of the monitored master; then
+    # ``url`` gives only the database number and scheme (rediss:// for TLS).
+    sentinels: list[str] = Field(default_factory=list)
+    sentinel_master: str | None = None
+    sentinel_password: SecretStr | None = None
+    # Short: a Redis outage must be noticed (and the partition paused) promptly.
+    socket_timeout_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisSettings:
+        if bool(self.sentinels) != bool(self.sentinel_master):
+            raise ValueError("sentinels, sentinel_master: Sentinel needs both the sentinels and the master's name")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file, ssl_key_file: a client certificate and its key go together")
+        return self
 
 
 class SnapshotSettings(BaseModel):
@@ -91,9 +199,27 @@ class SnapshotSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
     # 0 means: do not serve /metrics.
     port: int = Field(0, ge=0, le=65535)
+    # HTTPS when both are set (PEM files).
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    # The CA that signed tls_cert_file, for `streamwise top` reading a self-signed endpoint.
+    tls_ca_file: FilePath | None = None
+    # HTTP basic auth when both are set; Prometheus' scrape config has basic_auth for it.
+    basic_auth_username: str | None = None
+    basic_auth_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MetricsSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file, tls_key_file: HTTPS needs both")
+        if (self.basic_auth_username is None) != (self.basic_auth_password is None):
+            raise ValueError("basic_auth_username, basic_auth_password: basic auth needs both")
+        return self
 
 
 class GrafanaSettings(BaseModel):
@@ -103,11 +229,96 @@ class GrafanaSettings(BaseModel):
     token: SecretStr = SecretStr("")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMWISE_", env_nested_delimiter="__", extra="ignore"
-    )
+ENV_PREFIX = "STREAMWISE_"
+# STREAMWISE_ variables that are not settings: CLI options' env vars and dev/ scripts'.
+NOT_SETTINGS = frozenset({"STREAMWISE_PIPELINE", "STREAMWISE_WORKER_INDEX"})
+NOT_SETTINGS_PREFIXES = ("STREAMWISE_DEV_",)
 
+
+def _setting_names(model: type[BaseModel], prefix: str) -> dict[str, bool]:
+    """Every env name a model's fields answer to, mapped to whether a deeper key may
+    follow (a dict field takes any sub-key)."""
+    out: dict[str, bool] = {}
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}".upper()
+        kind = field.annotation
+        # X | None is X here; any other union takes no sub-keys.
+        if get_origin(kind) in (Union, UnionType):
+            options = [a for a in get_args(kind) if a is not type(None)]
+            kind = options[0] if len(options) == 1 else None
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out[key] = False
+            out.update(_setting_names(kind, key + "__"))
+        else:
+            out[key] = get_origin(kind) in (dict, Mapping)
+    return out
+
+
+def unknown_env(environ: Mapping[str, str], model: type[BaseModel]) -> list[str]:
+    """Messages for each ``STREAMWISE_`` variable in ``environ`` that names no setting.
+
+    pydantic-settings drops such variables without a word, which turns a typo in a
+    secret's name into a connection error far from its cause.
+
+    Examples
+    --------
+    >>> unknown_env({"STREAMWISE_KAFKA__SASL_MECHANSIM": "PLAIN"}, Settings)
+    ['STREAMWISE_KAFKA__SASL_MECHANSIM is not a setting (did you mean STREAMWISE_KAFKA__SASL_MECHANISM?)']
+    >>> unknown_env({"STREAMWISE_KAFKA__EXTRA__FETCH_MIN_BYTES": "1", "STREAMWISE_DEV_X": "1"}, Settings)
+    []
+    """
+    names = _setting_names(model, ENV_PREFIX)
+    bad = []
+    for var in sorted(environ):
+        key = var.upper()
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS or key.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if key in names or any(key.startswith(n + "__") for n, open_ in names.items() if open_):
+            continue
+        close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.8)
+        bad.append(f"{var} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
+    return bad
+
+
+def _one_line(e: ValidationError) -> str:
+    """The first error as ``key.path: message``; never the value, which may be a secret."""
+    errors = e.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    # A model validator's message starts with the field(s) it is about: join the paths.
+    head, sep, rest = msg.partition(": ")
+    if sep and where and re.fullmatch(r"[a-z_]+(, [a-z_]+)*", head):
+        msg = ", ".join(f"{where}.{h}" for h in head.split(", ")) + ": " + rest
+    else:
+        msg = f"{where}: {msg}" if where else msg
+    return msg + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+class Settings(BaseSettings):
+    """Raises :class:`~streamwise.core.errors.ConfigError` (one line, the key first) on an
+    unknown ``STREAMWISE_`` variable or an invalid value, never a pydantic traceback;
+    secrets show as ``**********`` in its repr."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        unknown = unknown_env(os.environ, type(self))
+        if unknown:
+            raise ConfigError("; ".join(unknown))
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(_one_line(e)) from None
+        except SettingsError as e:
+            # A JSON value (a dict or list setting) that does not parse; pydantic-settings
+            # names the section and the source, not the value.
+            raise ConfigError(f"{e}: dict and list settings take JSON") from None
+
+    # The explicit identity of this process (a StatefulSet pod name, say): names the
+    # transactional id and the static group member id, so a restarted pod fences its
+    # predecessor even under a new host name. Default: the host name.
+    instance_id: str | None = None
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     snapshot: SnapshotSettings = SnapshotSettings()

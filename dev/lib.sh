@@ -3,7 +3,8 @@
 DEV_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$DEV_DIR/.." && pwd)
 RUN_DIR=${STREAMWISE_DEV_RUN_DIR:-$DEV_DIR/.run}
-KAFKA_LIB=${STREAMWISE_KAFKA_LIB:-$DEV_DIR/.cache/kafka/lib}
+# The name dev/up exports, so that every STREAMWISE_ variable is a setting or STREAMWISE_DEV_.
+KAFKA_LIB=${STREAMWISE_DEV_KAFKA_LIB:-$DEV_DIR/.cache/kafka/lib}
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf '%s\n' "$*" >&2; exit 2; }

@@ -23,6 +23,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _settings_check() -> None:
+    # Every command starts by reading the settings once, so that an unknown or misspelt
+    # STREAMWISE_ variable stops it with one line naming the key, whatever the command.
+    try:
+        Settings()
+    except StreamwiseError as e:
+        raise _fail(e) from None
+
+
 BootstrapOpt = Annotated[
     str | None,
     typer.Option(
@@ -236,7 +246,20 @@ GrafanaUrlOpt = Annotated[
 
 def _default_metrics_url() -> str:
     m = Settings().metrics
-    return f"http://{m.host}:{m.port or 9108}/metrics"
+    scheme = "https" if m.tls_cert_file else "http"
+    return f"{scheme}://{m.host}:{m.port or 9108}/metrics"
+
+
+def _scrape(url: str) -> Any:
+    """Reads /metrics with the credentials the service asks for (the metrics settings);
+    a self-signed certificate is checked against STREAMWISE_METRICS__TLS_CA_FILE's CA."""
+    from streamwise.connectors.prometheus import scrape
+
+    m = Settings().metrics
+    auth = None
+    if m.basic_auth_username is not None and m.basic_auth_password is not None:
+        auth = (m.basic_auth_username, m.basic_auth_password.get_secret_value())
+    return scrape(url, auth=auth, cafile=str(m.tls_ca_file) if m.tls_ca_file else None)
 
 
 @dashboards_app.command("render")
@@ -292,18 +315,17 @@ def dashboards_live(
 ) -> None:
     """Push the figures of `streamwise top` to Grafana Live every second (in memory, no history)."""
     from streamwise.connectors.grafana import Grafana
-    from streamwise.connectors.prometheus import scrape
     from streamwise.top import live_lines
 
     settings = Settings().grafana
     url = metrics_url or _default_metrics_url()
     try:
         grafana = Grafana(grafana_url or settings.url, settings.token.get_secret_value())
-        prev = scrape(url)
+        prev = _scrape(url)
         n = 0
         while count is None or n < count:
             time.sleep(interval)
-            cur = scrape(url)
+            cur = _scrape(url)
             grafana.push_live(stream, live_lines(prev, cur))
             prev, n = cur, n + 1
     except StreamwiseError as e:
@@ -322,7 +344,6 @@ def top(
     from rich.console import Console
     from rich.live import Live
 
-    from streamwise.connectors.prometheus import scrape
     from streamwise.top import metric_names, render
 
     url = url or _default_metrics_url()
@@ -330,9 +351,9 @@ def top(
     # Off a terminal nothing wraps, so the output stays one row per line for scripts.
     console = Console(width=None if tty else 400)
     try:
-        prev = scrape(url)
+        prev = _scrape(url)
         time.sleep(interval)
-        cur = scrape(url)
+        cur = _scrape(url)
         known = metric_names(cur)
         if metric is not None and known and metric not in known:
             raise typer.BadParameter(f"{metric!r} is not reported; the models report {', '.join(known)}", param_hint="--metric")
@@ -343,7 +364,7 @@ def top(
         with Live(render(prev, cur, url, metric), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                prev, cur = cur, scrape(url)
+                prev, cur = cur, _scrape(url)
                 live.update(render(prev, cur, url, metric), refresh=True)
     except StreamwiseError as e:
         raise _fail(e) from None
@@ -398,17 +419,16 @@ RedisOpt = Annotated[
 
 
 def _store(redis_url: str | None) -> Any:
-    from streamwise.connectors.redis_state import RedisStateStore
+    from pydantic import SecretStr
+
+    from streamwise.connectors.redis_state import open_state_store
 
     settings = Settings()
-    key = settings.snapshot.signing_key
-    if key is None:
-        raise typer.BadParameter("set STREAMWISE_SNAPSHOT__SIGNING_KEY: snapshots are checked with it")
-    store = RedisStateStore(
-        redis_url or settings.redis.url.get_secret_value(), key.get_secret_value().encode()
-    )
-    store.ping()
-    return store
+    redis = settings.redis
+    if redis_url:
+        redis = redis.model_copy(update={"url": SecretStr(redis_url)})
+    # The CLI reads snapshots even where the service runs with them off.
+    return open_state_store(redis, settings.snapshot.model_copy(update={"enabled": True}))
 
 
 @snapshots_app.command("list")

@@ -18,7 +18,7 @@ from typing import Any
 from streamwise.checkpoint import Checkpoint
 from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Admin, Sink, Source, StateStore, TopicPartition
-from streamwise.connectors.redis_state import RedisStateStore
+from streamwise.connectors.redis_state import open_state_store
 from streamwise.core.errors import ConfigError, ServiceUnavailableError
 from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
 from streamwise.core.settings import Settings
@@ -74,10 +74,13 @@ class Runner:
 
     @property
     def worker_id(self) -> str:
-        """Stable per (group, host, worker slot). Used as the transactional id, so a
-        restarted worker's init_transactions aborts what its predecessor left open, and
-        as the static group instance id, so it gets its partitions back at once."""
-        return f"{self.config.group_id}.{socket.gethostname()}.{self.worker_index}"
+        """Stable per (group, instance, worker slot); the instance is ``instance_id``
+        (STREAMWISE_INSTANCE_ID, e.g. a StatefulSet pod name) or else the host name. Used
+        as the transactional id, so a restarted worker's init_transactions aborts what its
+        predecessor left open, and as the static group instance id, so it gets its
+        partitions back at once."""
+        instance = self.settings.instance_id or socket.gethostname()
+        return f"{self.config.group_id}.{instance}.{self.worker_index}"
 
     @property
     def input_topics(self) -> list[str]:
@@ -90,27 +93,14 @@ class Runner:
         return self.partitions.processors()
 
     def _state_store(self) -> StateStore | None:
-        snap = self.settings.snapshot
-        if not snap.enabled:
-            return None
-        if snap.signing_key is None or not snap.signing_key.get_secret_value():
-            raise ConfigError(
-                "snapshot.signing_key: required to sign snapshots (set STREAMWISE_SNAPSHOT__SIGNING_KEY),"
-                " or turn snapshots off with STREAMWISE_SNAPSHOT__ENABLED=false"
-            )
-        store = RedisStateStore(
-            self.settings.redis.url.get_secret_value(),
-            snap.signing_key.get_secret_value().encode(),
-            keep=snap.keep,
-            chunk_bytes=snap.chunk_bytes,
-        )
         try:
-            store.ping()
+            return open_state_store(self.settings.redis, self.settings.snapshot)
         except ServiceUnavailableError as e:
             # The same rule as a Redis outage mid-run: the worker starts, and each
-            # partition waits, paused, until its state can be read.
+            # partition waits, paused, until its state can be read. Wrong credentials
+            # or certificates are a ConfigError instead, and stop the start.
             log.warning("%s; starting anyway: partitions wait until their state can be read", e)
-        return store
+            return open_state_store(self.settings.redis, self.settings.snapshot, ping=False)
 
     def stop(self) -> None:
         """Asks the loop to finish the batch in hand, commit it and return. Signal-safe."""
@@ -224,7 +214,15 @@ class Runner:
         from streamwise.connectors.prometheus import MetricsServer
 
         m = self.settings.metrics
-        return MetricsServer(self.prometheus.registry, m.host, m.port)
+        auth = None
+        if m.basic_auth_username is not None and m.basic_auth_password is not None:
+            auth = (m.basic_auth_username, m.basic_auth_password.get_secret_value())
+        return MetricsServer(
+            self.prometheus.registry, m.host, m.port,
+            tls_cert_file=str(m.tls_cert_file) if m.tls_cert_file else None,
+            tls_key_file=str(m.tls_key_file) if m.tls_key_file else None,
+            basic_auth=auth,
+        )
 
     def _lag(self, source: Source) -> dict[TopicPartition, int] | None:
         """The lag, or None when the broker does not answer: a report, never a reason to stop."""
