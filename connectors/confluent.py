@@ -125,7 +125,7 @@ def _with_markers(
     offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None
 ) -> list[CTopicPartition]:
     markers = markers or {}
-    return [CTopicPartition(t, p, o, metadata=markers.get((t, p)) or None) for (t, p), o in offsets.items()]
+    return [CTopicPartition(t, p, o, metadata=markers.get((t, p), "")) for (t, p), o in offsets.items()]
 
 
 def _tps(partitions: Sequence[CTopicPartition]) -> list[TopicPartition]:

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-
 from streamwise.connectors import OutgoingRecord, make_admin, make_sink, make_source
 from streamwise.connectors.base import Source
 from streamwise.connectors.records import ConsumedRecord
@@ -106,20 +105,20 @@ def test_offsets_move_only_when_committed(settings, bootstrap, unique):
     again.close()
 
 
-def test_a_seek_inside_on_assigned_decides_where_reading_starts(settings, bootstrap, unique):
+def test_a_seek_after_the_assignment_decides_where_reading_starts(settings, bootstrap, unique):
+    """What a restore does: the callback only notes the partition (it runs on the
+    client's own thread with kafka-python); the polling thread then seeks it to the
+    snapshot's offsets, and reading goes on from there."""
     topic = _topic(settings, f"{unique}.in")
     produce(bootstrap, topic, [(None, str(i).encode()) for i in range(10)])
     source = make_source(settings.kafka, unique)
     assigned: list[list[tuple[str, int]]] = []
-
-    def on_assigned(partitions: list[tuple[str, int]]) -> None:
-        if not partitions:
-            return  # kafka-python may first join before it sees the new topic's metadata
-        assigned.append(partitions)
-        # What a restore from a snapshot does: resume at the snapshot's offsets.
-        source.seek({tp: 6 for tp in partitions})
-
-    source.subscribe([topic], on_assigned=on_assigned)
+    source.subscribe([topic], on_assigned=lambda tps: tps and assigned.append(tps))
+    deadline = time.monotonic() + 30
+    while not assigned:
+        assert time.monotonic() < deadline, "no assignment"
+        source.poll(100, 10)  # records polled before the seek are stale, as in the runner
+    source.seek({tp: 6 for tp in assigned[0]})
     assert [r.offset for r in _poll_until(source, 4)] == [6, 7, 8, 9]
     assert assigned == [[(topic, 0)]]
     source.close()

@@ -24,12 +24,12 @@ import pytest
 import yaml
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-
 from streamwise.connectors.redis_state import RedisStateStore
+from support import consume, produce
+
 from streamwise.pipeline_config import load_pipeline_config
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
-from support import consume, produce
 
 N_EVENTS = 20_000
 PARTITIONS = 3
@@ -222,7 +222,6 @@ def test_stopping_in_the_middle_of_a_replay_never_moves_the_group_back(settings,
     offsets: the group would move back, and the next owner would emit them again."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
-
     from streamwise.core.sensors import Sensor
     from support import phishing_pipeline
 
@@ -280,6 +279,8 @@ def test_a_forged_owner_claim_in_redis_skips_no_event(bootstrap, credit_topic, u
 
 @pytest.mark.parametrize("policy", ["replay", "refuse"])
 def test_redis_data_lost_is_said_and_the_policy_applied(bootstrap, credit_topic, unique, reference, tmp_path, policy):
+    import re
+
     cfg = _config(f"{unique}-lost", credit_topic)
     path = _write(cfg, tmp_path / "pipeline.yaml")
     log = open(tmp_path / "worker.log", "wb")
@@ -300,12 +301,17 @@ def test_redis_data_lost_is_said_and_the_policy_applied(bootstrap, credit_topic,
         final = _start(path, env, until_idle=2.0, log=log)
         assert final.wait(timeout=240) == 0, (tmp_path / "worker.log").read_text()[-3000:]
         text = (tmp_path / "worker.log").read_text()
-        assert text.count("the store lost data") >= PARTITIONS and "snapshot.on_missing=replay" in text
+        lost = set(re.findall(r"no snapshot of partition (\d+), .*the store lost data", text))
+        assert lost == {str(p) for p in range(PARTITIONS)} and "snapshot.on_missing=replay" in text, text[-3000:]
         _assert_same_as_reference(bootstrap, cfg, reference, store)
     else:
         waiting = _start(path, env, log=log)
+        def refused() -> set[str]:
+            text = (tmp_path / "worker.log").read_text()
+            return set(re.findall(r"partition (\d+) waits, paused: .*snapshot.on_missing=refuse", text))
+
         deadline = time.monotonic() + 60
-        while (tmp_path / "worker.log").read_text().count("snapshot.on_missing=refuse") < PARTITIONS:
+        while len(refused()) < PARTITIONS:
             assert time.monotonic() < deadline and waiting.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(3)
