@@ -10,19 +10,37 @@ never learned twice.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from streamwise.core.jsonbytes import UnreadableRecord, loads_bounded
 
 
 class LabelRecordError(ValueError):
     """A record on the labels topic that is not ``{"<id>": ..., "<label>": ...}``."""
 
 
-def decode_label_record(value: bytes | None, id_field: str, label_field: str, label_type: str) -> tuple[Any, Any]:
-    """``(event id, label)`` from a label record's JSON bytes.
+# Ids longer than this, or integers beyond int64, are refused as the event schema
+# refuses them (stream/schema.py), so no state keyed by id grows with a label's size.
+_INT64 = 2**63
+
+
+def decode_label_record(
+    value: bytes | None,
+    id_field: str,
+    label_field: str,
+    label_type: str,
+    *,
+    max_bytes: int = 1_048_576,
+    max_id_length: int = 1024,
+) -> tuple[Any, Any]:
+    """``(event id, label)`` from a label record's JSON bytes, within the event limits.
+
+    The record is read by the same bounded reader as events (size before parsing,
+    nesting by the parser), and its id and a category label are held to the schema's
+    ``max_id_length``.
 
     Examples
     --------
@@ -33,17 +51,23 @@ def decode_label_record(value: bytes | None, id_field: str, label_field: str, la
     ... except LabelRecordError as e:
     ...     print(e)
     label must be a bool, got str
+    >>> try:
+    ...     decode_label_record(b'[' * 100_000 + b']' * 100_000, "id", "label", "bool", max_bytes=10**6)
+    ... except LabelRecordError as e:
+    ...     print(str(e)[:30])
+    not JSON: depth limit exceeded
     """
-    if value is None:
-        raise LabelRecordError("label record has no value")
     try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise LabelRecordError(f"not JSON: {e}") from None
+        obj = loads_bounded(value, max_bytes, "label record")
+    except UnreadableRecord as e:
+        raise LabelRecordError(str(e)) from None
     if not isinstance(obj, dict):
         raise LabelRecordError(f"label record must be a JSON object, got {type(obj).__name__}")
-    if id_field not in obj or not isinstance(obj[id_field], (str, int)) or isinstance(obj[id_field], bool):
-        raise LabelRecordError(f"label record needs a string or integer {id_field!r}")
+    event_id = obj.get(id_field)
+    if not _bounded_id(event_id, max_id_length):
+        raise LabelRecordError(
+            f"label record needs a string (at most {max_id_length} characters) or int64 {id_field!r}"
+        )
     if label_field not in obj:
         raise LabelRecordError(f"label record has no {label_field!r}")
     y = obj[label_field]
@@ -55,9 +79,17 @@ def decode_label_record(value: bytes | None, id_field: str, label_field: str, la
     }[label_type]
     if not ok:
         raise LabelRecordError(f"label must be a {label_type}, got {type(y).__name__}")
+    if isinstance(y, (str, int)) and not isinstance(y, bool) and not _bounded_id(y, max_id_length):
+        raise LabelRecordError(f"label longer than {max_id_length} characters or beyond int64")
     if label_type == "float":
         y = float(y)
-    return obj[id_field], y
+    return event_id, y
+
+
+def _bounded_id(value: Any, max_length: int) -> bool:
+    if isinstance(value, str):
+        return len(value) <= max_length
+    return isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64
 
 
 @dataclass

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from typing import Any, ClassVar
 
 from river import base
 from streamwise.core.stages import DeadLetterStage
-from streamwise.stream.schema import RejectedEvent, is_finite_number
+from streamwise.stream.schema import (
+    _UNIT_SECONDS,
+    RejectedEvent,
+    is_finite_number,
+    parse_duration,
+)
 
 __all__ = [
     "StreamComponent",
@@ -28,11 +32,6 @@ __all__ = [
     "is_finite_number",
     "finite_or",
 ]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-DURATION_HINT = 'expected a duration like "1h"'
-
 
 class StreamComponent(base.Transformer):
     """Base of every cleaner and feature extractor.
@@ -49,30 +48,6 @@ class StreamComponent(base.Transformer):
 
     def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds in a duration written as ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a number of seconds.
-
-    Examples
-    --------
-    >>> parse_duration("1h"), parse_duration("1.5d"), parse_duration(30)
-    (3600.0, 129600.0, 30.0)
-    >>> parse_duration("an hour")
-    Traceback (most recent call last):
-    ...
-    ValueError: expected a duration like "1h", got 'an hour'
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(value) if isinstance(value, str) else None
-        if match is None:
-            raise ValueError(f"{DURATION_HINT}, got {value!r}")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{DURATION_HINT}, got {value!r}")
-    return seconds
 
 
 def format_duration(seconds: float) -> str:

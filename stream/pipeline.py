@@ -26,7 +26,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from streamwise.core.stages import DeadLetterStage
 from streamwise.stream.base import (
-    DURATION_HINT,
     StreamComponent,
     is_finite_number,
     parse_duration,
@@ -52,7 +51,7 @@ from streamwise.stream.features import (
     WindowedAggregates,
     _window_label,
 )
-from streamwise.stream.schema import DecodedEvent, EventDecoder, EventSchema, RejectedEvent
+from streamwise.stream.schema import DecodedEvent, Duration, EventDecoder, EventSchema, RejectedEvent, _duration
 
 __all__ = [
     "EventPipeline",
@@ -64,16 +63,6 @@ __all__ = [
 ]
 
 _NUMERIC = ("float", "int")
-
-
-def _duration(value: Any) -> float:
-    try:
-        return parse_duration(value)
-    except (ValueError, TypeError):
-        raise ValueError(DURATION_HINT) from None
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
 
 
 def _checked_duration(value: Any) -> Any:

@@ -11,16 +11,66 @@ the service.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import orjson
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from streamwise.core.jsonbytes import UnreadableRecord, loads_bounded
 from streamwise.core.stages import DeadLetterStage
 
 FieldType = Literal["float", "int", "bool", "category", "text", "timestamp"]
 LabelType = Literal["bool", "int", "float", "category"]
+
+# Protective defaults, each overridable in the schema. A string field costs memory in
+# every state that keeps it (a de-duplicator's window, a key's window of events, a
+# category's counters), so each is bounded before any state sees it.
+DEFAULT_MAX_ID_LENGTH = 1024  # ids, keys and category labels, in characters
+DEFAULT_MAX_CATEGORY_LENGTH = 1024
+DEFAULT_MAX_TEXT_LENGTH = 65_536
+# Integers beyond int64 overflow every numeric library a model uses (torch, numpy) and
+# the JSON writer of prediction records; they are refused at validation.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+DURATION_HINT = 'expected a duration like "1h"'
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration written as ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a number of seconds.
+
+    Examples
+    --------
+    >>> parse_duration("1h"), parse_duration("1.5d"), parse_duration(30)
+    (3600.0, 129600.0, 30.0)
+    >>> parse_duration("an hour")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a duration like "1h", got 'an hour'
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"{DURATION_HINT}, got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{DURATION_HINT}, got {value!r}")
+    return seconds
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except (ValueError, TypeError):
+        raise ValueError(DURATION_HINT) from None
+
+
+# A duration in a config file ("5m", "1h", or seconds), validated to seconds.
+Duration = Annotated[float, BeforeValidator(_duration)]
 
 
 class FieldSpec(BaseModel):
@@ -33,11 +83,20 @@ class FieldSpec(BaseModel):
     min: float | None = None
     max: float | None = None
     categories: list[str | int | bool] | None = None
+    # Longest string accepted, in characters (category and text fields); the default
+    # depends on the type: DEFAULT_MAX_CATEGORY_LENGTH or DEFAULT_MAX_TEXT_LENGTH.
+    max_length: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
+
+    @property
+    def string_limit(self) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return DEFAULT_MAX_TEXT_LENGTH if self.type == "text" else DEFAULT_MAX_CATEGORY_LENGTH
 
 
 class EventSchema(BaseModel):
@@ -51,8 +110,19 @@ class EventSchema(BaseModel):
     label_type: LabelType = "bool"
     event_time: str | None = None
     features: dict[str, FieldSpec] = Field(min_length=1)
-    # Larger events are dead-lettered before JSON parsing: a bound on per-event work.
+    # Larger events (and label records) are dead-lettered before JSON parsing: a bound
+    # on per-event work. Nesting is bounded by the JSON parser (orjson: 1,024 levels).
     max_event_bytes: int = Field(1_048_576, ge=64)
+    # Longest id, key or category label, in characters.
+    max_id_length: int = Field(DEFAULT_MAX_ID_LENGTH, ge=1)
+    # The labels a learner may see. When given, an event or label record with any other
+    # label is dead-lettered (stage label) instead of reaching the models.
+    classes: list[str | int | bool] | None = Field(None, min_length=2)
+    # How far ahead of the clock a time may be: an event time ahead of its record's
+    # timestamp, or a record timestamp ahead of the wall clock. Such an event is
+    # dead-lettered (stage clean) before it can move a watermark or a label-join clock.
+    # None turns the check off.
+    max_future: Duration | None = 3600.0
 
     @model_validator(mode="after")
     def _distinct_roles(self) -> EventSchema:
@@ -60,13 +130,19 @@ class EventSchema(BaseModel):
             name = getattr(self, role)
             if name is not None and name in self.features:
                 raise ValueError(f"{role} field {name!r} is also listed under features")
+        if self.classes is not None:
+            kind = {"bool": bool, "int": int, "float": float, "category": (str, int, bool)}[self.label_type]
+            wrong = [c for c in self.classes if not isinstance(c, kind) or (kind is int and isinstance(c, bool))]
+            if wrong:
+                raise ValueError(f"classes: {wrong[0]!r} is not a {self.label_type} label")
         return self
 
 
 class RejectedEvent(Exception):
     """A record that cannot become an event. ``stage`` is a
     :class:`~streamwise.core.stages.DeadLetterStage`: ``decode`` or ``validate`` from the
-    schema, ``clean`` from a cleaner, ``features`` from a feature extractor."""
+    schema, ``label`` for a label outside the declared classes, ``clean`` from a cleaner
+    or the time bounds, ``features`` from a feature extractor."""
 
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(reason)
@@ -83,6 +159,13 @@ class DecodedEvent:
     event_time: Any | None
 
 
+def _bounded_text(limit: int) -> Any:
+    return Annotated[str, StringConstraints(max_length=limit)]
+
+
+def _bounded_id(limit: int) -> Any:
+    """An id or key: a string of at most ``limit`` characters or an int64."""
+    return _bounded_text(limit) | Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 def _python_type(spec: FieldSpec) -> Any:
@@ -98,23 +181,26 @@ def _python_type(spec: FieldSpec) -> Any:
             # Strict mode still accepts a JSON integer for a float, never a string.
             return Annotated[float, Field(allow_inf_nan=False, **bounds)]
         case "int":
+            bounds.setdefault("ge", INT64_MIN)
+            bounds.setdefault("le", INT64_MAX)
             return Annotated[int, Field(**bounds)]
         case "bool":
             return StrictBool
         case "category" | "text":
-            return str
+            return _bounded_text(spec.string_limit)
         case "timestamp":
             # Seconds since the epoch, or an ISO-8601 string.
-            return float | str
+            return float | _bounded_text(DEFAULT_MAX_ID_LENGTH)
     raise AssertionError(spec.type)
 
 
-def _label_type(label_type: LabelType) -> Any:
+def _label_type(label_type: LabelType, max_length: int) -> Any:
+    int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
     return {
         "bool": StrictBool,
-        "int": int,
+        "int": int64,
         "float": Annotated[float, Field(allow_inf_nan=False)],
-        "category": str | int | bool,
+        "category": _bounded_text(max_length) | int64 | bool,
     }[label_type]
 
 
@@ -150,18 +236,19 @@ class EventDecoder:
             fields[internal] = (annotation, Field(default, alias=name))
             self._names.append((internal, name))
 
-        add(schema.id, str | int, True)
+        add(schema.id, _bounded_id(schema.max_id_length), True)
         if schema.key is not None and schema.key != schema.id and schema.key not in schema.features:
-            add(schema.key, str | int, True)
+            add(schema.key, _bounded_id(schema.max_id_length), True)
         if schema.label is not None:
-            add(schema.label, _label_type(schema.label_type), False)
+            add(schema.label, _label_type(schema.label_type, schema.max_id_length), False)
         if schema.event_time is not None:
-            add(schema.event_time, float | str, False)
+            add(schema.event_time, float | _bounded_text(DEFAULT_MAX_ID_LENGTH), False)
         self._feature_fields = []
         for name, spec in schema.features.items():
             add(name, _python_type(spec), spec.required)
             self._feature_fields.append((f"f{len(fields) - 1}", name))
         self._by_alias = dict((alias, internal) for internal, alias in self._names)
+        self._classes = None if schema.classes is None else frozenset(map(label_key, schema.classes))
         self._model = pydantic.create_model(  # type: ignore[call-overload]
             "Event",
             __config__=ConfigDict(strict=True, extra="ignore", populate_by_name=False),
@@ -171,26 +258,30 @@ class EventDecoder:
     def decode(self, value: bytes | None) -> DecodedEvent:
         return self.validate(self.parse(value))
 
+    def check_label(self, y: Any) -> None:
+        """Refuses (stage ``label``) a label outside the schema's declared ``classes``.
+
+        Examples
+        --------
+        >>> decoder = EventDecoder(EventSchema(label_type="category", classes=["cat", "dog"], features={"w": "float"}))
+        >>> decoder.check_label("dog")
+        >>> try:
+        ...     decoder.check_label("cow")
+        ... except RejectedEvent as e:
+        ...     print(e.stage, e.reason)
+        label label 'cow' is not one of the declared classes ('cat', 'dog')
+        """
+        if self._classes is not None and label_key(y) not in self._classes:
+            shown = ", ".join(map(repr, self.schema.classes or []))
+            reason = f"label {y!r} is not one of the declared classes ({shown})"
+            raise RejectedEvent(DeadLetterStage.LABEL, reason[:300])
+
     def parse(self, value: bytes | None) -> Any:
         """The JSON value in a record's bytes, before validation; :class:`RejectedEvent` if none."""
-        schema = self.schema
-        if value is None:
-            raise RejectedEvent(DeadLetterStage.DECODE, "record has no value (tombstone)")
-        if len(value) > schema.max_event_bytes:
-            raise RejectedEvent(
-                DeadLetterStage.DECODE, f"event of {len(value)} bytes exceeds max_event_bytes={schema.max_event_bytes}"
-            )
         try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RejectedEvent(DeadLetterStage.DECODE, f"not UTF-8: {e}") from None
-        try:
-            # orjson: a quarter of json's time per event (measured), and strict JSON:
-            # NaN and Infinity are refused, nesting is bounded.
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError as e:
-            raise RejectedEvent(DeadLetterStage.DECODE, f"not JSON: {e}") from None
-        return obj
+            return loads_bounded(value, self.schema.max_event_bytes, "event")
+        except UnreadableRecord as e:
+            raise RejectedEvent(DeadLetterStage.DECODE, str(e)) from None
 
     def validate(self, obj: Any) -> DecodedEvent:
         if not isinstance(obj, dict):
@@ -208,8 +299,15 @@ class EventDecoder:
         s = self.schema
         key = obj.get(s.key) if s.key is not None else None
         y = values[self._by_alias[s.label]] if s.label is not None else None
+        if y is not None:
+            self.check_label(y)
         t = values[self._by_alias[s.event_time]] if s.event_time is not None else None
         return DecodedEvent(id=values["f0"], x=x, y=y, key=None if key is None else str(key), event_time=t)
+
+
+def label_key(y: Any) -> tuple[type, Any]:
+    """A label as a set member: ``True`` and ``1`` are different labels."""
+    return (type(y), y)
 
 
 def _describe(error: pydantic.ValidationError, names: list[tuple[str, str]]) -> str:

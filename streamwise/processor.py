@@ -138,16 +138,21 @@ class PipelineProcessor:
 
     def _label(self, record: ConsumedRecord, out: list[OutgoingRecord]) -> None:
         cfg = self.config
+        schema = cfg.event_schema
         try:
             event_id, y = decode_label_record(
                 record.value,
-                cfg.labels.id_field or cfg.event_schema.id,
+                cfg.labels.id_field or schema.id,
                 cfg.labels.label_field,
-                cfg.event_schema.label_type,
+                schema.label_type,
+                max_bytes=schema.max_event_bytes,
+                max_id_length=schema.max_id_length,
             )
-        except LabelRecordError as e:
-            out.append(dead_letter(record, cfg.dead_letter_topic, DeadLetterStage.LABEL, "LabelRecordError", str(e)))
-            self.sensor.on_dead_letter(record.topic, DeadLetterStage.LABEL)
+            self.events.decoder.check_label(y)
+        except (LabelRecordError, RejectedEvent) as e:
+            stage = DeadLetterStage.LABEL
+            out.append(dead_letter(record, cfg.dead_letter_topic, stage, type(e).__name__, str(e)))
+            self.sensor.on_dead_letter(record.topic, stage)
             return
         self.learners.on_label(event_id, y, record.timestamp_ms / 1000.0)
 

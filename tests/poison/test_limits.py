@@ -1,0 +1,111 @@
+"""Every input path has limits: events and label records alike, in process (no Kafka).
+
+The processor is driven with plain records; each poison must become exactly one dead
+letter with its stage and leave the good records' predictions in place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from streamwise.connectors.records import ConsumedRecord
+from streamwise.core.stages import DeadLetterStage
+from streamwise.stream.schema import EventDecoder, EventSchema, RejectedEvent
+
+from streamwise.pipeline_config import parse_pipeline_config
+from streamwise.processor import H_STAGE, PipelineProcessor
+
+NOW_MS = int(time.time() * 1000)
+
+
+def _config(**schema: Any) -> Any:
+    return parse_pipeline_config(
+        {
+            "name": "limits",
+            "input": {"topic": "ev", "labels_topic": "lab"},
+            "output": {"topic": "out"},
+            "schema": {
+                "id": "id",
+                "label_type": "category",
+                "classes": ["a", "b"],
+                "features": {"x": "float", "city": {"type": "category", "required": False}},
+                **schema,
+            },
+            "task": "classification",
+            "metric": "Accuracy",
+            "models": [{"name": "tree", "steps": ["tree.HoeffdingTreeClassifier"]}],
+        }
+    )
+
+
+def _rec(topic: str, offset: int, value: bytes | None, ts_ms: int = NOW_MS) -> ConsumedRecord:
+    return ConsumedRecord(topic, 0, offset, None, value, ts_ms)
+
+
+def _stages(out: list[Any]) -> list[str]:
+    return [dict(r.headers)[H_STAGE].decode() for r in out if r.topic.endswith(".dlq")]
+
+
+LABEL_POISONS = {
+    "deep JSON": b"[" * 100_000 + b"]" * 100_000,
+    "oversized": json.dumps({"id": 1, "label": "a", "pad": "x" * 2_000_000}).encode(),
+    "unseen class": b'{"id": 1, "label": "c"}',
+    "id too long": json.dumps({"id": "i" * 5000, "label": "a"}).encode(),
+    "id beyond int64": b'{"id": 99999999999999999999999, "label": "a"}',
+}
+
+
+@pytest.mark.parametrize("poison", LABEL_POISONS.values(), ids=LABEL_POISONS.keys())
+def test_a_poisoned_label_record_is_one_label_dead_letter(poison: bytes) -> None:
+    processor = PipelineProcessor(_config())
+    records = [
+        _rec("ev", 0, b'{"id": 1, "x": 0.5}'),
+        _rec("lab", 0, poison, NOW_MS + 1),
+        _rec("lab", 1, b'{"id": 1, "label": "b"}', NOW_MS + 2),
+    ]
+    out = processor.process(records)
+    assert _stages(out) == [DeadLetterStage.LABEL]
+    assert sum(r.topic == "out" for r in out) == 1
+    assert processor.learners.pending.stats.joined == 1  # the good label was learned
+
+
+EVENT_POISONS = {
+    "unseen inline class": (b'{"id": 1, "x": 0.5, "label": "zebra"}', DeadLetterStage.LABEL),
+    "id too long": (json.dumps({"id": "i" * 1025, "x": 1.0}).encode(), DeadLetterStage.VALIDATE),
+    "category too long": (json.dumps({"id": 1, "x": 1.0, "city": "c" * 1025}).encode(), DeadLetterStage.VALIDATE),
+    "id beyond int64": (b'{"id": 9223372036854775808, "x": 1.0}', DeadLetterStage.VALIDATE),
+    "deep JSON": (b"[" * 100_000 + b"]" * 100_000, DeadLetterStage.DECODE),
+}
+
+
+@pytest.mark.parametrize("poison,stage", EVENT_POISONS.values(), ids=EVENT_POISONS.keys())
+def test_a_poisoned_event_is_one_dead_letter_with_its_stage(poison: bytes, stage: str) -> None:
+    processor = PipelineProcessor(_config(label="label"))
+    out = processor.process([_rec("ev", 0, poison), _rec("ev", 1, b'{"id": 2, "x": 0.5, "label": "a"}')])
+    assert _stages(out) == [stage]
+    assert sum(r.topic == "out" for r in out) == 1
+
+
+def test_string_bounds_are_overridable_per_field_and_for_ids() -> None:
+    schema = EventSchema(max_id_length=4, features={"memo": {"type": "text", "max_length": 3}})
+    decoder = EventDecoder(schema)
+    assert decoder.decode(b'{"id": "abcd", "memo": "abc"}').x == {"memo": "abc"}
+    for bad in (b'{"id": "abcde", "memo": "abc"}', b'{"id": "abcd", "memo": "abcd"}'):
+        with pytest.raises(RejectedEvent) as e:
+            decoder.decode(bad)
+        assert e.value.stage == DeadLetterStage.VALIDATE
+
+
+def test_an_int_feature_beyond_int64_is_refused_before_any_model() -> None:
+    decoder = EventDecoder(EventSchema(features={"n": "int"}))
+    assert decoder.decode(b'{"id": 1, "n": 9223372036854775807}').x == {"n": 2**63 - 1}
+    with pytest.raises(RejectedEvent, match="less than or equal"):
+        decoder.decode(b'{"id": 1, "n": 9223372036854775808}')
+
+
+def test_declared_classes_must_match_the_label_type() -> None:
+    with pytest.raises(ValueError, match="not a bool label"):
+        EventSchema(label_type="bool", classes=[True, "yes"], features={"x": "float"})
