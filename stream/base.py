@@ -10,7 +10,6 @@ dead-letters it.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ from streamwise.stream.schema import (
     RejectedEvent,
     is_finite_number,
     parse_duration,
+    to_epoch_seconds,
 )
 
 __all__ = [
@@ -63,38 +63,6 @@ def format_duration(seconds: float) -> str:
         if n >= 1 and abs(n - round(n)) < 1e-9:
             return f"{round(n)}{unit}"
     return f"{seconds:g}s"
-
-
-def to_epoch_seconds(value: Any) -> float:
-    """An event time as seconds since the Unix epoch: a number of seconds, or ISO 8601 text.
-
-    Text without a zone is read as UTC, so the same event gives the same features on
-    every machine.
-
-    Examples
-    --------
-    >>> to_epoch_seconds(1700000000), to_epoch_seconds("2023-11-14T22:13:20Z")
-    (1700000000.0, 1700000000.0)
-    >>> to_epoch_seconds("yesterday")
-    Traceback (most recent call last):
-    ...
-    ValueError: not a timestamp: 'yesterday'
-    """
-    if is_finite_number(value):
-        seconds = float(value)
-    elif isinstance(value, str):
-        try:
-            when = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"not a timestamp: {value[:64]!r}") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = when.timestamp()
-    else:
-        raise ValueError(f"not a timestamp: {value!r}"[:100])
-    if not math.isfinite(seconds):
-        raise ValueError(f"not a finite timestamp: {value!r}"[:100])
-    return seconds
 
 
 def finite_or(value: float, default: float) -> float:

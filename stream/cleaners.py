@@ -24,8 +24,8 @@ from streamwise.stream.base import (
     StreamComponent,
     finite_or,
     is_finite_number,
-    to_epoch_seconds,
 )
+from streamwise.stream.schema import event_seconds
 
 __all__ = ["TypeCoercer", "RunningImputer", "RunningQuantileClipper", "Deduplicator", "LatenessPolicy"]
 
@@ -400,13 +400,7 @@ class LatenessPolicy(StreamComponent):
         self.n_late = 0
 
     def _time(self, x: dict[str, Any]) -> float | None:
-        value = x.get(self.time_field)
-        if value is None:
-            return None
-        try:
-            return to_epoch_seconds(value)
-        except ValueError as e:
-            raise RejectedEvent(self.stage, f"{self.time_field}: {e}") from None
+        return event_seconds(x.get(self.time_field), self.time_field)
 
     def is_late(self, x: dict[str, Any]) -> bool:
         """Whether ``x`` trails the watermark by more than the allowed lateness."""

@@ -19,8 +19,9 @@ checked by :func:`check_stream_steps`, which names the key path the same way.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
@@ -29,7 +30,6 @@ from streamwise.stream.base import (
     StreamComponent,
     is_finite_number,
     parse_duration,
-    to_epoch_seconds,
 )
 from streamwise.stream.cleaners import (
     Deduplicator,
@@ -51,7 +51,16 @@ from streamwise.stream.features import (
     WindowedAggregates,
     _window_label,
 )
-from streamwise.stream.schema import DecodedEvent, Duration, EventDecoder, EventSchema, RejectedEvent, _duration
+from streamwise.stream.schema import (
+    DecodedEvent,
+    Duration,
+    EventDecoder,
+    EventSchema,
+    RejectedEvent,
+    _duration,
+    check_not_future,
+    event_seconds,
+)
 
 __all__ = [
     "EventPipeline",
@@ -495,6 +504,8 @@ class EventPipeline:
         self._meta = _meta_fields(self.schema)
         # What the cleaners did since the last drain_activity(), for the sensors; not state.
         self._activity: Counter[str] = Counter()
+        # The wall clock that record timestamps are held to (max_future); tests set their own.
+        self.clock: Callable[[], float] = time.time
 
     def drain_activity(self) -> dict[str, int]:
         """Counts of ``imputed``, ``clipped``, ``deduplicated`` and ``late`` since the last call."""
@@ -513,30 +524,32 @@ class EventPipeline:
     def is_identity(self) -> bool:
         return not self.coercers and not self.steps
 
-    def decode(self, value: bytes | None) -> DecodedEvent:
-        """A record's bytes to an event with its features; :class:`RejectedEvent` otherwise."""
-        if self.is_identity:
-            return self.decoder.decode(value)
-        return self.process_json(self.decoder.parse(value))
+    def decode(self, value: bytes | None, record_time_s: float | None = None) -> DecodedEvent:
+        """A record's bytes to an event with its features; :class:`RejectedEvent` otherwise.
 
-    def process_json(self, obj: Any) -> DecodedEvent:
+        ``record_time_s`` is the Kafka record's timestamp, held with the event time to
+        the schema's ``max_future`` before any step (a watermark, a window) sees them.
+        """
+        return self.process_json(self.decoder.parse(value), record_time_s)
+
+    def process_json(self, obj: Any, record_time_s: float | None = None) -> DecodedEvent:
         """A parsed JSON value to an event with its features; :class:`RejectedEvent` otherwise."""
         for coercer in self.coercers:
             obj = coercer.transform_one(obj)
         event = self.decoder.validate(obj)
+        schema = self.schema
+        t = None if schema.event_time is None else event_seconds(event.event_time, schema.event_time)
+        check_not_future(schema.max_future, record_time_s, t, self.clock())
         if self.steps:
-            event.x = self.process_row(self._row(event))
+            event.x = self.process_row(self._row(event, t))
         return event
 
-    def _row(self, event: DecodedEvent) -> dict[str, Any]:
+    def _row(self, event: DecodedEvent, t: float | None) -> dict[str, Any]:
         schema = self.schema
         row = dict(event.x)
         row[schema.id] = event.id
-        if schema.event_time is not None and event.event_time is not None:
-            try:
-                row[schema.event_time] = to_epoch_seconds(event.event_time)
-            except ValueError as e:
-                raise RejectedEvent(DeadLetterStage.VALIDATE, f"{schema.event_time}: {e}") from None
+        if schema.event_time is not None and t is not None:
+            row[schema.event_time] = t
         if schema.key is not None and schema.key not in row:
             row[schema.key] = event.key
         return row

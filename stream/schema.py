@@ -10,6 +10,7 @@ the service.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from dataclasses import dataclass
@@ -157,6 +158,99 @@ class DecodedEvent:
     y: Any | None
     key: str | None
     event_time: Any | None
+
+
+def to_epoch_seconds(value: Any) -> float:
+    """An event time as seconds since the Unix epoch: a number of seconds, or ISO 8601 text.
+
+    Text without a zone is read as UTC, so the same event gives the same features on
+    every machine.
+
+    Examples
+    --------
+    >>> to_epoch_seconds(1700000000), to_epoch_seconds("2023-11-14T22:13:20Z")
+    (1700000000.0, 1700000000.0)
+    >>> to_epoch_seconds("yesterday")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a timestamp: 'yesterday'
+    """
+    if is_finite_number(value):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not a timestamp: {value[:64]!r}") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp()
+    else:
+        raise ValueError(f"not a timestamp: {value!r}"[:100])
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite timestamp: {value!r}"[:100])
+    return seconds
+
+
+def event_seconds(value: Any, field: str) -> float | None:
+    """The event time in ``value`` as epoch seconds; an unreadable one is refused (stage ``validate``).
+
+    The one reader of event times: the pipeline, the time bounds and the lateness
+    cleaner all go through it, so one bad time gets one answer wherever it is read.
+
+    Examples
+    --------
+    >>> event_seconds("1970-01-01T00:01:00", "ts"), event_seconds(None, "ts")
+    (60.0, None)
+    >>> try:
+    ...     event_seconds("soon", "ts")
+    ... except RejectedEvent as e:
+    ...     print(e.stage, e.reason)
+    validate ts: not a timestamp: 'soon'
+    """
+    if value is None:
+        return None
+    try:
+        return to_epoch_seconds(value)
+    except ValueError as e:
+        raise RejectedEvent(DeadLetterStage.VALIDATE, f"{field}: {e}") from None
+
+
+def check_not_future(
+    max_future: float | None,
+    record_time_s: float | None,
+    event_time_s: float | None,
+    now: float,
+    stage: str = DeadLetterStage.CLEAN,
+) -> None:
+    """Refuses a record timestamp more than ``max_future`` seconds ahead of ``now``, and an
+    event time that far ahead of its record's timestamp (or of ``now`` without one).
+
+    The record timestamp is held to the wall clock because a producer's clock is the
+    only thing that sets it; the event time is held to the record's timestamp, which
+    makes that half of the check the same on every replay.
+
+    Examples
+    --------
+    >>> check_not_future(300, record_time_s=1000.0, event_time_s=1200.0, now=1000.0)
+    >>> try:
+    ...     check_not_future(300, record_time_s=1000.0, event_time_s=253402300799.0, now=1000.0)
+    ... except RejectedEvent as e:
+    ...     print(e.stage, e.reason)
+    clean event time is 253402299799s ahead of its record timestamp, max_future is 300s
+    """
+    if max_future is None:
+        return
+    if record_time_s is not None and record_time_s - now > max_future:
+        raise RejectedEvent(
+            stage, f"record timestamp is {record_time_s - now:.0f}s ahead of the clock, max_future is {max_future:g}s"
+        )
+    if event_time_s is not None:
+        reference, what = (now, "the clock") if record_time_s is None else (record_time_s, "its record timestamp")
+        if event_time_s - reference > max_future:
+            raise RejectedEvent(
+                stage, f"event time is {event_time_s - reference:.0f}s ahead of {what}, max_future is {max_future:g}s"
+            )
 
 
 def _bounded_text(limit: int) -> Any:

@@ -23,7 +23,7 @@ from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import PrequentialModel
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.pipeline import build_event_pipeline
-from streamwise.stream.schema import DecodedEvent, RejectedEvent
+from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future
 
 # Header names follow Kafka Connect's dead-letter convention under our own prefix.
 H_STAGE = "streamwise.error.stage"
@@ -113,7 +113,7 @@ class PipelineProcessor:
                 self._label(record, out)
                 continue
             try:
-                event = self.events.decode(record.value)
+                event = self.events.decode(record.value, record.timestamp_ms / 1000.0)
             except RejectedEvent as e:
                 out.append(dead_letter(record, dlq, e.stage, "RejectedEvent", e.reason))
                 sensor.on_dead_letter(record.topic, e.stage)
@@ -149,6 +149,7 @@ class PipelineProcessor:
                 max_id_length=schema.max_id_length,
             )
             self.events.decoder.check_label(y)
+            check_not_future(schema.max_future, record.timestamp_ms / 1000.0, None, time.time(), DeadLetterStage.LABEL)
         except (LabelRecordError, RejectedEvent) as e:
             stage = DeadLetterStage.LABEL
             out.append(dead_letter(record, cfg.dead_letter_topic, stage, type(e).__name__, str(e)))

@@ -21,7 +21,7 @@ from streamwise.processor import H_STAGE, PipelineProcessor
 NOW_MS = int(time.time() * 1000)
 
 
-def _config(**schema: Any) -> Any:
+def _config(cleaners: list[Any] | None = None, **schema: Any) -> Any:
     return parse_pipeline_config(
         {
             "name": "limits",
@@ -37,6 +37,7 @@ def _config(**schema: Any) -> Any:
             "task": "classification",
             "metric": "Accuracy",
             "models": [{"name": "tree", "steps": ["tree.HoeffdingTreeClassifier"]}],
+            "cleaners": cleaners or [],
         }
     )
 
@@ -109,3 +110,42 @@ def test_an_int_feature_beyond_int64_is_refused_before_any_model() -> None:
 def test_declared_classes_must_match_the_label_type() -> None:
     with pytest.raises(ValueError, match="not a bool label"):
         EventSchema(label_type="bool", classes=[True, "yes"], features={"x": "float"})
+
+
+def _timed_config() -> Any:
+    return _config(event_time="ts", max_future="5m", label="label", cleaners=[{"kind": "lateness", "allowed": "1m"}])
+
+
+def _lateness(processor: PipelineProcessor) -> Any:
+    return next(s for s in processor.events.steps if type(s).__name__ == "LatenessPolicy")
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        _rec("ev", 0, b'{"id": 0, "x": 1.0, "ts": "9999-12-31T23:59:59Z"}'),
+        _rec("ev", 0, json.dumps({"id": 0, "x": 1.0, "ts": NOW_MS / 1000}).encode(), NOW_MS + 86_400_000),
+    ],
+    ids=["future event time", "future record timestamp"],
+)
+def test_a_future_event_is_a_clean_dead_letter_and_moves_no_clock(poison: ConsumedRecord) -> None:
+    processor = PipelineProcessor(_timed_config())
+    good = [
+        _rec("ev", i, json.dumps({"id": i, "x": 1.0, "ts": NOW_MS / 1000 + i, "label": "a"}).encode(), NOW_MS + i)
+        for i in range(1, 50)
+    ]
+    out = processor.process([poison, *good])
+    assert _stages(out) == [DeadLetterStage.CLEAN]
+    assert sum(r.topic == "out" for r in out) == 49
+    assert _lateness(processor).watermark == NOW_MS / 1000 + 49
+    assert processor.learners.now == (NOW_MS + 49) / 1000
+
+
+def test_a_future_label_record_is_a_label_dead_letter_and_moves_no_join_clock() -> None:
+    processor = PipelineProcessor(_config())
+    out = processor.process(
+        [_rec("ev", 0, b'{"id": 1, "x": 0.5}'), _rec("lab", 0, b'{"id": 1, "label": "a"}', NOW_MS + 86_400_000)]
+    )
+    assert _stages(out) == [DeadLetterStage.LABEL]
+    assert processor.learners.now == NOW_MS / 1000
+    assert len(processor.learners.pending) == 1  # still waiting for its label
