@@ -1,6 +1,19 @@
-"""State fingerprints that do not depend on the process that computed them.
+"""The snapshot payload codec, and state fingerprints that do not depend on the process.
 
-Two workers that learned from the same events hold the same models, but their pickles
+Codec. :func:`encode_state` and :func:`decode_state` are the one reader and writer of
+a snapshot's payload (the runner's snapshots and restores, the CLI's ``snapshots
+show``, and the processor's in-memory checkpoints all use them). A payload is a
+header line naming the payload format and the library versions that wrote it, then
+a pickle. It is read back by an allow-listing unpickler: only the classes a learning
+state legitimately holds (River's estimators and statistics, numpy arrays and
+generators, ``collections``, and streamwise's own ``models`` and ``stream`` classes)
+may be named by it, so a payload holding any other global (``os.system``,
+``builtins.open``, ``numpy.save``) is refused before anything is called. Torch
+weights never go through pickle's globals: the learner stores ``torch.save`` bytes and
+reads them with ``torch.load(weights_only=True)``. The upgrade rule is written in
+``docs/snapshots.md``.
+
+Fingerprints. Two workers that learned from the same events hold the same models, but their pickles
 can still differ byte for byte: a ``set`` of strings pickles in hash order, which
 changes with each interpreter's hash seed. :func:`fingerprint` walks the state the
 way pickle would (``__reduce_ex__``), but writes sets in sorted order, pydantic models
@@ -12,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import pickle
 import random
 import struct
@@ -19,6 +34,219 @@ import sys
 import types
 from collections.abc import Iterator
 from typing import Any
+
+import numpy
+import river
+from streamwise.core.errors import StreamwiseError
+
+# The payload format this streamwise writes. 1: a bare pickle of {"processor": state,
+# "positions": ...} (before the header existed); 2: the header line, then a pickle of
+# the processor state alone. docs/snapshots.md says what each version reads.
+PAYLOAD_FORMAT = 2
+_MAGIC = b"streamwise-state "
+
+
+class SnapshotFormatError(StreamwiseError):
+    """A verified payload that this streamwise cannot, or will not, turn back into state."""
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries whose classes a payload pickles."""
+    python = "{}.{}".format(*sys.version_info[:2])
+    versions = {"python": python, "river": river.__version__, "numpy": numpy.__version__}
+    torch = sys.modules.get("torch")  # never imported here: River-only installs have none
+    if torch is not None:
+        versions["torch"] = str(torch.__version__)
+    return versions
+
+
+def encode_state(state: Any) -> bytes:
+    """A learning state as payload bytes: the format header, then the pickle.
+
+    Examples
+    --------
+    >>> from collections import Counter
+    >>> payload = encode_state({"seen": Counter("abca")})
+    >>> payload.split(b"\\n", 1)[0].startswith(b'streamwise-state {"format":2')
+    True
+    >>> decode_state(payload)
+    {'seen': Counter({'a': 2, 'b': 1, 'c': 1})}
+    """
+    header = json.dumps({"format": PAYLOAD_FORMAT, "versions": library_versions()}, separators=(",", ":"))
+    with _deep_recursion():
+        return _MAGIC + header.encode() + b"\n" + pickle.dumps(state, protocol=5)
+
+
+def payload_header(payload: bytes) -> dict[str, Any]:
+    """The header of a payload; format 1 payloads (no header) give ``{"format": 1}``."""
+    if not payload.startswith(_MAGIC):
+        return {"format": 1, "versions": {}}
+    line, _, _ = payload.partition(b"\n")
+    try:
+        header = json.loads(line[len(_MAGIC) :])
+    except ValueError:
+        raise SnapshotFormatError("snapshot payload header is not JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("format"), int):
+        raise SnapshotFormatError("snapshot payload header has no format number")
+    return header
+
+
+def decode_state(payload: bytes) -> Any:
+    """The learning state in payload bytes; :class:`SnapshotFormatError` if it cannot be read.
+
+    Examples
+    --------
+    >>> import os, pickle
+    >>> class Gadget:
+    ...     def __reduce__(self):
+    ...         return (os.system, ("echo owned",))
+    >>> try:
+    ...     decode_state(encode_state({"model": Gadget()}))
+    ... except SnapshotFormatError as e:
+    ...     print(e)
+    snapshot refused: it names posix.system, which no learning state holds
+    """
+    header = payload_header(payload)
+    fmt = header["format"]
+    if fmt > PAYLOAD_FORMAT:
+        raise SnapshotFormatError(
+            f"snapshot payload format {fmt} was written by a newer streamwise; this one reads formats 1 to "
+            f"{PAYLOAD_FORMAT}"
+        )
+    body = payload.partition(b"\n")[2] if fmt >= 2 else payload
+    try:
+        with _deep_recursion():
+            state = _AllowListUnpickler(io.BytesIO(body)).load()
+    except SnapshotFormatError:
+        raise
+    except Exception as e:  # a class renamed or changed by a library upgrade, or corrupt bytes
+        written = header.get("versions") or {}
+        now = library_versions()
+        changed = ", ".join(
+            f"{k} {written[k]} -> {now.get(k, 'absent')}" for k in sorted(written) if written[k] != now.get(k)
+        )
+        raise SnapshotFormatError(
+            f"snapshot cannot be read by this streamwise ({type(e).__name__}: {e})"
+            + (f"; written with {changed}" if changed else "")
+        ) from None
+    if fmt == 1:
+        # Format 1 wrapped the state with the positions it covered, which the manifest's
+        # signed offsets already say.
+        if not isinstance(state, dict) or "processor" not in state:
+            raise SnapshotFormatError("format 1 snapshot payload has no processor state")
+        state = state["processor"]
+    return state
+
+
+@contextlib.contextmanager
+def _deep_recursion(limit: int = 50_000) -> Iterator[None]:
+    """River's trees are nested node objects whose depth grows with the data (a Hoeffding
+    tree regressor on a steadily increasing feature goes past Python's default limit of
+    1,000), so pickling and unpickling them needs more than the default recursion."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+# ---- the allow-list ----------------------------------------------------------------
+
+_BUILTINS = frozenset(
+    "set frozenset dict list tuple float int complex bool str bytes bytearray slice range object".split()
+)
+# Globals that are not classes, named one by one: how numpy rebuilds arrays, scalars
+# and generators, and the helpers River's estimators keep (SoftmaxRegression keeps a
+# partial of copy.deepcopy as a defaultdict factory).
+_ALLOWED_FUNCTIONS = frozenset(
+    {
+        ("copyreg", "_reconstructor"),
+        ("functools", "partial"),
+        ("copy", "deepcopy"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.random._pickle", "__randomstate_ctor"),
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__generator_ctor"),
+    }
+)
+_CLASSES = frozenset({("collections", n) for n in ("OrderedDict", "defaultdict", "deque", "Counter")}) | {
+    ("random", "Random"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+}
+# Modules whose classes a state may hold. Functions in them are not allowed (numpy.save
+# writes a file; a class's constructor is what a pickle may call), except River's
+# compiled helpers and distance functions, which estimators keep as parameters.
+_CLASS_MODULES = ("river.", "streamwise.models.", "streamwise.stream.", "numpy.random.", "numpy.dtypes")
+_NOT_STATE_MODULES = ("river.datasets", "river.stream", "river.api")
+_FUNCTION_MODULES = ("river._river_rust.", "river.utils.math")
+
+
+def _bound_method(obj: Any, name: str) -> Any:
+    """``getattr`` as a pickle may use it: a bound method of an allowed object, nothing else.
+
+    Pickle stores a bound method (PAClassifier keeps ``self._calc_tau_1``) as
+    ``getattr(obj, name)``; a free ``getattr`` would reach ``__globals__`` and from there
+    anything.
+    """
+    if name.startswith("__") or not _allowed_class(type(obj)):
+        raise SnapshotFormatError(f"snapshot refused: getattr({type(obj).__qualname__}, {name!r}) is not a method")
+    method = getattr(obj, name)
+    if not isinstance(method, types.MethodType):
+        raise SnapshotFormatError(f"snapshot refused: {type(obj).__qualname__}.{name} is not a method")
+    return method
+
+
+def _allowed_class(cls: Any) -> bool:
+    if not isinstance(cls, type):
+        return False
+    module = cls.__module__
+    if (module, cls.__name__) in _CLASSES or module == "builtins" and cls.__name__ in _BUILTINS:
+        return True
+    if module.startswith(_NOT_STATE_MODULES):
+        return False
+    if module.startswith(_CLASS_MODULES) or module == "numpy":
+        # numpy's top level holds memmap (opens a file) and friends: its scalars only.
+        return module != "numpy" or issubclass(cls, numpy.generic)
+    return False
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "getattr"):
+            return _bound_method
+        if (module, name) in _ALLOWED_FUNCTIONS:
+            return super().find_class(module, name)
+        if module.startswith(_NOT_STATE_MODULES) or not (
+            module.startswith(("river", "streamwise.", "numpy", "collections", "random", "builtins"))
+        ):
+            raise SnapshotFormatError(f"snapshot refused: it names {module}.{name}, which no learning state holds")
+        obj = super().find_class(module, name)
+        if _allowed_class(obj):
+            return obj
+        if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)) and (
+            module.startswith(_FUNCTION_MODULES) or _river_class_function(module, name, obj)
+        ):
+            return obj
+        if module.startswith("numpy.random.") and name.startswith("__pyx_unpickle_"):
+            return obj  # Cython's rebuilders of numpy's own generator classes
+        raise SnapshotFormatError(f"snapshot refused: it names {module}.{name}, which no learning state holds")
+
+
+def _river_class_function(module: str, name: str, obj: Any) -> bool:
+    """A function defined on an allowed River class, named by its qualified name
+    (GaussianNB keeps ``GaussianNB._make_gaussian`` as a defaultdict factory)."""
+    owner, _, _ = name.partition(".")
+    if not module.startswith("river.") or owner == name:
+        return False
+    return _allowed_class(getattr(sys.modules[module], owner, None)) and getattr(obj, "__module__", None) == module
+
 
 _ATOMS = (type(None), bool, int, str, bytes, bytearray)
 _FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)
@@ -109,40 +337,3 @@ def _walk(obj: Any, h: Any, seen: dict[int, tuple[int, Any]]) -> None:
         _walk(list(listitems), h, seen)
     if dictitems is not None:
         _walk(dict(dictitems), h, seen)
-
-
-# ----- the snapshot payload ----------------------------------------------------------
-# One codec for what a snapshot's payload holds, used by the runner (streamwise/partitions.py)
-# and the CLI (`streamwise snapshots show`) alike. The payload is only ever decoded after
-# its HMAC was checked by the store.
-
-
-def encode_state(state: dict[str, Any]) -> bytes:
-    """A processor's learning state as snapshot payload bytes.
-
-    Examples
-    --------
-    >>> decode_state(encode_state({"learners": [1, 2]}))
-    {'learners': [1, 2]}
-    """
-    # A raised recursion limit: River's trees are nested node objects whose depth grows
-    # with the data (a Hoeffding tree regressor on a steadily increasing feature goes
-    # past Python's default limit of 1,000).
-    with _deep_recursion():
-        return pickle.dumps({"processor": state}, protocol=5)
-
-
-def decode_state(payload: bytes) -> dict[str, Any]:
-    """The processor state held by a (verified) snapshot payload."""
-    with _deep_recursion():
-        return pickle.loads(payload)["processor"]  # noqa: S301 - verified by its HMAC first
-
-
-@contextlib.contextmanager
-def _deep_recursion(limit: int = 50_000) -> Iterator[None]:
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(before, limit))
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)

@@ -459,7 +459,7 @@ def snapshots_show(
     import json as _json
     from dataclasses import asdict
 
-    from streamwise.models.state import decode_state
+    from streamwise.models.state import decode_state, payload_header
 
     try:
         store = _store(redis_url)
@@ -471,8 +471,8 @@ def snapshots_show(
         out = asdict(info)
         out["signature"] = "valid" if snap is not None else "INVALID (refused)"
         if snap is not None:
-            state = decode_state(snap.payload)
-            out["models"] = state["learners"].report()["models"]
+            out["payload"] = payload_header(snap.payload)
+            out["models"] = decode_state(snap.payload)["learners"].report()["models"]
         typer.echo(_json.dumps(out, indent=2, default=str))
     except StreamwiseError as e:
         raise _fail(e) from None

@@ -42,7 +42,7 @@ from streamwise.connectors.redis_state import FencedError, SnapshotUnavailableEr
 from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.sensors import Sensor
 from streamwise.core.settings import SnapshotSettings
-from streamwise.models.state import decode_state, encode_state, fingerprint
+from streamwise.models.state import SnapshotFormatError, decode_state, encode_state, fingerprint
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
 
@@ -281,11 +281,19 @@ class PartitionStates:
             # longer write its snapshots.
             st.owner = self.store.claim(self.config.name, p)
             snap = self.store.load_latest(self.config.name, p)
+            state = None
+            if snap is not None:
+                try:
+                    state = decode_state(snap.payload)
+                except SnapshotFormatError as e:
+                    # docs/snapshots.md: a snapshot this version cannot read counts as missing.
+                    log.error("partition %s: snapshot epoch %s refused: %s", p, snap.info.epoch, e)
+                    snap = None
             expected = max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
             if snap is None and expected > 0:
                 self._state_lost(p, expected)
             if snap is not None:
-                processor.restore_state(decode_state(snap.payload))
+                processor.restore_state(state)
                 offsets = snap.info.offsets_by_tp()
                 st.epoch = processor.epoch = snap.info.epoch
                 log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
