@@ -24,14 +24,19 @@ class DeadLetterStage(StrEnum):
     DECODE = "decode"
     # JSON, but not an event of the pipeline's schema (stream/schema.py).
     VALIDATE = "validate"
-    # Refused by a cleaner: duplicate id, too late (stream/cleaners.py).
+    # Refused by a cleaner: duplicate id, too late (stream/cleaners.py), or a time from
+    # the future (the schema's max_future, stream/schema.py).
     CLEAN = "clean"
     # A feature extractor failed or produced a non-finite value (stream/pipeline.py).
     FEATURES = "features"
     # A model raised while predicting or learning from the event (streamwise/processor.py).
     PREDICT = "predict"
-    # A record on the labels topic that is not a label for this pipeline (models/labels.py).
+    # A record on the labels topic that is not a label for this pipeline (models/labels.py),
+    # or a label outside the schema's declared classes (stream/schema.py).
     LABEL = "label"
+    # Anything else that raised while its batch was processed, found by the last-resort
+    # guard that retries the batch in parts (streamwise/processor.py).
+    PROCESS = "process"
 
 
 class CleanerAction(StrEnum):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import time
 from collections.abc import Sequence
 from itertools import groupby
@@ -21,6 +22,7 @@ from streamwise.core.stages import DeadLetterStage
 from streamwise.models.labels import LabelRecordError, decode_label_record
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import PrequentialModel
+from streamwise.models.state import decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.pipeline import build_event_pipeline
 from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future
@@ -33,6 +35,8 @@ H_TOPIC = "streamwise.source.topic"
 H_PARTITION = "streamwise.source.partition"
 H_OFFSET = "streamwise.source.offset"
 _MAX_HEADER_MESSAGE = 1000
+
+log = logging.getLogger(__name__)
 
 
 def dead_letter(
@@ -100,12 +104,56 @@ class PipelineProcessor:
         self.__dict__.update(state)
 
     def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
+        """Prediction, alert and dead-letter records for one partition's batch.
+
+        The last-resort guard: should anything escape the per-event handling (a model
+        raising in ``end_batch``, a value no writer can encode), the state goes back to
+        a checkpoint taken before the batch, and the batch is retried in halves down to
+        the one record that fails, which is dead-lettered with stage ``process``. No
+        record can stop the stream, so no restart can read it again and crash again.
+        Retrying in parts changes nothing for the good records: a batch's outcome does
+        not depend on how it is cut (models/model_set.py steps torch learners at fixed
+        row counts). The price is one checkpoint per batch (see docs/benchmarks.md).
+        """
+        labels_topic = self.config.input.labels_topic
+        if labels_topic is not None:
+            records = arrival_order(records, labels_topic)
+        checkpoint = encode_state(self.snapshot_state())
+        try:
+            return self._process_batch(records)
+        except Exception as e:
+            log.error("a batch of %d records raised %s: %s; retrying it in parts", len(records), type(e).__name__, e)
+            self.restore_state(decode_state(checkpoint))
+            return self._isolate(records, checkpoint, e)
+
+    def _isolate(self, records: Sequence[ConsumedRecord], checkpoint: bytes, error: Exception) -> list[OutgoingRecord]:
+        """Processes ``records``, whose processing from ``checkpoint`` (the current state)
+        raised ``error``, dead-lettering only the records that raise on their own."""
+        if len(records) == 1:
+            return [self._guard_dead_letter(records[0], error)]
+        mid = len(records) // 2
+        out: list[OutgoingRecord] = []
+        for i, part in enumerate((records[:mid], records[mid:])):
+            before = checkpoint if i == 0 else encode_state(self.snapshot_state())
+            try:
+                out.extend(self._process_batch(part))
+            except Exception as e:
+                self.restore_state(decode_state(before))
+                out.extend(self._isolate(part, before, e))
+        return out
+
+    def _guard_dead_letter(self, record: ConsumedRecord, error: Exception) -> OutgoingRecord:
+        stage = DeadLetterStage.PROCESS
+        log.error("record %s/%s@%s dead-lettered: %s: %s", record.topic, record.partition, record.offset,
+                  type(error).__name__, error)
+        self.sensor.on_dead_letter(record.topic, stage)
+        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error))
+
+    def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
         sensor = self.sensor
         dlq = self.config.dead_letter_topic
         labels_topic = self.config.input.labels_topic
-        if labels_topic is not None:
-            records = arrival_order(records, labels_topic)
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record in records:
             sensor.on_event_in(record.topic, record.partition)

@@ -1,0 +1,105 @@
+"""The last-resort guard: whatever escapes per-event handling costs one dead letter, never the stream.
+
+In process, no Kafka: a model is made to raise on one marked record (the class is
+patched, so its instances still pickle as River's or ours), and the processor must
+dead-letter exactly that record with stage ``process``, predict every other one, and
+end with the state of a run that never saw the marked record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from streamwise.connectors.records import ConsumedRecord
+from streamwise.core.stages import DeadLetterStage
+from streamwise.models.state import fingerprint
+from streamwise.pipeline_config import parse_pipeline_config
+from streamwise.processor import H_STAGE, PipelineProcessor
+
+NOW_MS = int(time.time() * 1000)
+MARK = 666.0
+
+
+def _config(model: str, labels_topic: bool) -> Any:
+    return parse_pipeline_config(
+        {
+            "name": "guard",
+            "input": {"topic": "ev", **({"labels_topic": "lab"} if labels_topic else {})},
+            "output": {"topic": "out"},
+            "schema": {"id": "id", "label": "y", "features": {"a": "float", "b": "float"}},
+            "task": "classification",
+            "metric": "Accuracy",
+            "models": [{"name": "m", "steps": [model]}],
+        }
+    )
+
+
+def _records(n: int, labels_topic: bool, poison_at: int | None) -> list[ConsumedRecord]:
+    out = []
+    for i in range(n):
+        a = MARK if i == poison_at else float(i % 7)
+        event: dict[str, Any] = {"id": i, "a": a, "b": float(i % 3)}
+        if not labels_topic:
+            event["y"] = i % 2 == 0
+        out.append(ConsumedRecord("ev", 0, i, None, json.dumps(event).encode(), NOW_MS + 2 * i))
+        if labels_topic:
+            label = json.dumps({"id": i, "label": i % 2 == 0}).encode()
+            out.append(ConsumedRecord("lab", 0, i, None, label, NOW_MS + 2 * i + 1))
+    return out
+
+
+def _raise_on_mark(x: Any) -> None:
+    rows = x if isinstance(x, list) else [x]
+    if any(row.get("a") == MARK for row in rows):
+        raise RuntimeError("a model bug, triggered by one record")
+
+
+CASES = {
+    # River learns from a delayed label in on_label.
+    "river on_label": ("tree.HoeffdingTreeClassifier", True, "river.tree.HoeffdingTreeClassifier", "learn_one"),
+    # Torch predicts and learns the whole batch in end_batch.
+    "torch end_batch": (
+        "streamwise.TorchMiniBatchClassifier",
+        False,
+        "streamwise.models.torch_learner.TorchMiniBatchClassifier",
+        "predict_proba_many",
+    ),
+}
+
+
+@pytest.mark.parametrize("model,labels_topic,cls,method", CASES.values(), ids=CASES.keys())
+def test_one_raising_record_is_one_process_dead_letter_and_learns_nothing(
+    model: str, labels_topic: bool, cls: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    module, _, name = cls.rpartition(".")
+    target = getattr(importlib.import_module(module), name)
+    original = getattr(target, method)
+
+    def exploding(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        _raise_on_mark(x)
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(target, method, exploding)
+    n, poison_at = 300, 137
+    poisoned = PipelineProcessor(_config(model, labels_topic))
+    records = _records(n, labels_topic, poison_at)
+    out = [r for i in range(0, len(records), 100) for r in poisoned.process(records[i : i + 100])]
+
+    dead = [r for r in out if r.topic.endswith(".dlq")]
+    assert [dict(r.headers)[H_STAGE].decode() for r in dead] == [DeadLetterStage.PROCESS]
+    predicted = [json.loads(r.value)["id"] for r in out if r.topic == "out"]
+    assert len(predicted) == n - (0 if labels_topic else 1)
+    # The state is exactly that of a run without the record that raised.
+    clean = PipelineProcessor(_config(model, labels_topic))
+    bad = dict(dead[0].headers)
+    skip = (bad["streamwise.source.topic"].decode(), int(bad["streamwise.source.offset"]))
+    kept = [r for r in records if (r.topic, r.offset) != skip]
+    for i in range(0, len(kept), 100):
+        clean.process(kept[i : i + 100])
+    assert fingerprint(clean.snapshot_state()["learners"]) == fingerprint(poisoned.snapshot_state()["learners"])
