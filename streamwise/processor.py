@@ -34,20 +34,38 @@ H_MESSAGE = "streamwise.error.message"
 H_TOPIC = "streamwise.source.topic"
 H_PARTITION = "streamwise.source.partition"
 H_OFFSET = "streamwise.source.offset"
+# Set only when the value was cut: the size of the original value, in bytes.
+H_SIZE = "streamwise.source.size"
 _MAX_HEADER_MESSAGE = 1000
 
 log = logging.getLogger(__name__)
 
 
 def dead_letter(
-    record: ConsumedRecord, topic: str, stage: str, error_class: str, message: str
+    record: ConsumedRecord,
+    topic: str,
+    stage: str,
+    error_class: str,
+    message: str,
+    max_value_bytes: int | None = None,
 ) -> OutgoingRecord:
-    """The original bytes, untouched, with headers saying where they came from and why."""
+    """The original bytes, untouched, with headers saying where they came from and why.
+
+    Bytes beyond ``max_value_bytes`` (the schema's ``max_event_bytes``: only a record
+    refused for its size has more) are cut, with the original size in a header: a dead
+    letter larger than the producer or the topic accepts would fail its batch on every
+    retry, the very crash loop the dead-letter topic exists to prevent.
+    """
+    value = record.value if record.value is not None else b""
+    extra = []
+    if max_value_bytes is not None and len(value) > max_value_bytes:
+        extra.append((H_SIZE, str(len(value)).encode()))
+        value = value[:max_value_bytes]
     return OutgoingRecord(
         topic=topic,
         key=record.key,
-        value=record.value if record.value is not None else b"",
-        headers=[
+        value=value,
+        headers=[*extra,
             (H_STAGE, stage.encode()),
             (H_CLASS, error_class.encode()),
             (H_MESSAGE, message[:_MAX_HEADER_MESSAGE].encode("utf-8", "replace")),
@@ -147,12 +165,14 @@ class PipelineProcessor:
         log.error("record %s/%s@%s dead-lettered: %s: %s", record.topic, record.partition, record.offset,
                   type(error).__name__, error)
         self.sensor.on_dead_letter(record.topic, stage)
-        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error))
+        limit = self.config.event_schema.max_event_bytes
+        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error), limit)
 
     def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
         sensor = self.sensor
         dlq = self.config.dead_letter_topic
+        max_bytes = self.config.event_schema.max_event_bytes
         labels_topic = self.config.input.labels_topic
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record in records:
@@ -163,7 +183,7 @@ class PipelineProcessor:
             try:
                 event = self.events.decode(record.value, record.timestamp_ms / 1000.0)
             except RejectedEvent as e:
-                out.append(dead_letter(record, dlq, e.stage, "RejectedEvent", e.reason))
+                out.append(dead_letter(record, dlq, e.stage, "RejectedEvent", e.reason, max_bytes))
                 sensor.on_dead_letter(record.topic, e.stage)
                 continue
             sensor.on_event_valid(record.topic, record.partition)
@@ -172,7 +192,7 @@ class PipelineProcessor:
                 # learners predict the whole batch in end_batch().
                 outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0)
             except Exception as e:  # a model bug must not stop the stream
-                out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
+                out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             predicted.append((record, event, outcome))
@@ -200,7 +220,8 @@ class PipelineProcessor:
             check_not_future(schema.max_future, record.timestamp_ms / 1000.0, None, time.time(), DeadLetterStage.LABEL)
         except (LabelRecordError, RejectedEvent) as e:
             stage = DeadLetterStage.LABEL
-            out.append(dead_letter(record, cfg.dead_letter_topic, stage, type(e).__name__, str(e)))
+            limit = schema.max_event_bytes
+            out.append(dead_letter(record, cfg.dead_letter_topic, stage, type(e).__name__, str(e), limit))
             self.sensor.on_dead_letter(record.topic, stage)
             return
         self.learners.on_label(event_id, y, record.timestamp_ms / 1000.0)

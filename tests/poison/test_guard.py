@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import pytest
-
 from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.state import fingerprint
+
 from streamwise.pipeline_config import parse_pipeline_config
 from streamwise.processor import H_STAGE, PipelineProcessor
 
@@ -103,3 +103,21 @@ def test_one_raising_record_is_one_process_dead_letter_and_learns_nothing(
     for i in range(0, len(kept), 100):
         clean.process(kept[i : i + 100])
     assert fingerprint(clean.snapshot_state()["learners"]) == fingerprint(poisoned.snapshot_state()["learners"])
+
+
+def test_an_undeclared_label_that_a_torch_model_cannot_learn_is_one_process_dead_letter() -> None:
+    """Without schema classes, a label the torch classifier does not know raises inside
+    end_batch; with them it never gets there (tests/poison/test_limits.py)."""
+    cfg = _config("streamwise.TorchMiniBatchClassifier", labels_topic=False)
+    cfg.event_schema.label_type = "category"
+    processor = PipelineProcessor(cfg)
+    records = [
+        ConsumedRecord("ev", 0, i, None, json.dumps({"id": i, "a": 1.0, "b": 2.0, "y": y}).encode(), NOW_MS + i)
+        for i, y in enumerate([False, True, "maybe", True])
+    ]
+    out = processor.process(records)
+    dead = [r for r in out if r.topic.endswith(".dlq")]
+    assert [(dict(r.headers)[H_STAGE], dict(r.headers)["streamwise.source.offset"]) for r in dead] == [
+        (b"process", b"2")
+    ]
+    assert sum(r.topic == "out" for r in out) == 3
