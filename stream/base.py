@@ -11,6 +11,7 @@ dead-letters it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from river import base
@@ -42,9 +43,17 @@ class StreamComponent(base.Transformer):
     """
 
     stage: ClassVar[str] = DeadLetterStage.FEATURES
+    # The cleaner action counted when this component refuses an event, if any.
+    refused_action: ClassVar[str | None] = None
 
     def learn_one(self, x: dict[str, Any]) -> None:
         """Stateless components learn nothing."""
+
+    def activity(self, before: dict[str, Any], after: dict[str, Any]) -> Iterator[tuple[str, int]]:
+        """What this component did to an event it let through, as ``(action, count)``
+        pairs for the sensors (a :class:`~streamwise.core.stages.CleanerAction`);
+        ``before`` is its input and ``after`` its output. Most do nothing to report."""
+        return iter(())
 
     def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError

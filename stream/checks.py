@@ -17,25 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamwise.stream.base import StreamComponent
-from streamwise.stream.cleaners import (
-    Deduplicator,
-    LatenessPolicy,
-    RunningImputer,
-    RunningQuantileClipper,
-    TypeCoercer,
-)
-from streamwise.stream.features import (
-    CyclicTimeFeatures,
-    DifferenceFeature,
-    FeatureHasher,
-    OneHotEncoder,
-    RatioFeature,
-    RunningMinMaxScaler,
-    RunningStandardScaler,
-    TextVectorizer,
-    WindowedAggregates,
-)
-from streamwise.stream.schema import RejectedEvent
+from streamwise.stream.pipeline import STEPS, _meta_fields
+from streamwise.stream.schema import EventSchema, RejectedEvent
 
 __all__ = ["sample_rows", "yield_components", "yield_checks", "run_prequential", "CHECKS"]
 
@@ -87,30 +70,40 @@ def sample_rows(n: int, seed: int = 0, distinct_keys: bool = False, extremes: bo
         yield row
 
 
+# The fields of sample_rows as a pipeline schema, for building components the way the
+# service does.
+SAMPLE_SCHEMA = EventSchema(
+    id="id",
+    key="card",
+    event_time="ts",
+    features={
+        "amount": {"type": "float", "required": False},
+        "price": {"type": "float", "required": False},
+        "n": {"type": "int", "required": False},
+        "online": "bool",
+        "city": {"type": "category", "required": False},
+        "merchant": "category",
+        "memo": {"type": "text", "required": False},
+    },
+)
+
+
 def yield_components() -> Iterator[tuple[str, StreamComponent]]:
-    """``(label, fresh component)`` for every cleaner and extractor streamwise ships,
-    configured for :func:`sample_rows` with bounds small enough to see them hold."""
-    yield "TypeCoercer", TypeCoercer({"amount": "float", "n": "int", "online": "bool", "city": "category"})
-    yield "RunningImputer(mean)", RunningImputer(["amount", "price"], "mean", indicator=True)
-    yield "RunningImputer(median)", RunningImputer(["amount"], "median")
-    yield "RunningImputer(mode)", RunningImputer(["city"], "mode", indicator=True)
-    yield "RunningQuantileClipper", RunningQuantileClipper(["amount", "price"], 0.05, 0.95, warmup=20)
-    yield "Deduplicator", Deduplicator("id", window=1000)
-    yield "LatenessPolicy(dead_letter)", LatenessPolicy("ts", allowed_lateness=300, policy="dead_letter")
-    yield "LatenessPolicy(clamp)", LatenessPolicy("ts", allowed_lateness=300, policy="clamp")
-    yield "RunningStandardScaler", RunningStandardScaler(exclude=["id", "ts"])
-    yield "RunningMinMaxScaler", RunningMinMaxScaler(["amount", "price", "n"])
-    yield "OneHotEncoder", OneHotEncoder({"city": list(_CITIES[:3])})
-    yield "FeatureHasher", FeatureHasher(["merchant", "city"], n_features=64, seed=3)
-    yield "WindowedAggregates", WindowedAggregates(
-        "card", ["amount", "price"], ["1h", "24h"], "ts", max_events_per_key=50, max_keys=1000
-    )
-    yield "WindowedAggregates(composite)", WindowedAggregates(["card", "merchant"], [], ["7d"], "ts", ["count"])
-    yield "CyclicTimeFeatures", CyclicTimeFeatures("ts", utc_offset_hours=2)
-    yield "TextVectorizer(tfidf)", TextVectorizer("memo", "tfidf", n_features=256)
-    yield "TextVectorizer(count)", TextVectorizer("memo", "count", n_features=256)
-    yield "RatioFeature", RatioFeature("amount", "price")
-    yield "DifferenceFeature", DifferenceFeature("amount", "price", name="amount_minus_price")
+    """``(label, fresh component)`` for every step kind of the pipeline registry
+    (:data:`streamwise.stream.pipeline.STEPS`), built from each of its ``examples`` the
+    way the service builds it, so that a new kind is checked as soon as it is registered.
+
+    Examples
+    --------
+    >>> labels = [label for label, _ in yield_components()]
+    >>> labels[:3]
+    ['TypeCoercer', 'RunningImputer(mean)', 'RunningImputer(median)']
+    """
+    meta = _meta_fields(SAMPLE_SCHEMA)
+    for step in STEPS.values():
+        for variant, params in step.examples.items():
+            for component in step(**params).build(SAMPLE_SCHEMA, meta):
+                yield type(component).__name__ + (f"({variant})" if variant else ""), component
 
 
 REJECTED = "<rejected>"

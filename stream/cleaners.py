@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from river import stats
-from streamwise.core.stages import DeadLetterStage
+from streamwise.core.stages import CleanerAction, DeadLetterStage
 from streamwise.stream.base import (
     RejectedEvent,
     StreamComponent,
@@ -215,6 +215,11 @@ class RunningImputer(StreamComponent):
                 out[f"{name}_was_missing"] = 1.0 if missing else 0.0
         return out
 
+    def activity(self, before: dict[str, Any], after: dict[str, Any]) -> Iterator[tuple[str, int]]:
+        n = sum(1 for f in self.fields if before.get(f) is None and after.get(f) is not None)
+        if n:
+            yield CleanerAction.IMPUTED, n
+
     def learn_one(self, x: dict[str, Any]) -> None:
         numeric = self.strategy != "mode"
         for name in self.fields:
@@ -279,6 +284,11 @@ class RunningQuantileClipper(StreamComponent):
                 out[name] = hi
         return out
 
+    def activity(self, before: dict[str, Any], after: dict[str, Any]) -> Iterator[tuple[str, int]]:
+        n = sum(1 for f in self.fields if f in before and after.get(f) != before[f])
+        if n:
+            yield CleanerAction.CLIPPED, n
+
     def learn_one(self, x: dict[str, Any]) -> None:
         for name in self.fields:
             value = x.get(name)
@@ -319,6 +329,7 @@ class Deduplicator(StreamComponent):
     """
 
     stage: ClassVar[str] = DeadLetterStage.CLEAN
+    refused_action: ClassVar[str | None] = CleanerAction.DEDUPLICATED
 
     def __init__(self, id_field: str = "id", window: int = 100_000) -> None:
         if window < 1:
@@ -389,6 +400,7 @@ class LatenessPolicy(StreamComponent):
     """
 
     stage: ClassVar[str] = DeadLetterStage.CLEAN
+    refused_action: ClassVar[str | None] = CleanerAction.LATE
 
     def __init__(self, time_field: str, allowed_lateness: float = 0.0, policy: str = "dead_letter") -> None:
         if policy not in _POLICIES:
@@ -406,6 +418,10 @@ class LatenessPolicy(StreamComponent):
         """Whether ``x`` trails the watermark by more than the allowed lateness."""
         t = self._time(x)
         return t is not None and self.watermark is not None and t < self.watermark - self.allowed_lateness
+
+    def activity(self, before: dict[str, Any], after: dict[str, Any]) -> Iterator[tuple[str, int]]:
+        if self.is_late(before):  # let through by accept or clamp; refusals count as they happen
+            yield CleanerAction.LATE, 1
 
     def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
         t = self._time(x)

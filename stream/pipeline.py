@@ -11,10 +11,14 @@ default parameters::
       - {kind: window_aggregates, by: card_id, fields: [amount], windows: [1h, 24h]}
       - {kind: ratio, numerator: amount, denominator: card_id.amount.mean.24h}
 
-Each kind is a pydantic model, so an unknown kind or parameter fails at start with its
-key path (``features[2].windows[0]: expected a duration like "1h"``); what depends on
-the event schema (a field that does not exist, a window without an event time) is
-checked by :func:`check_stream_steps`, which names the key path the same way.
+Each kind is one class registered in :data:`STEPS`: a pydantic model of its
+parameters (an unknown kind or parameter fails at start with its key path,
+``features[2].windows[0]: expected a duration like "1h"``), which checks itself against
+the event schema (a field that does not exist, a window without an event time), names
+the fields it adds for later steps, builds its components, and gives the examples the
+contract suite (:mod:`streamwise.stream.checks`) runs it with. Each component reports
+its own activity (imputed, clipped, deduplicated, late) for the sensors. Adding a kind,
+or a bound on one, touches its class and nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from streamwise.core.stages import DeadLetterStage
@@ -72,6 +76,10 @@ __all__ = [
 ]
 
 _NUMERIC = ("float", "int")
+# A one_hot field outputs one feature per declared category on every event, so its
+# per-event cost grows with the list; beyond this many, hash the field instead
+# (docs: bench/one_hot_scale.py measures where the time goes).
+MAX_ONE_HOT_CATEGORIES = 1000
 
 
 def _checked_duration(value: Any) -> Any:
@@ -82,28 +90,158 @@ def _checked_duration(value: Any) -> Any:
 # A duration kept as written, for feature names: windows: [24h] makes "...mean.24h".
 DurationText = Annotated[str | float, BeforeValidator(_checked_duration)]
 
+Loc = tuple[str | int, ...]
+
+
+class _Checks:
+    """What one pass of :func:`check_stream_steps` knows: the schema, the fields a step
+    may read so far (growing with each step's outputs), and the problems found."""
+
+    def __init__(self, schema: EventSchema) -> None:
+        self.schema = schema
+        self.declared = dict(schema.features)
+        self.raw = set(self.declared) | {schema.id} | ({schema.key} if schema.key else set())
+        self.available = set(self.raw) | ({schema.event_time} if schema.event_time else set())
+        self.problems: list[tuple[Loc, str]] = []
+
+    def problem(self, loc: Loc, reason: str) -> None:
+        self.problems.append((loc, reason))
+
+    def known(self, loc: Loc, name: str, pool: set[str] | None = None) -> bool:
+        """Whether ``name`` is in ``pool`` (default: every field available so far)."""
+        if name in (self.available if pool is None else pool):
+            return True
+        self.problem(loc, f"unknown field {name!r}; known here: {', '.join(sorted(self.available))}")
+        return False
+
+    def numeric(self, loc: Loc, name: str, pool: set[str] | None = None) -> None:
+        """Checks that ``name`` exists and, if declared, is a number."""
+        if self.known(loc, name, pool) and name in self.declared and self.declared[name].type not in _NUMERIC:
+            self.problem(loc, f"{name!r} is {self.declared[name].type}, not a number")
+
+    def needs_time(self, loc: Loc) -> None:
+        if self.schema.event_time is None:
+            self.problem(loc, "needs an event time: set schema.event_time")
+
 
 class _Step(BaseModel):
+    """One step kind of the ``cleaners:`` or ``features:`` list: its parameters (the
+    pydantic fields), what it checks against the schema, what it builds, and the names
+    it adds to the event. Registering a subclass with :func:`_kind` is all it takes to
+    make a new kind parse, check, build and run under the contract suite."""
+
     model_config = ConfigDict(extra="forbid")
+
+    section: ClassVar[str]
+    # Runs on the raw JSON object, before schema validation (coercion).
+    before_validation: ClassVar[bool] = False
+    # Parameters for the contract suite (streamwise.stream.checks), by variant name,
+    # aimed at the fields of its sample rows and with bounds small enough to see hold.
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {}}
+
+    def check(self, c: _Checks, loc: Loc) -> None:
+        """Records what is wrong with this step given the schema and the steps before it."""
+
+    def outputs(self, c: _Checks) -> set[str]:
+        """Names this step adds to the event, for the steps after it to read."""
+        return set()
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+STEPS: dict[str, type[_Step]] = {}
+
+
+def _kind(section: str) -> Any:
+    def register(cls: type[_Step]) -> type[_Step]:
+        cls.section = section
+        STEPS[cls.model_fields["kind"].default] = cls
+        return cls
+
+    return register
+
+
+def _numeric_features(schema: EventSchema) -> list[str]:
+    return [n for n, s in schema.features.items() if s.type in _NUMERIC]
 
 
 # ---- cleaners ----------------------------------------------------------------------
 
 
+@_kind("cleaners")
 class CoerceStep(_Step):
     """Numeric strings to numbers, yes/no to booleans, "NA" to missing; runs before validation."""
 
     kind: Literal["coerce"] = "coerce"
     fields: list[str] | None = None  # default: every declared field, the event time and the label
 
+    before_validation: ClassVar[bool] = True
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"fields": ["amount", "n", "online", "city"]}}
 
+    def check(self, c: _Checks, loc: Loc) -> None:
+        for j, name in enumerate(self.fields or []):
+            c.known((*loc, "fields", j), name)
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        types = {name: spec.type for name, spec in schema.features.items()}
+        if schema.event_time is not None:
+            types[schema.event_time] = "timestamp"
+        if schema.label is not None:
+            types[schema.label] = schema.label_type
+        if self.fields is not None:
+            types = {k: v for k, v in types.items() if k in self.fields}
+        return [TypeCoercer(types)]
+
+
+@_kind("cleaners")
 class ImputeStep(_Step):
     kind: Literal["impute"] = "impute"
     fields: list[str] | None = None  # default: every optional feature
     strategy: Literal["mean", "median", "mode"] | None = None  # default: mean for numbers, mode otherwise
     indicator: bool = False
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "mean": {"fields": ["amount", "price"], "strategy": "mean", "indicator": True},
+        "median": {"fields": ["amount"], "strategy": "median"},
+        "mode": {"fields": ["city"], "strategy": "mode", "indicator": True},
+    }
 
+    def _fields(self, schema: EventSchema) -> list[str]:
+        if self.fields is not None:
+            return self.fields
+        return [name for name, spec in schema.features.items() if not spec.required]
+
+    def check(self, c: _Checks, loc: Loc) -> None:
+        for j, name in enumerate(self.fields or []):
+            if c.known((*loc, "fields", j), name, set(c.declared)) and c.declared[name].required:
+                c.problem(
+                    (*loc, "fields", j),
+                    f"{name!r} is required, so an event without it is rejected before imputation; "
+                    "declare it with required: false",
+                )
+            elif name in c.declared and self.strategy in ("mean", "median") and c.declared[name].type not in _NUMERIC:
+                c.problem(
+                    (*loc, "strategy"), f"{self.strategy} needs numbers, {name!r} is {c.declared[name].type}; use mode"
+                )
+
+    def outputs(self, c: _Checks) -> set[str]:
+        return {f"{n}_was_missing" for n in self._fields(c.schema)} if self.indicator else set()
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        fields = self._fields(schema)
+        if self.strategy is not None:
+            return [RunningImputer(fields, self.strategy, self.indicator)] if fields else []
+        nums = [n for n in fields if n not in schema.features or schema.features[n].type in _NUMERIC]
+        others = [n for n in fields if n not in nums]
+        return [
+            RunningImputer(names, strategy, self.indicator)
+            for names, strategy in ((nums, "mean"), (others, "mode"))
+            if names
+        ]
+
+
+@_kind("cleaners")
 class ClipStep(_Step):
     kind: Literal["clip"] = "clip"
     fields: list[str] | None = None  # default: every numeric feature
@@ -111,37 +249,118 @@ class ClipStep(_Step):
     upper: float = Field(0.99, ge=0, le=1)
     warmup: int = Field(30, ge=5)
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "": {"fields": ["amount", "price"], "lower": 0.05, "upper": 0.95, "warmup": 20}
+    }
 
+    def check(self, c: _Checks, loc: Loc) -> None:
+        if self.lower >= self.upper:
+            c.problem((*loc, "upper"), "must be greater than lower")
+        for j, name in enumerate(self.fields or []):
+            c.numeric((*loc, "fields", j), name, set(c.declared))
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [RunningQuantileClipper(self.fields or _numeric_features(schema), self.lower, self.upper, self.warmup)]
+
+
+@_kind("cleaners")
 class DedupStep(_Step):
     kind: Literal["dedup"] = "dedup"
     window: int = Field(100_000, ge=1)
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"window": 1000}}
 
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [Deduplicator(schema.id, self.window)]
+
+
+@_kind("cleaners")
 class LatenessStep(_Step):
     kind: Literal["lateness"] = "lateness"
     allowed: Duration = 0.0
     policy: Literal["accept", "dead_letter", "clamp"] = "dead_letter"
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "dead_letter": {"allowed": 300, "policy": "dead_letter"},
+        "clamp": {"allowed": 300, "policy": "clamp"},
+    }
+
+    def check(self, c: _Checks, loc: Loc) -> None:
+        c.needs_time((*loc, "kind"))
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        assert schema.event_time is not None
+        return [LatenessPolicy(schema.event_time, self.allowed, self.policy)]
+
 
 # ---- feature extractors ------------------------------------------------------------
 
 
-class StandardScaleStep(_Step):
-    kind: Literal["standard_scale"] = "standard_scale"
+class _ScaleStep(_Step):
     fields: list[str] | None = None  # default: every number in the event but the id and time
 
+    def check(self, c: _Checks, loc: Loc) -> None:
+        for j, name in enumerate(self.fields or []):
+            c.known((*loc, "fields", j), name)
 
-class MinMaxScaleStep(_Step):
+
+@_kind("features")
+class StandardScaleStep(_ScaleStep):
+    kind: Literal["standard_scale"] = "standard_scale"
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [RunningStandardScaler(self.fields, exclude=meta)]
+
+
+@_kind("features")
+class MinMaxScaleStep(_ScaleStep):
     kind: Literal["minmax_scale"] = "minmax_scale"
-    fields: list[str] | None = None
+
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"fields": ["amount", "price", "n"]}}
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [RunningMinMaxScaler(self.fields, exclude=meta)]
 
 
+@_kind("features")
 class OneHotStep(_Step):
     kind: Literal["one_hot"] = "one_hot"
     fields: list[str] = Field(min_length=1)
     categories: dict[str, list[str | int | bool]] | None = None  # default: the schema's
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "": {"fields": ["city"], "categories": {"city": ["Lyon", "Oslo", "Lima"]}}
+    }
 
+    def _categories(self, schema: EventSchema, name: str) -> list[Any]:
+        given = (self.categories or {}).get(name)
+        if given is not None:
+            return list(given)
+        spec = schema.features.get(name)
+        return list(spec.categories or []) if spec is not None else []
+
+    def check(self, c: _Checks, loc: Loc) -> None:
+        for j, name in enumerate(self.fields):
+            if not c.known((*loc, "fields", j), name, c.raw):
+                continue
+            n = len(self._categories(c.schema, name))
+            if not n:
+                c.problem((*loc, "categories"), f"declare the categories of {name!r} here or in the schema")
+            elif n > MAX_ONE_HOT_CATEGORIES:
+                c.problem(
+                    (*loc, "fields", j),
+                    f"{name!r} has {n} categories, more than {MAX_ONE_HOT_CATEGORIES}: every event would carry "
+                    f"{n + 1} features; use kind hash",
+                )
+
+    def outputs(self, c: _Checks) -> set[str]:
+        return {f"{n}={v}" for n in self.fields for v in [*self._categories(c.schema, n), "__other__"]}
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [OneHotEncoder({name: self._categories(schema, name) for name in self.fields})]
+
+
+@_kind("features")
 class HashStep(_Step):
     kind: Literal["hash"] = "hash"
     fields: list[str] = Field(min_length=1)
@@ -149,7 +368,20 @@ class HashStep(_Step):
     seed: int = 0
     prefix: str = "hash"
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"fields": ["merchant", "city"], "n_features": 64, "seed": 3}}
 
+    def check(self, c: _Checks, loc: Loc) -> None:
+        for j, name in enumerate(self.fields):
+            c.known((*loc, "fields", j), name, c.raw)
+
+    def outputs(self, c: _Checks) -> set[str]:
+        return {f"{self.prefix}#{i}" for i in range(self.n_features)}
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [FeatureHasher(self.fields, self.n_features, self.seed, self.prefix)]
+
+
+@_kind("features")
 class WindowAggregatesStep(_Step):
     kind: Literal["window_aggregates"] = "window_aggregates"
     by: str | list[str] | None = None  # default: the schema's key
@@ -161,47 +393,150 @@ class WindowAggregatesStep(_Step):
     max_keys: int = Field(100_000, ge=1)
     idle_ttl: Duration | None = None
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "": {
+            "by": "card",
+            "fields": ["amount", "price"],
+            "windows": ["1h", "24h"],
+            "max_events_per_key": 50,
+            "max_keys": 1000,
+        },
+        "composite": {"by": ["card", "merchant"], "windows": ["7d"], "aggregates": ["count"]},
+    }
 
+    def _by(self, schema: EventSchema) -> list[str] | None:
+        by = self.by if self.by is not None else schema.key
+        return None if by is None else [by] if isinstance(by, str) else by
+
+    def check(self, c: _Checks, loc: Loc) -> None:
+        c.needs_time((*loc, "windows"))
+        by = self._by(c.schema)
+        if by is None:
+            c.problem((*loc, "by"), "name the key field(s), or set schema.key")
+        else:
+            for name in by:
+                c.known((*loc, "by"), name, c.raw)
+        for j, name in enumerate(self.fields):
+            c.numeric((*loc, "fields", j), name)
+        if any(parse_duration(w) <= 0 for w in self.windows):
+            c.problem((*loc, "windows"), "windows must be positive durations")
+
+    def outputs(self, c: _Checks) -> set[str]:
+        by = self._by(c.schema)
+        if by is None or not set(by) <= c.raw:
+            return set()
+        prefix = "_".join(by)
+        names = {f"{prefix}.since_last"}
+        for window in self.windows:
+            label = _window_label(window)
+            names.add(f"{prefix}.count.{label}")
+            for field in self.fields:
+                names.update(f"{prefix}.{field}.{agg}.{label}" for agg in self.aggregates if agg != "count")
+        return names
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        by = self.by if self.by is not None else schema.key
+        assert by is not None and schema.event_time is not None
+        return [
+            WindowedAggregates(
+                by,
+                self.fields,
+                self.windows,
+                schema.event_time,
+                self.aggregates,
+                self.max_events_per_key,
+                self.max_keys,
+                self.idle_ttl,
+            )
+        ]
+
+
+@_kind("features")
 class CyclicTimeStep(_Step):
     kind: Literal["cyclic_time"] = "cyclic_time"
     field: str | None = None  # default: the event time
     utc_offset_hours: float = Field(0.0, ge=-24, le=24)
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"utc_offset_hours": 2}}
 
+    def check(self, c: _Checks, loc: Loc) -> None:
+        if self.field is None:
+            c.needs_time((*loc, "field"))
+        else:
+            c.known((*loc, "field"), self.field)
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        field = self.field or schema.event_time
+        assert field is not None
+        return [CyclicTimeFeatures(field, self.utc_offset_hours)]
+
+
+@_kind("features")
 class TextStep(_Step):
     kind: Literal["text"] = "text"
     field: str
     mode: Literal["tfidf", "count"] = "tfidf"
     n_features: int = Field(4096, ge=1, le=1 << 24)
 
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "tfidf": {"field": "memo", "mode": "tfidf", "n_features": 256},
+        "count": {"field": "memo", "mode": "count", "n_features": 256},
+    }
 
-class RatioStep(_Step):
+    def check(self, c: _Checks, loc: Loc) -> None:
+        c.known((*loc, "field"), self.field, c.raw)
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [TextVectorizer(self.field, self.mode, self.n_features)]
+
+
+class _BinaryStep(_Step):
+    """A feature computed from two others, named ``name`` or after them."""
+
+    name: str | None = None
+    _operands: ClassVar[tuple[str, str]]
+    _symbol: ClassVar[str]
+    _component: ClassVar[type[StreamComponent]]
+
+    def check(self, c: _Checks, loc: Loc) -> None:
+        for operand in self._operands:
+            c.known((*loc, operand), getattr(self, operand))
+
+    def outputs(self, c: _Checks) -> set[str]:
+        left, right = (getattr(self, o) for o in self._operands)
+        return {self.name or f"{left}{self._symbol}{right}"} if {left, right} <= c.available else set()
+
+    def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
+        return [self._component(*(getattr(self, o) for o in self._operands), self.name)]
+
+
+@_kind("features")
+class RatioStep(_BinaryStep):
     kind: Literal["ratio"] = "ratio"
     numerator: str
     denominator: str
-    name: str | None = None
+
+    _operands = ("numerator", "denominator")
+    _symbol = "/"
+    _component = RatioFeature
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"numerator": "amount", "denominator": "price"}}
 
 
-class DifferenceStep(_Step):
+@_kind("features")
+class DifferenceStep(_BinaryStep):
     kind: Literal["difference"] = "difference"
     left: str
     right: str
-    name: str | None = None
+
+    _operands = ("left", "right")
+    _symbol = "-"
+    _component = DifferenceFeature
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "": {"left": "amount", "right": "price", "name": "amount_minus_price"}
+    }
 
 
-_CLEANERS: tuple[type[_Step], ...] = (CoerceStep, ImputeStep, ClipStep, DedupStep, LatenessStep)
-_FEATURES: tuple[type[_Step], ...] = (
-    StandardScaleStep,
-    MinMaxScaleStep,
-    OneHotStep,
-    HashStep,
-    WindowAggregatesStep,
-    CyclicTimeStep,
-    TextStep,
-    RatioStep,
-    DifferenceStep,
-)
-STEP_KINDS = frozenset(cls.model_fields["kind"].default for cls in _CLEANERS + _FEATURES)
+STEP_KINDS = frozenset(STEPS)
 
 
 def _shorthand(value: Any) -> Any:
@@ -212,9 +547,9 @@ def _kind_of(value: Any) -> str | None:
     return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
 
 
-def _union(classes: tuple[type[_Step], ...]) -> Any:
-    kinds = [cls.model_fields["kind"].default for cls in classes]
-    tagged = tuple(Annotated[cls, Tag(kind)] for cls, kind in zip(classes, kinds, strict=True))
+def _union(section: str) -> Any:
+    kinds = [kind for kind, cls in STEPS.items() if cls.section == section]
+    tagged = tuple(Annotated[STEPS[kind], Tag(kind)] for kind in kinds)
     discriminator = Discriminator(
         _kind_of,
         custom_error_type="unknown_step_kind",
@@ -229,27 +564,11 @@ def _make_union(members: tuple[Any, ...]) -> Any:
     return Union[members]  # noqa: UP007 - a tuple of members needs the subscript form
 
 
-CleanerSpec = _union(_CLEANERS)
-FeatureSpec = _union(_FEATURES)
+CleanerSpec = _union("cleaners")
+FeatureSpec = _union("features")
 
 
-# ---- checks against the schema -----------------------------------------------------
-
-
-def _window_outputs(step: WindowAggregatesStep, by: list[str]) -> set[str]:
-    prefix = "_".join(by)
-    names = {f"{prefix}.since_last"}
-    for window in step.windows:
-        label = _window_label(window)
-        names.add(f"{prefix}.count.{label}")
-        for field in step.fields:
-            names.update(f"{prefix}.{field}.{agg}.{label}" for agg in step.aggregates if agg != "count")
-    return names
-
-
-def check_stream_steps(
-    schema: EventSchema, cleaners: Sequence[Any], features: Sequence[Any]
-) -> list[tuple[tuple[str | int, ...], str]]:
+def check_stream_steps(schema: EventSchema, cleaners: Sequence[Any], features: Sequence[Any]) -> list[tuple[Loc, str]]:
     """What is wrong with the steps given this schema, as ``(key path, reason)`` pairs.
 
     Examples
@@ -258,173 +577,12 @@ def check_stream_steps(
     >>> check_stream_steps(schema, [], [WindowAggregatesStep(by="crad", fields=["amount"], windows=[3600])])
     [(('features', 0, 'by'), "unknown field 'crad'; known here: amount, card, id, ts")]
     """
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    declared = dict(schema.features)
-    raw = set(declared) | {schema.id} | ({schema.key} if schema.key else set())
-    available = set(raw) | ({schema.event_time} if schema.event_time else set())
-
-    def known(loc: tuple[str | int, ...], name: str, pool: set[str], what: str = "field") -> bool:
-        if name in pool:
-            return True
-        problems.append((loc, f"unknown {what} {name!r}; known here: {', '.join(sorted(available))}"))
-        return False
-
-    def needs_time(loc: tuple[str | int, ...]) -> None:
-        if schema.event_time is None:
-            problems.append((loc, "needs an event time: set schema.event_time"))
-
-    for i, step in enumerate(cleaners):
-        loc: tuple[str | int, ...] = ("cleaners", i)
-        if isinstance(step, CoerceStep):
-            for j, name in enumerate(step.fields or []):
-                known((*loc, "fields", j), name, available)
-        elif isinstance(step, ImputeStep):
-            for j, name in enumerate(step.fields or []):
-                if known((*loc, "fields", j), name, set(declared)) and declared[name].required:
-                    problems.append(
-                        ((*loc, "fields", j), f"{name!r} is required, so an event without it is rejected before "
-                         "imputation; declare it with required: false")
-                    )
-                elif name in declared and step.strategy in ("mean", "median") and declared[name].type not in _NUMERIC:
-                    problems.append(((*loc, "strategy"), f"{step.strategy} needs numbers, {name!r} is "
-                                     f"{declared[name].type}; use mode"))
-            if step.indicator:
-                available.update(f"{n}_was_missing" for n in _impute_fields(schema, step))
-        elif isinstance(step, ClipStep):
-            if step.lower >= step.upper:
-                problems.append(((*loc, "upper"), "must be greater than lower"))
-            for j, name in enumerate(step.fields or []):
-                if known((*loc, "fields", j), name, set(declared)) and declared[name].type not in _NUMERIC:
-                    problems.append(((*loc, "fields", j), f"{name!r} is {declared[name].type}, not a number"))
-        elif isinstance(step, LatenessStep):
-            needs_time((*loc, "kind"))
-
-    for i, step in enumerate(features):
-        loc = ("features", i)
-        if isinstance(step, (StandardScaleStep, MinMaxScaleStep)):
-            for j, name in enumerate(step.fields or []):
-                known((*loc, "fields", j), name, available)
-        elif isinstance(step, OneHotStep):
-            for j, name in enumerate(step.fields):
-                if not known((*loc, "fields", j), name, raw):
-                    continue
-                given = (step.categories or {}).get(name)
-                cats = given if given is not None else (declared[name].categories if name in declared else None)
-                if not cats:
-                    problems.append(((*loc, "categories"), f"declare the categories of {name!r} here or in the schema"))
-                else:
-                    available.update(f"{name}={c}" for c in [*cats, "__other__"])
-        elif isinstance(step, HashStep):
-            for j, name in enumerate(step.fields):
-                known((*loc, "fields", j), name, raw)
-        elif isinstance(step, WindowAggregatesStep):
-            needs_time((*loc, "windows"))
-            by = step.by if step.by is not None else schema.key
-            if by is None:
-                problems.append(((*loc, "by"), "name the key field(s), or set schema.key"))
-                continue
-            by_list = [by] if isinstance(by, str) else by
-            ok = all(known((*loc, "by"), name, raw) for name in by_list)
-            for j, name in enumerate(step.fields):
-                if known((*loc, "fields", j), name, available) and name in declared and declared[name].type not in _NUMERIC:
-                    problems.append(((*loc, "fields", j), f"{name!r} is {declared[name].type}, not a number"))
-            if any(parse_duration(w) <= 0 for w in step.windows):
-                problems.append(((*loc, "windows"), "windows must be positive durations"))
-            if ok:
-                available.update(_window_outputs(step, by_list))
-        elif isinstance(step, CyclicTimeStep):
-            if step.field is None:
-                needs_time((*loc, "field"))
-            else:
-                known((*loc, "field"), step.field, available)
-        elif isinstance(step, TextStep):
-            known((*loc, "field"), step.field, raw)
-        elif isinstance(step, RatioStep):
-            a = known((*loc, "numerator"), step.numerator, available)
-            b = known((*loc, "denominator"), step.denominator, available)
-            if a and b:
-                available.add(step.name or f"{step.numerator}/{step.denominator}")
-        elif isinstance(step, DifferenceStep):
-            a = known((*loc, "left"), step.left, available)
-            b = known((*loc, "right"), step.right, available)
-            if a and b:
-                available.add(step.name or f"{step.left}-{step.right}")
-    return problems
-
-
-def _impute_fields(schema: EventSchema, step: ImputeStep) -> list[str]:
-    if step.fields is not None:
-        return step.fields
-    return [name for name, spec in schema.features.items() if not spec.required]
-
-
-# ---- building ----------------------------------------------------------------------
-
-
-def _build_cleaner(schema: EventSchema, step: Any) -> list[StreamComponent]:
-    numeric = [n for n, s in schema.features.items() if s.type in _NUMERIC]
-    if isinstance(step, ImputeStep):
-        fields = _impute_fields(schema, step)
-        if step.strategy is not None:
-            return [RunningImputer(fields, step.strategy, step.indicator)] if fields else []
-        nums = [n for n in fields if n not in schema.features or schema.features[n].type in _NUMERIC]
-        others = [n for n in fields if n not in nums]
-        out: list[StreamComponent] = []
-        if nums:
-            out.append(RunningImputer(nums, "mean", step.indicator))
-        if others:
-            out.append(RunningImputer(others, "mode", step.indicator))
-        return out
-    if isinstance(step, ClipStep):
-        return [RunningQuantileClipper(step.fields or numeric, step.lower, step.upper, step.warmup)]
-    if isinstance(step, DedupStep):
-        return [Deduplicator(schema.id, step.window)]
-    if isinstance(step, LatenessStep):
-        assert schema.event_time is not None
-        return [LatenessPolicy(schema.event_time, step.allowed, step.policy)]
-    raise AssertionError(step)
-
-
-def _build_feature(schema: EventSchema, step: Any, meta: list[str]) -> StreamComponent:
-    if isinstance(step, StandardScaleStep):
-        return RunningStandardScaler(step.fields, exclude=meta)
-    if isinstance(step, MinMaxScaleStep):
-        return RunningMinMaxScaler(step.fields, exclude=meta)
-    if isinstance(step, OneHotStep):
-        cats = {}
-        for name in step.fields:
-            given = (step.categories or {}).get(name)
-            cats[name] = given if given is not None else list(schema.features[name].categories or [])
-        return OneHotEncoder(cats)
-    if isinstance(step, HashStep):
-        return FeatureHasher(step.fields, step.n_features, step.seed, step.prefix)
-    if isinstance(step, WindowAggregatesStep):
-        by = step.by if step.by is not None else schema.key
-        assert by is not None and schema.event_time is not None
-        return WindowedAggregates(
-            by, step.fields, step.windows, schema.event_time, step.aggregates,
-            step.max_events_per_key, step.max_keys, step.idle_ttl,
-        )
-    if isinstance(step, CyclicTimeStep):
-        field = step.field or schema.event_time
-        assert field is not None
-        return CyclicTimeFeatures(field, step.utc_offset_hours)
-    if isinstance(step, TextStep):
-        return TextVectorizer(step.field, step.mode, step.n_features)
-    if isinstance(step, RatioStep):
-        return RatioFeature(step.numerator, step.denominator, step.name)
-    if isinstance(step, DifferenceStep):
-        return DifferenceFeature(step.left, step.right, step.name)
-    raise AssertionError(step)
-
-
-def _coercion_types(schema: EventSchema, fields: list[str] | None) -> dict[str, str]:
-    types = {name: spec.type for name, spec in schema.features.items()}
-    if schema.event_time is not None:
-        types[schema.event_time] = "timestamp"
-    if schema.label is not None:
-        types[schema.label] = schema.label_type
-    return types if fields is None else {k: v for k, v in types.items() if k in fields}
+    c = _Checks(schema)
+    for section, steps in (("cleaners", cleaners), ("features", features)):
+        for i, step in enumerate(steps):
+            step.check(c, (section, i))
+            c.available.update(step.outputs(c))
+    return c.problems
 
 
 def build_event_pipeline(
@@ -448,16 +606,12 @@ def build_event_pipeline(
     ...
     streamwise.stream.schema.RejectedEvent: duplicate event: id 2 was seen among the last 1000 ids
     """
+    meta = _meta_fields(schema)
     coercers: list[StreamComponent] = []
     steps: list[StreamComponent] = []
-    for step in cleaners:
-        if isinstance(step, CoerceStep):
-            # Coercion must see the raw JSON, before the schema rejects "12.5" for a float.
-            coercers.append(TypeCoercer(_coercion_types(schema, step.fields)))
-        else:
-            steps.extend(_build_cleaner(schema, step))
-    meta = _meta_fields(schema)
-    steps.extend(_build_feature(schema, step, meta) for step in features)
+    for step in [*cleaners, *features]:
+        # Coercion must see the raw JSON, before the schema rejects "12.5" for a float.
+        (coercers if step.before_validation else steps).extend(step.build(schema, meta))
     return EventPipeline(schema, coercers, steps)
 
 
@@ -563,8 +717,8 @@ class EventPipeline:
             try:
                 x = step.transform_one(x)
             except RejectedEvent:
-                if isinstance(step, (Deduplicator, LatenessPolicy)):
-                    self._activity["deduplicated" if isinstance(step, Deduplicator) else "late"] += 1
+                if step.refused_action is not None:
+                    self._activity[step.refused_action] += 1
                 raise
             except ArithmeticError as e:
                 raise RejectedEvent(step.stage, f"{type(step).__name__}: {type(e).__name__}: {e}") from None
@@ -574,19 +728,10 @@ class EventPipeline:
                 raise RejectedEvent(DeadLetterStage.FEATURES, f"{name} is not a finite number: {value!r}"[:200])
         outputs = [*inputs[1:], x]
         for step, seen, made in zip(self.steps, inputs, outputs, strict=True):
-            if step.stage == DeadLetterStage.CLEAN:
-                self._count(step, seen, made)
+            for action, n in step.activity(seen, made):
+                self._activity[action] += n
             try:
                 step.learn_one(seen)
             except ArithmeticError as e:
                 raise RejectedEvent(step.stage, f"{type(step).__name__}: {type(e).__name__}: {e}") from None
         return features
-
-    def _count(self, step: StreamComponent, before: dict[str, Any], after: dict[str, Any]) -> None:
-        if isinstance(step, RunningImputer):
-            n = sum(1 for f in step.fields if before.get(f) is None and after.get(f) is not None)
-            self._activity["imputed"] += n
-        elif isinstance(step, RunningQuantileClipper):
-            self._activity["clipped"] += sum(1 for f in step.fields if f in before and after.get(f) != before[f])
-        elif isinstance(step, LatenessPolicy) and step.is_late(before):
-            self._activity["late"] += 1
