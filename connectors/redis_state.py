@@ -25,10 +25,19 @@ that switches the manifest, so the chunks of a write that never completed (Redis
 away between the two steps, or the writer died) expire by themselves; the next
 successful write of the partition deletes them at once.
 
-Integrity: the HMAC covers the header (format version, pipeline, partition, epoch,
-offsets) and the payload. :meth:`RedisStateStore.load_latest` verifies it *before*
-returning the payload, and falls back to the previous snapshot, with one log line,
-when a snapshot fails its check: unchecked bytes are never unpickled.
+Integrity: the HMAC covers every field of the snapshot's manifest entry that decides
+what a restore does (format version, pipeline, partition, epoch, offsets, size, chunk
+names and count, the writer's claim, meta, the signing key's id) and the payload.
+:meth:`RedisStateStore.load_latest` verifies it *before* returning the payload, and
+falls back to the previous snapshot, with one log line, when a snapshot fails its
+check: unchecked bytes are never unpickled (and checked ones only by the
+allow-listing codec of :mod:`streamwise.models.state`).
+
+Keys: several may be configured, newest first. A snapshot is signed with the first and
+names its key by id (a digest, never the key), so after a rotation
+(``STREAMWISE_SNAPSHOT__SIGNING_KEYS=new,old``) old snapshots still restore, and every
+new one is signed with the new key. Format 1 entries (before key ids) are verified with
+their narrower header against every configured key. docs/snapshots.md has the rules.
 
 Connection: :func:`open_state_store` builds the store from the settings (plain or TLS
 ``rediss://``, an ACL user, client certificates, Sentinel); the runner and the CLI both
@@ -44,7 +53,8 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis
@@ -53,7 +63,20 @@ from streamwise.core.settings import RedisSettings, SnapshotSettings
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 1: the HMAC covered the header without chunks, owner, meta or a key id;
+# 2: it covers every entry field, and the entry names its key.
+FORMAT_VERSION = 2
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a signing key: 8 bytes of a keyed-purpose digest, hex.
+
+    Examples
+    --------
+    >>> key_id(b"k" * 32) == key_id(b"k" * 32) != key_id(b"j" * 32), len(key_id(b"k" * 32))
+    (True, 16)
+    """
+    return hashlib.sha256(b"streamwise snapshot key id\0" + key).hexdigest()[:16]
 
 
 class FencedError(StreamwiseError):
@@ -76,6 +99,15 @@ class SnapshotInfo:
     blob: str = ""  # "<epoch>-<nonce>": names this snapshot's chunks, unique per write
     meta: dict[str, Any] = field(default_factory=dict)
     owner: int = -1  # the claim of the worker that wrote it
+    v: int = 1  # the entry's format (FORMAT_VERSION when written); entries without one are 1
+    key_id: str = ""  # which configured key signed it (format 2)
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> SnapshotInfo:
+        """An entry as read from a manifest; fields a newer streamwise added are dropped
+        here, and its newer ``v`` makes the signature check refuse it with a reason."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in entry.items() if k in known})
 
     def chunk_keys(self, prefix: str) -> list[str]:
         return [f"{prefix}blob:{self.blob}:{i}" for i in range(self.chunks)]
@@ -102,17 +134,20 @@ class RedisStateStore:
     def __init__(
         self,
         url: str,
-        signing_key: bytes,
+        signing_key: bytes | Sequence[bytes],
         keep: int = 3,
         chunk_bytes: int = 4 * 1024 * 1024,
         socket_timeout_s: float = 2.0,
         orphan_ttl_s: int = 600,
         client: redis.Redis | None = None,
     ) -> None:
-        if not signing_key:
+        # The first key signs; every key verifies (see key rotation in the module doc).
+        keys = [signing_key] if isinstance(signing_key, bytes) else list(signing_key)
+        if not keys or not all(keys):
             raise StreamwiseError("snapshot.signing_key is empty: snapshots must be signed")
         self._url = url
-        self._key = signing_key
+        self._keys = {key_id(k): k for k in reversed(keys)}
+        self._signing_id = key_id(keys[0])
         self.keep = keep
         self.chunk_bytes = chunk_bytes
         # Long enough for the slowest complete write; an unfinished one's chunks expire.
@@ -158,22 +193,49 @@ class RedisStateStore:
     def _prefix(pipeline: str, partition: int) -> str:
         return f"streamwise:{pipeline}:{partition}:"
 
-    def _sign(self, pipeline: str, partition: int, info: SnapshotInfo, payload: bytes) -> str:
-        header = json.dumps(
-            {
-                "v": FORMAT_VERSION,
-                "pipeline": pipeline,
-                "partition": partition,
-                "epoch": info.epoch,
-                "blob": info.blob,
-                "offsets": info.offsets,
-                "size": info.size,
-            },
-            sort_keys=True,
-        ).encode()
-        mac = hmac.new(self._key, header, hashlib.sha256)
+    @staticmethod
+    def _signed_header(pipeline: str, partition: int, info: SnapshotInfo) -> bytes:
+        fields: dict[str, Any] = {
+            "v": info.v,
+            "pipeline": pipeline,
+            "partition": partition,
+            "epoch": info.epoch,
+            "blob": info.blob,
+            "offsets": info.offsets,
+            "size": info.size,
+        }
+        if info.v >= 2:
+            fields.update(
+                chunks=info.chunks,
+                generation=info.generation,
+                owner=info.owner,
+                created=info.created,
+                meta=info.meta,
+                key_id=info.key_id,
+            )
+        return json.dumps(fields, sort_keys=True).encode()
+
+    def _sign(self, key: bytes, pipeline: str, partition: int, info: SnapshotInfo, payload: bytes) -> str:
+        mac = hmac.new(key, self._signed_header(pipeline, partition, info), hashlib.sha256)
         mac.update(payload)
         return mac.hexdigest()
+
+    def _verify(self, pipeline: str, partition: int, info: SnapshotInfo, payload: bytes) -> str | None:
+        """None when ``payload`` and ``info`` carry a valid signature, else why not."""
+        if info.v > FORMAT_VERSION:
+            return f"format {info.v} was written by a newer streamwise (this one reads 1 to {FORMAT_VERSION})"
+        if info.v >= 2:
+            key = self._keys.get(info.key_id)
+            if key is None:
+                return f"signed with key id {info.key_id}, which is not among the configured keys"
+            candidates = [key]
+        else:
+            candidates = list(self._keys.values())
+        if len(payload) == info.size and any(
+            hmac.compare_digest(self._sign(k, pipeline, partition, info, payload), info.hmac) for k in candidates
+        ):
+            return None
+        return "HMAC check failed (wrong signing key or altered bytes)"
 
     def _manifest(self, pipe: Any, pipeline: str, partition: int) -> dict[str, Any]:
         raw = pipe.get(self._prefix(pipeline, partition) + "manifest")
@@ -228,8 +290,12 @@ class RedisStateStore:
                 blob=f"{epoch}-{uuid.uuid4().hex[:12]}",
                 meta=meta or {},
                 owner=-1 if owner is None else owner,
+                v=FORMAT_VERSION,
+                key_id=self._signing_id,
             )
-            info.hmac = self._sign(pipeline, partition, info, payload)
+            # Through JSON and back, as a reader will see it, so that both sign the same values.
+            info = SnapshotInfo.from_json(json.loads(json.dumps(asdict(info))))
+            info.hmac = self._sign(self._keys[self._signing_id], pipeline, partition, info, payload)
             chunk_keys = info.chunk_keys(prefix)
             writer = self._redis.pipeline(transaction=False)
             for i, key in enumerate(chunk_keys):
@@ -266,7 +332,7 @@ class RedisStateStore:
         claimed the partition since; it is left alone (its manifest switch decides)."""
         prefix = self._prefix(pipeline, partition)
         manifest = self._manifest(self._redis, pipeline, partition)
-        live = {k for s in manifest["snapshots"] for k in SnapshotInfo(**s).chunk_keys(prefix)}
+        live = {k for s in manifest["snapshots"] for k in SnapshotInfo.from_json(s).chunk_keys(prefix)}
         stale = []
         for key in self._redis.scan_iter(match=prefix + "blob:*", count=1000):
             name = key.decode()
@@ -302,7 +368,7 @@ class RedisStateStore:
                 pipe.persist(chunk)
             pipe.set(key, json.dumps({"v": FORMAT_VERSION, "epoch": info.epoch, "snapshots": kept}))
             pipe.execute()
-        return [k for s in gone for k in SnapshotInfo(**s).chunk_keys(prefix)]
+        return [k for s in gone for k in SnapshotInfo.from_json(s).chunk_keys(prefix)]
 
     # ----- reading --------------------------------------------------------------
 
@@ -312,7 +378,7 @@ class RedisStateStore:
             manifest = self._manifest(self._redis, pipeline, partition)
         except redis.RedisError as e:
             raise SnapshotUnavailableError(f"Redis at {self.where}: {type(e).__name__}: {e}") from None
-        return [SnapshotInfo(**s) for s in manifest["snapshots"]]
+        return [SnapshotInfo.from_json(s) for s in manifest["snapshots"]]
 
     def partitions(self, pipeline: str) -> list[int]:
         keys = self._redis.scan_iter(match=f"streamwise:{pipeline}:*:manifest", count=1000)
@@ -326,12 +392,9 @@ class RedisStateStore:
             log.error("snapshot %s/%s epoch %s refused: chunks missing", pipeline, partition, info.epoch)
             return None
         payload = b"".join(parts)
-        expected = self._sign(pipeline, partition, info, payload)
-        if len(payload) != info.size or not hmac.compare_digest(expected, info.hmac):
-            log.error(
-                "snapshot %s/%s epoch %s refused: HMAC check failed (wrong signing key or altered bytes)",
-                pipeline, partition, info.epoch,
-            )
+        problem = self._verify(pipeline, partition, info, payload)
+        if problem is not None:
+            log.error("snapshot %s/%s epoch %s refused: %s", pipeline, partition, info.epoch, problem)
             return None
         return Snapshot(info, payload)
 
@@ -368,7 +431,7 @@ class RedisStateStore:
             pipe.multi()
             pipe.set(key, json.dumps(manifest))
             pipe.execute()
-        return SnapshotInfo(**snaps[idx])
+        return SnapshotInfo.from_json(snaps[idx])
 
     def close(self) -> None:
         self._redis.close()
@@ -415,19 +478,15 @@ def open_state_store(
     redis_settings: RedisSettings, snapshot: SnapshotSettings, ping: bool = True
 ) -> RedisStateStore | None:
     """The one factory of the snapshot store (the runner and the CLI use it): None when
-    snapshots are off; a :class:`ConfigError` without a signing key. With ``ping``, it
+    snapshots are off; a :class:`ConfigError` without a usable signing key. With ``ping``, it
     is checked at once: wrong credentials or certificates raise a :class:`ConfigError`,
     an unreachable server a :class:`ServiceUnavailableError`, each one line."""
     if not snapshot.enabled:
         return None
-    if snapshot.signing_key is None or not snapshot.signing_key.get_secret_value():
-        raise ConfigError(
-            "snapshot.signing_key: required to sign snapshots (set STREAMWISE_SNAPSHOT__SIGNING_KEY),"
-            " or turn snapshots off with STREAMWISE_SNAPSHOT__ENABLED=false"
-        )
     store = RedisStateStore(
         redis_settings.url.get_secret_value(),
-        snapshot.signing_key.get_secret_value().encode(),
+        # One line at start for a missing, short or public key (core/settings.py).
+        snapshot.signing_key_list(),
         keep=snapshot.keep,
         chunk_bytes=snapshot.chunk_bytes,
         client=redis_client(redis_settings),

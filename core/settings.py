@@ -175,12 +175,25 @@ class RedisSettings(BaseModel):
         return self
 
 
+# Keys that were public at some point (the compose file's old default, documentation
+# examples): anyone could sign a snapshot with them.
+_PUBLIC_KEYS = frozenset({"demo-only-change-me", "change-me", "changeme", "secret", "streamwise"})
+MIN_SIGNING_KEY_BYTES = 32
+_KEY_HINT = "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
 class SnapshotSettings(BaseModel):
     """When and how each partition's learning state is snapshotted to Redis."""
 
     enabled: bool = True
-    # HMAC-SHA256 key; snapshots are refused on restore unless they carry its signature.
+    # HMAC-SHA256 key; snapshots are refused on restore unless they carry a valid signature.
     signing_key: SecretStr | None = None
+    # Several keys, comma-separated, newest first (STREAMWISE_SNAPSHOT__SIGNING_KEYS=new,old):
+    # new snapshots are signed with the first, and restore with any, so a key can be
+    # rotated without re-learning. signing_key, if also set, is one more verifying key.
+    signing_keys: SecretStr | None = None
+    # Accept a known public key (a local demo only: anyone can forge its snapshots).
+    insecure_demo_key: bool = False
     every_events: int = Field(5_000, ge=1)
     every_seconds: float = Field(30.0, gt=0)
     keep: int = Field(3, ge=1)
@@ -196,6 +209,48 @@ class SnapshotSettings(BaseModel):
     # the earliest offset (said in a log line and a metric); refuse: keep it paused and
     # say so until an operator acts, the other partitions going on.
     on_missing: Literal["replay", "refuse"] = "replay"
+
+    def signing_key_list(self) -> list[bytes]:
+        """The configured keys, the signing one first; :class:`ConfigError` (one line) when
+        there is none, one is shorter than 32 bytes, or one is a known public key.
+
+        Examples
+        --------
+        >>> SnapshotSettings(signing_keys="n" * 32 + ",o" + "o" * 31).signing_key_list() == [b"n" * 32, b"o" * 32]
+        True
+        >>> try:
+        ...     SnapshotSettings(signing_key="x" * 16).signing_key_list()
+        ... except ConfigError as e:
+        ...     print(str(e)[:61])
+        snapshot.signing_key: 16 bytes, at least 32 are needed; gener
+        """
+        given = [("snapshot.signing_keys", k.strip()) for k in _secret(self.signing_keys).split(",") if k.strip()]
+        if _secret(self.signing_key):
+            given.append(("snapshot.signing_key", _secret(self.signing_key)))
+        if not given:
+            raise ConfigError(
+                "snapshot.signing_key: required to sign snapshots (set STREAMWISE_SNAPSHOT__SIGNING_KEY), "
+                "or turn snapshots off with STREAMWISE_SNAPSHOT__ENABLED=false"
+            )
+        keys: list[bytes] = []
+        for where, key in given:
+            if key in _PUBLIC_KEYS:
+                if not self.insecure_demo_key:
+                    raise ConfigError(
+                        f"{where}: a publicly known demo key, with which anyone can forge a snapshot; {_KEY_HINT} "
+                        "(or set STREAMWISE_SNAPSHOT__INSECURE_DEMO_KEY=true for a throwaway local demo)"
+                    )
+            elif len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+                raise ConfigError(
+                    f"{where}: {len(key.encode())} bytes, at least {MIN_SIGNING_KEY_BYTES} are needed; {_KEY_HINT}"
+                )
+            if key.encode() not in keys:
+                keys.append(key.encode())
+        return keys
+
+
+def _secret(value: SecretStr | None) -> str:
+    return "" if value is None else value.get_secret_value()
 
 
 class MetricsSettings(BaseModel):
