@@ -113,6 +113,8 @@ def decode_state(payload: bytes) -> Any:
             f"snapshot payload format {fmt} was written by a newer streamwise; this one reads formats 1 to "
             f"{PAYLOAD_FORMAT}"
         )
+    written = (header.get("versions") or {}).get("river", river.__version__)  # format 1 ran on this River
+    migrate = _river_migration(written, river.__version__)
     body = payload.partition(b"\n")[2] if fmt >= 2 else payload
     try:
         with _deep_recursion():
@@ -129,6 +131,7 @@ def decode_state(payload: bytes) -> Any:
             f"snapshot cannot be read by this streamwise ({type(e).__name__}: {e})"
             + (f"; written with {changed}" if changed else "")
         ) from None
+    migrate(state)
     if fmt == 1:
         # Format 1 wrapped the state with the positions it covered, which the manifest's
         # signed offsets already say.
@@ -136,6 +139,64 @@ def decode_state(payload: bytes) -> Any:
             raise SnapshotFormatError("format 1 snapshot payload has no processor state")
         state = state["processor"]
     return state
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def _river_migration(written: str, running: str) -> Any:
+    """What makes a state pickled under River ``written`` right under River ``running``,
+    or :class:`SnapshotFormatError` when no such step is known (docs/snapshots.md).
+
+    Within one minor release River keeps its pickles; across minors a state is loaded
+    only through a migration listed in ``_RIVER_MIGRATIONS`` and checked by
+    tests/test_snapshot_upgrade.py against a fixture written by the older release.
+    """
+    if _minor(written) == _minor(running):
+        return lambda state: None
+    migrate = _RIVER_MIGRATIONS.get((_minor(written), _minor(running)))
+    if migrate is None:
+        raise SnapshotFormatError(
+            f"snapshot written with river {written}; this streamwise runs river {running} and knows no "
+            "migration from it"
+        )
+    return migrate
+
+
+def _instances(root: Any, cls: type) -> Iterator[Any]:
+    """Every object of type ``cls`` reachable from ``root`` through containers and attributes."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, cls):
+            yield obj
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+
+
+def _river_025_to_026(state: Any) -> None:
+    """River 0.26's Pipeline routes arguments through a plan of its steps that it
+    caches (``_build_plan``); a 0.25 pipeline unpickles without it, or with 0.25's
+    layout of it, and fails at its first prediction. Rebuilding the plan is all the
+    fixtures need (tests/test_snapshot_upgrade.py compares predictions)."""
+    from river import compose
+
+    for pipeline in _instances(state, compose.Pipeline):
+        pipeline._plan = None
+        pipeline._build_plan()
+
+
+_RIVER_MIGRATIONS = {((0, 25), (0, 26)): _river_025_to_026}
 
 
 @contextlib.contextmanager
