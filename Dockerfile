@@ -9,6 +9,10 @@ COPY stream ./stream
 COPY models ./models
 COPY connectors ./connectors
 COPY examples ./examples
-RUN pip install . && useradd --system --uid 10001 streamwise
+# /var/lib/streamwise is created here, owned by the service user, so that a named
+# volume mounted on it (docker-compose.yml keeps the generated signing key there) is
+# writable by that user.
+RUN pip install . && useradd --system --uid 10001 streamwise \
+    && mkdir -p /var/lib/streamwise && chown streamwise /var/lib/streamwise
 USER streamwise
 CMD ["streamwise", "--help"]

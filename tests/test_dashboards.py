@@ -121,7 +121,7 @@ def test_docker_compose_accepts_the_stack_and_every_service_waits_for_healthy_on
         for dep, how in svc.get("depends_on", {}).items():
             assert how == {"condition": "service_healthy"}, f"{name} → {dep}: {how}"
     assert services["kafka"]["image"].startswith("apache/kafka:4")
-    assert "--appendonly" in services["redis"]["command"]
+    assert "--appendonly yes" in " ".join(services["redis"]["command"])
     assert services["streamwise"]["environment"]["STREAMWISE_METRICS__PORT"] == "9108"
     prom = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["streamwise:9108"]
