@@ -163,18 +163,41 @@ class OneHotEncoder(StreamComponent):
 
     def __init__(self, categories: Mapping[str, Sequence[Any]]) -> None:
         self.categories = {name: list(values) for name, values in categories.items()}
+        self._plan: list[tuple[str, dict[str, float], dict[tuple[type, Any], str], str]] | None = None
+
+    def _build_plan(self) -> list[tuple[str, dict[str, float], dict[tuple[type, Any], str], str]]:
+        # Per field: every output at 0.0 (copied in one C-level update), and the output
+        # each declared value sets, so an event costs one lookup, not a scan of the list
+        # (bench/one_hot_scale.py).
+        plan = []
+        for name, values in self.categories.items():
+            zeros = {f"{name}={category}": 0.0 for category in values}
+            zeros[f"{name}=__other__"] = 0.0
+            index = {(type(category), category): f"{name}={category}" for category in values}
+            plan.append((name, zeros, index, f"{name}=__other__"))
+        return plan
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"categories": self.categories}  # the plan is derived; rebuilt on first use
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._plan = None
 
     def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
+        if self._plan is None:
+            self._plan = self._build_plan()
         out = dict(x)
-        for name, values in self.categories.items():
+        for name, zeros, index, other in self._plan:
             present = name in out and out[name] is not None
             value = out.pop(name, None)
-            known = False
-            for category in values:
-                hit = present and value == category and type(value) is type(category)
-                known = known or hit
-                out[f"{name}={category}"] = 1.0 if hit else 0.0
-            out[f"{name}=__other__"] = 1.0 if present and not known else 0.0
+            out.update(zeros)
+            if present:
+                try:
+                    hit = index.get((type(value), value))
+                except TypeError:  # an unhashable value is no declared category
+                    hit = None
+                out[hit or other] = 1.0
         return out
 
 

@@ -149,3 +149,20 @@ def test_a_future_label_record_is_a_label_dead_letter_and_moves_no_join_clock() 
     assert _stages(out) == [DeadLetterStage.LABEL]
     assert processor.learners.now == NOW_MS / 1000
     assert len(processor.learners.pending) == 1  # still waiting for its label
+
+
+def test_the_deduplicator_window_costs_the_same_bytes_for_long_and_short_ids() -> None:
+    """State bounded in bytes, not only entries: ids are kept as fixed-size digests."""
+    import pickle
+
+    from streamwise.stream.cleaners import Deduplicator
+
+    sizes = {}
+    for length in (8, 1024):
+        dedup = Deduplicator("id", window=2000)
+        for i in range(5000):
+            dedup.learn_one({"id": f"{i:08d}".ljust(length, "x")})
+        sizes[length] = len(pickle.dumps(dedup))
+    assert sizes[1024] == sizes[8] < 2000 * 40
+    with pytest.raises(RejectedEvent, match="duplicate"):
+        dedup.transform_one({"id": "00004999".ljust(1024, "x")})
