@@ -106,10 +106,14 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_change_nothing(settin
         assert h["streamwise.source.topic"] == cfg.input.topic and h["streamwise.error.message"]
         source_offsets.add(int(h["streamwise.source.offset"]))
     assert len(source_offsets) == 50
-    # The original bytes come back untouched, each with the stage that rejected it.
-    expected = sorted(((v or b""), s) for _k, v, s in bad)
+    # The original bytes come back untouched, each with the stage that rejected it; a
+    # record refused for its size keeps its first max_event_bytes and says its size.
+    limit = cfg.event_schema.max_event_bytes
+    expected = sorted(((v or b"")[:limit], s) for _k, v, s in bad)
     got = sorted((r.value or b"", dict(r.headers)["streamwise.error.stage"].decode()) for r in dlq)
     assert got == expected
+    sizes = [int(dict(r.headers)["streamwise.source.size"]) for r in dlq if "streamwise.source.size" in dict(r.headers)]
+    assert sizes == [len(v) for _k, v, _s in bad if v is not None and len(v) > limit]
 
     out = sorted(values(consume(bootstrap, cfg.output.topic, N_PHISHING)), key=lambda r: r["id"])
     assert [r["id"] for r in out] == list(range(N_PHISHING))
