@@ -316,7 +316,10 @@ class ConfluentSink:
             self._failures.append(f"{msg.topic()}: {err.str()}")
 
     def begin_transaction(self) -> None:
-        self._producer.begin_transaction()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as e:
+            raise DeliveryError(f"transaction not begun: {e.args[0].str()}") from e
 
     def commit_transaction(
         self,

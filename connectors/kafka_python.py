@@ -266,8 +266,13 @@ class KafkaPythonSink:
             self._producer.init_transactions()
         self._pending: list[Any] = []
 
+    # A producer error (fenced, timed out, a broker gone) is a DeliveryError for the
+    # checkpoint: it aborts, rewinds, and builds a new producer if it must.
     def begin_transaction(self) -> None:
-        self._producer.begin_transaction()
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as e:
+            raise DeliveryError(f"transaction not begun: {type(e).__name__}: {e}") from e
 
     def commit_transaction(
         self,
@@ -286,12 +291,17 @@ class KafkaPythonSink:
     def abort_transaction(self) -> None:
         # The aborted records failed on purpose; they must not fail the next commit.
         self._pending.clear()
-        self._producer.abort_transaction()
+        try:
+            self._producer.abort_transaction()
+        except KafkaError as e:
+            raise DeliveryError(f"transaction not aborted: {type(e).__name__}: {e}") from e
 
     def send(self, record: OutgoingRecord) -> None:
-        self._pending.append(
-            self._producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
-        )
+        try:
+            future = self._producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
+        except KafkaError as e:
+            raise DeliveryError(f"record not sent to {record.topic}: {type(e).__name__}: {e}") from e
+        self._pending.append(future)
 
     def flush(self) -> None:
         self._producer.flush()
@@ -304,7 +314,10 @@ class KafkaPythonSink:
             raise DeliveryError(f"{len(failed)} of {len(pending)} records not delivered: {failed[0].exception}")
 
     def close(self) -> None:
-        self._producer.close()
+        try:
+            self._producer.close()
+        except KafkaError as e:  # a fenced producer may fail to close; it is gone either way
+            log.debug("producer close: %s: %s", type(e).__name__, e)
 
 
 class KafkaPythonAdmin:

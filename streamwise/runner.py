@@ -202,8 +202,7 @@ class Runner:
             checkpoint.close()
         finally:
             source.close()
-            if checkpoint.sink is not None:
-                checkpoint.sink.close()
+            checkpoint._close_sink()
             if metrics_server is not None:
                 metrics_server.close()
         return self.summary(time.perf_counter() - started)
