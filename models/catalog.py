@@ -47,6 +47,8 @@ class ModelSpec(BaseModel):
 _STREAMWISE_LEARNERS = {
     "streamwise.TorchMiniBatchClassifier": ("streamwise.models.torch_learner", "TorchMiniBatchClassifier"),
     "streamwise.TorchMiniBatchRegressor": ("streamwise.models.torch_learner", "TorchMiniBatchRegressor"),
+    "streamwise.TorchSequenceClassifier": ("streamwise.models.torch_sequence", "TorchSequenceClassifier"),
+    "streamwise.TorchSequenceRegressor": ("streamwise.models.torch_sequence", "TorchSequenceRegressor"),
     # A real classifier made deliberately slow, for fault drills (models/drills.py).
     "streamwise.DelayedClassifier": ("streamwise.models.drills", "DelayedClassifier"),
 }

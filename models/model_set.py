@@ -52,6 +52,7 @@ class Outcome:
     champion: str
     predictions: dict[str, Prediction] = field(default_factory=dict)
     explanation: dict[str, float] | None = None
+    key: Any = None  # the entity whose history a sequence learner follows
 
     @property
     def prediction(self) -> Prediction:
@@ -232,11 +233,12 @@ class ModelSet:
 
     # -- the per-batch protocol -------------------------------------------------------
 
-    def on_event(self, event_id: Any, x: dict[str, Any], y: Any | None, t: float) -> Outcome:
+    def on_event(self, event_id: Any, x: dict[str, Any], y: Any | None, t: float, key: Any = None) -> Outcome:
         """Predicts ``x`` with every River model now; learns at once from an inline ``y``,
-        else waits for the label (when labels are delayed)."""
+        else waits for the label (when labels are delayed). ``key`` is the event's entity,
+        for sequence learners."""
         self.now = max(self.now, t)
-        outcome = Outcome(event_id, x, t, self.selector.champion)
+        outcome = Outcome(event_id, x, t, self.selector.champion, key=key)
         for m in self.models:
             if not m.predicts_in_batches:
                 outcome.predictions[m.name] = m.predict_one(x)
@@ -324,18 +326,22 @@ class ModelSet:
     def _predict_block(self, m: PrequentialModel, block: list[Outcome]) -> None:
         if not block:
             return
-        for outcome, p in zip(block, m.predict_many([o.x for o in block]), strict=True):
+        keys = [o.key for o in block] if m.uses_keys else None
+        ids = [o.id for o in block] if m.uses_keys else None
+        for outcome, p in zip(block, m.predict_many([o.x for o in block], keys, ids), strict=True):
             outcome.predictions[m.name] = p
         if self.top_k:
             rows = [o for o in block if o.champion == m.name]
-            for outcome, ex in zip(rows, m.estimator.explain_many([o.x for o in rows], self.top_k), strict=True):
+            context = {"keys": [o.key for o in rows], "ids": [o.id for o in rows]} if m.uses_keys else {}
+            explanations = m.estimator.explain_many([o.x for o in rows], self.top_k, **context)
+            for outcome, ex in zip(rows, explanations, strict=True):
                 outcome.explanation = ex
 
     def _learn_deferred(self, m: PrequentialModel, outcome: Outcome, y: Any, t: float) -> None:
         if m.name not in self._steps:
             return  # retired while the batch ran
         prediction = outcome.predictions.get(m.name)
-        m.learn_one(outcome.x, y, prediction, t)
+        m.learn_one(outcome.x, y, prediction, t, key=outcome.key, event_id=outcome.id)
         self._learned[m.name] += 1
         if prediction is not None:
             self._scored(m, y, prediction, outcome.id)

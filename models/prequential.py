@@ -65,6 +65,8 @@ class PrequentialModel:
         # The torch learners are not River estimators (their module must not import
         # River), so they say what they are with ``task`` and ``predicts_in_batches``.
         self.predicts_in_batches = bool(getattr(estimator, "predicts_in_batches", False))
+        # Sequence learners (torch_sequence.py) also need each event's key and id.
+        self.uses_keys = bool(getattr(estimator, "uses_keys", False))
         if self.predicts_in_batches:
             wanted = metrics.base.ClassificationMetric if estimator.task == "classification" else metrics.base.RegressionMetric
             if not isinstance(self.metric, wanted):
@@ -100,13 +102,18 @@ class PrequentialModel:
             value = est.predict_one(x)
         return Prediction(value, proba)
 
-    def predict_many(self, xs: list[dict[str, Any]]) -> list[Prediction]:
-        """One vectorised pass for a learner that ``predicts_in_batches``; a loop otherwise."""
+    def predict_many(
+        self, xs: list[dict[str, Any]], keys: list[Any] | None = None, ids: list[Any] | None = None
+    ) -> list[Prediction]:
+        """One vectorised pass for a learner that ``predicts_in_batches``; a loop otherwise.
+        ``keys`` and ``ids`` reach only a learner that ``uses_keys``."""
         if not self.predicts_in_batches:
             return [self.predict_one(x) for x in xs]
+        context = {"keys": keys, "ids": ids} if self.uses_keys else {}
         if not self.is_classifier:
-            return [Prediction(v) for v in self.estimator.predict_many(xs)]
-        return [Prediction(max(p, key=p.get) if p else None, p) for p in self.estimator.predict_proba_many(xs)]
+            return [Prediction(v) for v in self.estimator.predict_many(xs, **context)]
+        probas = self.estimator.predict_proba_many(xs, **context)
+        return [Prediction(max(p, key=p.get) if p else None, p) for p in probas]
 
     def score(self, y: Any, prediction: Prediction) -> None:
         """Updates the metric with a prediction unless it is None or ``{}``, as River does."""
@@ -114,17 +121,28 @@ class PrequentialModel:
         if y_pred is not None and y_pred != {}:
             self.metric.update(y_true=y, y_pred=y_pred)
 
-    def learn_one(self, x: dict[str, Any], y: Any, prediction: Prediction | None, t: float | None = None) -> None:
+    def learn_one(
+        self,
+        x: dict[str, Any],
+        y: Any,
+        prediction: Prediction | None,
+        t: float | None = None,
+        key: Any = None,
+        event_id: Any = None,
+    ) -> None:
         """Scores ``prediction`` (made when the event arrived) against ``y``, then learns.
 
         ``prediction`` is None for a model that did not exist when the event was predicted
         (a challenger started since): it learns without being scored. ``t`` is the stream
-        time, which a mini-batch learner uses to bound how long a partial batch waits.
+        time, which a mini-batch learner uses to bound how long a partial batch waits;
+        ``key`` and ``event_id`` reach only a learner that ``uses_keys``.
         """
         if prediction is not None:
             self.score(y, prediction)
         if self.is_anomaly_detector:
             self.estimator.learn_one(x)
+        elif self.uses_keys:
+            self.estimator.learn_one(x, y, t, key=key, event_id=event_id)
         elif self.predicts_in_batches:
             self.estimator.learn_one(x, y, t)
         else:

@@ -210,7 +210,7 @@ class _TorchMiniBatchBase:
         # Initialise from the seed without disturbing anyone else's global RNG.
         torch.manual_seed(self.seed)
         try:
-            net = _MLP(self.n_inputs, self.hidden_layers, self._n_outputs(), self.activation)
+            net = self._make_net()
         finally:
             torch.random.set_rng_state(gen_state)
         self._net = net.to(self._device)
@@ -225,6 +225,10 @@ class _TorchMiniBatchBase:
             self._net.load_state_dict(loaded["model"] if "model" in loaded else loaded)
             if "optimizer" in loaded:
                 self._opt.load_state_dict(loaded["optimizer"])
+
+    def _make_net(self) -> nn.Module:
+        # A hook: the sequence learners (torch_sequence.py) put a recurrent network here.
+        return _MLP(self.n_inputs, self.hidden_layers, self._n_outputs(), self.activation)
 
     def declare_features(self, names: Sequence[str]) -> None:
         """Fixes the declared features (e.g. the pipeline schema's numeric fields) unless
@@ -327,14 +331,19 @@ class _TorchMiniBatchBase:
             return
         m = self._matrix(X)
         for row, y in zip(m, ys, strict=True):
-            if not self._buffer_x and t is not None:
+            self._buffer(row, y, t)
+
+    def _buffer(self, row: Any, y: Any, t: float | None) -> None:
+        """Adds one labelled input (a row here, a window for the sequence learners); steps
+        when the batch is full."""
+        if not self._buffer_x and t is not None:
+            self._buffer_t0 = t
+        self._buffer_x.append(row)
+        self._buffer_y.append(self._target(y))
+        if len(self._buffer_x) >= self.batch_size:
+            self._step()
+            if t is not None:
                 self._buffer_t0 = t
-            self._buffer_x.append(row)
-            self._buffer_y.append(self._target(y))
-            if len(self._buffer_x) >= self.batch_size:
-                self._step()
-                if t is not None:
-                    self._buffer_t0 = t
 
     def flush(self, t: float | None = None) -> bool:
         """Steps on a partial batch if its oldest row has waited ``max_wait_s`` by stream
@@ -521,7 +530,10 @@ class TorchMiniBatchClassifier(_TorchMiniBatchBase):
     def predict_proba_many(self, X: Sequence[dict[str, Any]]) -> list[dict[Any, float]]:
         if not X:
             return []
-        out = self._forward(X)
+        return self._proba_rows(self._forward(X))
+
+    def _proba_rows(self, out: torch.Tensor) -> list[dict[Any, float]]:
+        """The network's outputs as one ``{class: probability}`` per row."""
         if len(self.classes) == 2:
             p = torch.sigmoid(out[:, 0]).double().cpu().numpy()
             neg, pos = self.classes
@@ -593,9 +605,12 @@ class TorchMiniBatchRegressor(_TorchMiniBatchBase):
     def predict_many(self, X: Sequence[dict[str, Any]]) -> list[float]:
         if not X:
             return []
+        return self._values(self._forward(X))
+
+    def _values(self, out: torch.Tensor) -> list[float]:
+        """The network's outputs back on the target's scale."""
         mean, std = self._y_scale()
-        out = self._forward(X)[:, 0].double().cpu().numpy()
-        return [float(v * std + mean) for v in out]
+        return [float(v * std + mean) for v in out[:, 0].double().cpu().numpy()]
 
     def predict_one(self, x: dict[str, Any]) -> float:
         return self.predict_many([x])[0]

@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["CardTransactions", "MERCHANT_CATEGORIES"]
+__all__ = ["CardTransactions", "MERCHANT_CATEGORIES", "PatientVitals"]
 
 MERCHANT_CATEGORIES = ("grocery", "restaurant", "fuel", "travel", "electronics", "fashion", "online_services", "cash")
 _START = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a Wednesday
@@ -121,3 +121,113 @@ class CardTransactions:
             out.append((t, card, math.exp(rng.gauss(log_mean + 1.6, 0.5)), rng.randrange(n_merchants),
                         "online" if rng.random() < 0.8 else "pos", True))
         return out
+
+
+# Vital signs: the population's baselines (mean, spread between patients) and how far
+# one reading moves per step while a patient deteriorates, in the direction of harm.
+_VITALS: dict[str, tuple[float, float, float, int]] = {
+    # name: (population mean, between-patient std, per-step drift, decimals)
+    "heart_rate": (78.0, 10.0, 2.0, 1),
+    "resp_rate": (16.0, 2.5, 0.5, 1),
+    "systolic_bp": (122.0, 14.0, -2.5, 1),
+    "spo2": (96.5, 1.2, -0.25, 2),
+    "temperature": (36.9, 0.35, 0.06, 2),
+}
+
+
+class PatientVitals:
+    """Vital-sign readings of many patients, in event-time order; the label needs the trajectory.
+
+    Each patient has their own baselines, far apart between patients, and is read about
+    every half hour. Their readings come in segments of 6 to 10. In a *deteriorating*
+    segment the vitals move steadily in the harmful direction (heart and breathing rate
+    up, blood pressure and oxygen saturation down, temperature up), centred on the
+    patient's baseline; in a *stable* segment the very same values come in a random
+    order. So any order-free summary of a segment (count, mean, min, max, std) has the
+    same distribution whether the patient deteriorates or not: only the order of the
+    readings tells, and a reading is labelled ``deteriorating`` from the third step of a
+    deteriorating segment on, when three readings in a row have moved the same way.
+
+    ``shift`` makes a second, fairer setting: a deteriorating segment is also moved away
+    from the baseline by ``shift`` times its span, so windowed means and extremes
+    recover part of the signal. ``signal="reading"`` makes a stream without temporal
+    signal, for the opposite check: readings scatter around the baseline and the label
+    is a threshold on the single reading's shock index (heart rate over blood pressure).
+
+    Fields: ``id``, ``patient_id`` (the key), ``ts`` (ISO 8601, UTC), the five vitals
+    and ``deteriorating``.
+
+    Examples
+    --------
+    >>> events = list(PatientVitals(n_events=3000, n_patients=60, seed=1))
+    >>> sorted(events[0])  # doctest: +NORMALIZE_WHITESPACE
+    ['deteriorating', 'heart_rate', 'id', 'patient_id', 'resp_rate', 'spo2', 'systolic_bp',
+     'temperature', 'ts']
+    >>> 0.12 < sum(e["deteriorating"] for e in events) / len(events) < 0.35
+    True
+    >>> events == list(PatientVitals(n_events=3000, n_patients=60, seed=1))
+    True
+    """
+
+    def __init__(
+        self,
+        n_events: int = 5000,
+        n_patients: int = 200,
+        deteriorating_share: float = 0.4,
+        shift: float = 0.0,
+        signal: str = "trend",
+        seed: int = 42,
+    ) -> None:
+        if signal not in ("trend", "reading"):
+            raise ValueError(f"signal must be 'trend' or 'reading', got {signal!r}")
+        self.n_events = n_events
+        self.n_patients = n_patients
+        self.deteriorating_share = deteriorating_share
+        self.shift = shift
+        self.signal = signal
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = random.Random(self.seed)
+        per_patient = math.ceil(self.n_events / self.n_patients * 1.2) + 10
+        rows: list[tuple[float, int, dict[str, float], bool]] = []
+        for p in range(self.n_patients):
+            baseline = {k: rng.gauss(mean, spread) for k, (mean, spread, _, _) in _VITALS.items()}
+            t = _START + rng.uniform(0, 1800.0)
+            readings: list[tuple[dict[str, float], bool]] = []
+            while len(readings) < per_patient:
+                readings.extend(self._segment(rng, baseline))
+            for values, label in readings[:per_patient]:
+                rows.append((t, p, values, label))
+                t += rng.uniform(1200.0, 2400.0)  # about every half hour, whatever the state
+        rows.sort(key=lambda r: (r[0], r[1]))
+        for i, (t, p, values, label) in enumerate(rows[: self.n_events]):
+            event: dict[str, Any] = {
+                "id": i,
+                "patient_id": f"patient-{p:05d}",
+                "ts": dt.datetime.fromtimestamp(round(t, 3), dt.UTC).isoformat().replace("+00:00", "Z"),
+            }
+            event.update({k: round(v, _VITALS[k][3]) for k, v in values.items()})
+            event["deteriorating"] = label
+            yield event
+
+    def _segment(self, rng: random.Random, baseline: dict[str, float]) -> list[tuple[dict[str, float], bool]]:
+        n = rng.randint(6, 10)
+        if self.signal == "reading":
+            out = []
+            for _ in range(n):
+                values = {k: baseline[k] + rng.gauss(0.0, 3.0 * abs(step)) for k, (_, _, step, _) in _VITALS.items()}
+                shock = values["heart_rate"] / values["systolic_bp"]
+                out.append((values, shock + rng.gauss(0.0, 0.03) > 0.72))
+            return out
+        worsening = rng.random() < self.deteriorating_share
+        centre = (n - 1) / 2.0
+        offset = self.shift * (n - 1) if worsening else 0.0
+        steps = [
+            {k: baseline[k] + step * (i - centre + offset) + rng.gauss(0.0, 0.5 * abs(step))
+             for k, (_, _, step, _) in _VITALS.items()}
+            for i in range(n)
+        ]
+        if not worsening:
+            rng.shuffle(steps)  # the same values, in no particular order
+        return [(values, worsening and i >= 2) for i, values in enumerate(steps)]

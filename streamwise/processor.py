@@ -190,7 +190,8 @@ class PipelineProcessor:
             try:
                 # River models predict (and learn from an inline label) now; torch
                 # learners predict the whole batch in end_batch().
-                outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0)
+                key = event.key if event.key is not None else _text(record.key)
+                outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
                 out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)

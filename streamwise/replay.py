@@ -9,6 +9,7 @@ A source is one of:
   ``drift_stream``) is given as ``stream=synth.Agrawal`` plus dotted parameters for it
   (``stream.classification_function=0``);
 - ``streamwise.CardTransactions``, the card-fraud stream of ``examples/fraud.yaml``;
+  ``streamwise.PatientVitals``, the vital signs of ``examples/patient_deterioration.yaml``;
 - a ``.csv`` file (numeric-looking cells become numbers) or a ``.jsonl`` file, one event
   per line; a JSONL line that is not a JSON object is published as it is, which makes
   such files handy for testing dead-lettering.
@@ -93,7 +94,8 @@ def _streamwise_dataset(source: str, params: dict[str, Any]) -> Any:
 
     cls = getattr(datasets, source.removeprefix("streamwise."), None)
     if not inspect.isclass(cls):
-        raise ConfigError(f"source: unknown streamwise dataset {source!r} (try streamwise.CardTransactions)")
+        known = ", ".join(f"streamwise.{name}" for name in datasets.__all__ if inspect.isclass(getattr(datasets, name)))
+        raise ConfigError(f"source: unknown streamwise dataset {source!r} (known: {known})")
     return _build(cls, source, params)
 
 
