@@ -208,6 +208,7 @@ class PatientVitals:
                 "ts": dt.datetime.fromtimestamp(round(t, 3), dt.UTC).isoformat().replace("+00:00", "Z"),
             }
             event.update({k: round(v, _VITALS[k][3]) for k, v in values.items()})
+            event["spo2"] = min(event["spo2"], 100.0)  # a saturation, in percent
             event["deteriorating"] = label
             yield event
 
