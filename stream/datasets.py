@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["CardTransactions", "MERCHANT_CATEGORIES", "PatientVitals"]
+__all__ = ["CardTransactions", "MERCHANT_CATEGORIES", "PatientVitals", "StoreDemand", "TrafficFlow"]
 
 MERCHANT_CATEGORIES = ("grocery", "restaurant", "fuel", "travel", "electronics", "fashion", "online_services", "cash")
 _START = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a Wednesday
@@ -94,7 +94,7 @@ class CardTransactions:
             yield {
                 "id": i,
                 "card_id": card,
-                "ts": dt.datetime.fromtimestamp(round(t, 3), dt.UTC).isoformat().replace("+00:00", "Z"),
+                "ts": _iso(round(t, 3)),
                 "amount": round(amount, 2),
                 "merchant": f"m{merchant:05d}",
                 "merchant_category": merchant_category[merchant],
@@ -205,7 +205,7 @@ class PatientVitals:
             event: dict[str, Any] = {
                 "id": i,
                 "patient_id": f"patient-{p:05d}",
-                "ts": dt.datetime.fromtimestamp(round(t, 3), dt.UTC).isoformat().replace("+00:00", "Z"),
+                "ts": _iso(round(t, 3)),
             }
             event.update({k: round(v, _VITALS[k][3]) for k, v in values.items()})
             event["spo2"] = min(event["spo2"], 100.0)  # a saturation, in percent
@@ -232,3 +232,106 @@ class PatientVitals:
         if not worsening:
             rng.shuffle(steps)  # the same values, in no particular order
         return [(values, worsening and i >= 2) for i, values in enumerate(steps)]
+
+
+class StoreDemand:
+    """Daily unit sales of products in stores, each series with its own level, trend and week.
+
+    Every ``series`` (``"store-03/product-07"``, the key) sells around its own level, which
+    drifts by a small trend, with a weekly pattern (busier weekends for some stores,
+    busier weekdays for others) and noise; ``promo`` days sell more. Events come one per
+    series and day, days in order, series interleaved.
+
+    Fields: ``id``, ``series``, ``store``, ``day`` (ISO 8601 date at midnight UTC),
+    ``promo`` (0 or 1) and ``units``.
+
+    Examples
+    --------
+    >>> events = list(StoreDemand(n_stores=2, n_products=3, n_days=10, seed=1))
+    >>> len(events), events[0]["series"], sorted(events[0])
+    (60, 'store-00/product-00', ['day', 'id', 'promo', 'series', 'store', 'units'])
+    >>> events == list(StoreDemand(n_stores=2, n_products=3, n_days=10, seed=1))
+    True
+    """
+
+    def __init__(self, n_stores: int = 5, n_products: int = 10, n_days: int = 200, seed: int = 42) -> None:
+        self.n_stores = n_stores
+        self.n_products = n_products
+        self.n_days = n_days
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = random.Random(self.seed)
+        series = []
+        for s in range(self.n_stores):
+            weekend = rng.uniform(-0.3, 0.5)  # how much busier this store's weekend is
+            for p in range(self.n_products):
+                level = math.exp(rng.gauss(3.0, 0.8))
+                week = [1.0 + (weekend if d >= 5 else 0.0) + rng.gauss(0.0, 0.05) for d in range(7)]
+                series.append((f"store-{s:02d}/product-{p:02d}", f"store-{s:02d}", level,
+                               rng.gauss(0.0, 0.002), week))
+        i = 0
+        for day in range(self.n_days):
+            t = _START + day * _DAY
+            weekday = dt.datetime.fromtimestamp(t, dt.UTC).weekday()
+            for name, store, level, trend, week in series:
+                promo = int(rng.random() < 0.08)
+                mean = level * (1.0 + trend) ** day * week[weekday] * (1.6 if promo else 1.0)
+                units = max(0, round(rng.gauss(mean, 0.15 * mean)))
+                yield {"id": i, "series": name, "store": store, "day": _iso(t), "promo": promo, "units": units}
+                i += 1
+
+
+class TrafficFlow:
+    """Hourly vehicle counts of road sensors, with a daily and a weekly season.
+
+    Each sensor has its own capacity; flow follows the hour of day (morning and evening
+    peaks on weekdays, one broad midday hump at weekends), is lower on weekends, and is
+    noisy. One event per sensor and hour, hours in order.
+
+    Fields: ``id``, ``sensor`` (the key), ``ts`` (ISO 8601, UTC) and ``flow``.
+
+    Examples
+    --------
+    >>> events = list(TrafficFlow(n_sensors=3, n_hours=48, seed=2))
+    >>> len(events), sorted(events[0])
+    (144, ['flow', 'id', 'sensor', 'ts'])
+    >>> by_hour = {}
+    >>> for e in events:
+    ...     by_hour.setdefault(e["ts"][11:13], []).append(e["flow"])
+    >>> sum(by_hour["08"]) > 3 * sum(by_hour["03"])  # rush hour against the night
+    True
+    """
+
+    def __init__(self, n_sensors: int = 20, n_hours: int = 24 * 28, seed: int = 42) -> None:
+        self.n_sensors = n_sensors
+        self.n_hours = n_hours
+        self.seed = seed
+
+    @staticmethod
+    def _profile(hour: float, weekend: bool) -> float:
+        def bump(centre: float, width: float) -> float:
+            return math.exp(-(((hour - centre) / width) ** 2))
+
+        if weekend:
+            return 0.15 + 0.6 * bump(13.0, 4.0)
+        return 0.1 + bump(8.0, 1.5) + 0.9 * bump(17.5, 2.0) + 0.4 * bump(12.5, 3.0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = random.Random(self.seed)
+        capacity = [rng.uniform(300.0, 2000.0) for _ in range(self.n_sensors)]
+        i = 0
+        for h in range(self.n_hours):
+            t = _START + h * 3600.0
+            when = dt.datetime.fromtimestamp(t, dt.UTC)
+            weekend = when.weekday() >= 5
+            shape = self._profile(when.hour, weekend) * (0.8 if weekend else 1.0)
+            for s, cap in enumerate(capacity):
+                flow = max(0, round(cap * shape * rng.gauss(1.0, 0.08)))
+                yield {"id": i, "sensor": f"sensor-{s:03d}", "ts": _iso(t), "flow": flow}
+                i += 1
+
+
+def _iso(t: float) -> str:
+    """ISO 8601 in UTC with a Z, as event times are written."""
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")

@@ -24,6 +24,7 @@ from streamwise.models.config import (
     ExplainConfig,
     LabelsConfig,
 )
+from streamwise.models.forecast import ForecastConfig
 from streamwise.models.prequential import make_metric
 from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema
@@ -57,7 +58,7 @@ class PipelineConfig(BaseModel):
     input: InputConfig
     output: OutputConfig
     event_schema: EventSchema = Field(alias="schema")
-    task: Literal["classification", "regression", "anomaly"] = "classification"
+    task: Literal["classification", "regression", "anomaly", "forecast"] = "classification"
     metric: str = "Accuracy"
     models: list[ModelSpec] = Field(min_length=1)
     # Stream steps between validation and the models (stream/pipeline.py); none by default,
@@ -71,9 +72,12 @@ class PipelineConfig(BaseModel):
     drift: DriftConfig = DriftConfig()
     champion: ChampionConfig = ChampionConfig()
     explain: ExplainConfig = ExplainConfig()
+    # With task: forecast, what to forecast and how far (models/forecast.py).
+    forecast: ForecastConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
+        self._check_forecast()
         make_metric(self.metric)
         if self.champion.metric is not None:
             make_metric(self.champion.metric)
@@ -95,6 +99,21 @@ class PipelineConfig(BaseModel):
                 ],
             )
         return self
+
+    def _check_forecast(self) -> None:
+        if (self.task == "forecast") != (self.forecast is not None):
+            raise ValueError("task: forecast and a forecast: block go together")
+        if self.forecast is None:
+            return
+        target = self.event_schema.features.get(self.forecast.target)
+        if target is None or target.type not in ("float", "int"):
+            raise ValueError(f"forecast.target {self.forecast.target!r} must be a numeric feature of the schema")
+        if self.input.labels_topic is not None:
+            raise ValueError("a forecast learns from the series itself: no input.labels_topic")
+        from streamwise.models.forecast import ForecastModel
+
+        for spec in self.models:
+            ForecastModel(spec.name, spec.steps, self.forecast.metric)
 
     @property
     def alerts_topic(self) -> str:

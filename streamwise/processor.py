@@ -19,12 +19,14 @@ import orjson
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
 from streamwise.core.sensors import Sensor
 from streamwise.core.stages import DeadLetterStage
+from streamwise.models.forecast import ForecastSet
 from streamwise.models.labels import LabelRecordError, decode_label_record
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import PrequentialModel
 from streamwise.models.state import decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.pipeline import build_event_pipeline
+from streamwise.stream.base import to_epoch_seconds
 from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future
 
 # Header names follow Kafka Connect's dead-letter convention under our own prefix.
@@ -84,6 +86,11 @@ class PipelineProcessor:
         # event, labelled or not, and without any configured they return the decoded event as is.
         self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
         schema = config.event_schema
+        self.forecasting = config.forecast is not None
+        if config.forecast is not None:  # task: forecast, driven by models/forecast.py
+            self.learners: ModelSet | ForecastSet = ForecastSet(config.models, config.forecast)
+            self.epoch = 0
+            return
         self.learners = ModelSet(
             config.models,
             task=config.task,
@@ -111,7 +118,7 @@ class PipelineProcessor:
 
     # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
     # the state descends from, shown in every record): not learned, left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "epoch"})
+    _NOT_STATE = frozenset({"config", "sensor", "epoch", "forecasting"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything this processor has learned, as a picklable dict. New learning
@@ -187,10 +194,17 @@ class PipelineProcessor:
                 sensor.on_dead_letter(record.topic, e.stage)
                 continue
             sensor.on_event_valid(record.topic, record.partition)
+            key = event.key if event.key is not None else _text(record.key)
+            if self.forecasting:
+                try:
+                    out.append(self._forecast_record(record, event, key))
+                except Exception as e:  # a model bug must not stop the stream
+                    out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
+                    sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
+                continue
             try:
                 # River models predict (and learn from an inline label) now; torch
                 # learners predict the whole batch in end_batch().
-                key = event.key if event.key is not None else _text(record.key)
                 outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
                 out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
@@ -199,6 +213,10 @@ class PipelineProcessor:
             predicted.append((record, event, outcome))
         for action, n in self.events.drain_activity().items():
             sensor.on_clean(action, n)
+        if isinstance(self.learners, ForecastSet):
+            for model, n in self.learners.end_batch().items():
+                sensor.on_learn(model, n)
+            return out
         result = self.learners.end_batch()
         for record, event, outcome in predicted:
             out.append(self._prediction_record(record, event, outcome))
@@ -249,6 +267,25 @@ class PipelineProcessor:
                     value=json.dumps(body, separators=(",", ":"), default=str).encode(),
                 )
             )
+
+    def _forecast_record(self, record: ConsumedRecord, event: DecodedEvent, key: str | None) -> OutgoingRecord:
+        """The next ``horizon`` values of the event's series, per model, each with its event time."""
+        assert isinstance(self.learners, ForecastSet)
+        t = to_epoch_seconds(event.event_time) if event.event_time is not None else record.timestamp_ms / 1000.0
+        target = self.config.forecast.target if self.config.forecast else ""
+        body = {
+            "id": event.id,
+            "key": key,
+            "value": event.x.get(target),
+            "forecasts": self.learners.on_event(key, event.x, t),
+            "epoch": self.epoch,
+            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+            "event_timestamp_ms": record.timestamp_ms,
+        }
+        if event.event_time is not None:
+            body["event_time"] = event.event_time
+        self.sensor.on_prediction(max(0.0, time.time() - record.timestamp_ms / 1000.0))
+        return OutgoingRecord(topic=self.config.output.topic, key=record.key, value=orjson.dumps(body, default=str))
 
     def _prediction_record(self, record: ConsumedRecord, event: DecodedEvent, outcome: Outcome) -> OutgoingRecord:
         now_ms = time.time() * 1000.0

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import torch
 from river import metrics
+from support import consume, produce
 
 from streamwise.pipeline_config import load_pipeline_config
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
-from support import consume, produce
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "patient_deterioration.yaml"
 one_client = pytest.mark.parametrize("kafka_client", ["confluent"], indirect=True)

@@ -1,0 +1,71 @@
+"""The forecasting driver in memory: River's scoring offset, bounds, state, config errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from streamwise.core.errors import ConfigError
+from streamwise.models.catalog import ModelSpec
+from streamwise.models.forecast import ForecastConfig, ForecastSet
+
+from streamwise.pipeline_config import parse_pipeline_config
+
+HW = ModelSpec(name="hw", steps=[{"time_series.HoltWinters": {"alpha": 1.0, "beta": 1.0}}])
+
+
+def _line(config: ForecastConfig, n: int = 40) -> ForecastSet:
+    forecasts = ForecastSet([HW], config)
+    for t in range(n):
+        forecasts.on_event("a", {"y": float(t)}, float(t))
+    return forecasts
+
+
+def test_next_scores_the_values_a_forecast_names_river_scores_one_later():
+    # A straight line, which this Holt-Winters forecasts perfectly from its third value.
+    nxt = _line(ForecastConfig(target="y", horizon=3, score_against="next")).models[0].horizon_metric
+    river = _line(ForecastConfig(target="y", horizon=3)).models[0].horizon_metric
+    assert max(nxt.get()) < 0.1, "only the first forecasts, before the trend settled, miss"
+    assert min(river.get()) > 0.9, "River's evaluate scores the forecast against the values one step later"
+
+
+def test_forecasts_carry_the_event_time_each_value_is_for():
+    out = ForecastSet([HW], ForecastConfig(target="y", horizon=2, period="1h"))
+    out.on_event("a", {"y": 1.0}, 0.0)
+    assert [f["event_time"] for f in out.on_event("a", {"y": 2.0}, 60.0)["hw"]] == [
+        "1970-01-01T01:01:00Z", "1970-01-01T02:01:00Z"]
+    gap = ForecastSet([HW], ForecastConfig(target="y", horizon=1))
+    gap.on_event("a", {"y": 1.0}, 0.0)
+    assert gap.on_event("a", {"y": 2.0}, 60.0)["hw"][0]["event_time"] == "1970-01-01T00:02:00Z"
+
+
+def test_keys_are_bounded_by_count_and_idle_events_and_state_pickles():
+    forecasts = ForecastSet([HW], ForecastConfig(target="y", horizon=2, max_keys=3, idle_ttl=5))
+    for i, key in enumerate("abcd"):
+        forecasts.on_event(key, {"y": float(i)}, float(i))
+    assert forecasts.n_keys == 3 and forecasts.n_evicted_keys == 1
+    for i in range(5):
+        forecasts.on_event("d", {"y": float(i)}, 10.0 + i)
+    assert forecasts.n_keys == 1, "keys idle for 5 events are dropped"
+    copy = pickle.loads(pickle.dumps(forecasts))
+    assert copy.on_event("d", {"y": 7.0}, 20.0) == forecasts.on_event("d", {"y": 7.0}, 20.0)
+
+
+BASE = {"name": "f", "input": {"topic": "a"}, "output": {"topic": "b"},
+        "schema": {"id": "id", "features": {"y": "float", "c": "category"}}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"task": "forecast", "models": [HW.model_dump()]}, "task: forecast and a forecast: block go together"),
+        ({"task": "forecast", "forecast": {"target": "c"}, "models": [HW.model_dump()]}, "must be a numeric feature"),
+        ({"task": "forecast", "forecast": {"target": "y"},
+          "models": [{"name": "lr", "steps": ["linear_model.LinearRegression"]}]}, "is not a forecaster"),
+        ({"task": "forecast", "forecast": {"target": "y", "period": "fortnight"}, "models": [HW.model_dump()]},
+         "period must be"),
+    ],
+)
+def test_a_bad_forecast_config_fails_at_start_with_its_reason(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_pipeline_config({**BASE, **overrides})
