@@ -10,6 +10,9 @@ eat the others' time, and one part's memory and threads cannot slow the next):
   each client;
 - G4 snapshot overhead and restore time (bench/snapshots.py);
 - G5 the torch learner's examples/s per batch size, CPU and CUDA (bench/torch_learner.py);
+- G6 the sequence learner's examples/s per batch size and sequence length, CPU and CUDA,
+  and its accuracy on PatientVitals against an MLP and windowed aggregates
+  (bench/torch_sequence.py);
 - the Quix Streams + River peer (bench/peer_quix.py);
 - 2 workers ÷ 1 (bench/scale.py);
 - drift recovery per drift policy on examples/credit_drift.yaml (bench/drift_recovery.py);
@@ -78,6 +81,9 @@ def parts() -> list[Part]:
              ["--repeat", "6", "--rounds", "1"], 180),
         Part("torch", "G5 the torch mini-batch learner",
              [*py, str(BENCH / "torch_learner.py"), "--rows", "20000"], ["--rows", "4000"], 120),
+        Part("sequence", "G6 the per-key sequence learner",
+             [*py, str(BENCH / "torch_sequence.py"), "--threads", "1", "--rows", "8000"],
+             ["--rows", "2000", "--accuracy-events", "1500"], 240),
         Part("peer", "Peer: Quix Streams + River",
              [*py, str(BENCH / "peer_quix.py"), "--repeat", "10"], ["--repeat", "3"], 150),
         Part("scale", "Scale: 2 worker processes ÷ 1",
