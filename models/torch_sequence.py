@@ -18,15 +18,16 @@ Keys and event identity
     at once gets exactly the predictions it would get one row at a time, whatever the
     poll sizes were. The window a row was predicted with is kept until the row is
     learned (by id, or by key and content when no id is given), so a label that
-    arrives later trains on the very sequence that was scored. A row learned without
-    having been predicted joins its key's history then.
+    arrives later trains on the very sequence that was scored. A row learned with
+    neither an id nor a kept window is a new event: it joins its key's history then.
 
 Bounds, all deterministic under replay
     At most ``sequence_length`` rows per key; at most ``max_keys`` keys, the least
     recently seen evicted first; a key unseen for ``idle_ttl`` *events* (of any key) is
     dropped; at most ``max_awaiting`` windows wait for their label (oldest dropped
-    first; a row whose window was dropped is learned with a window rebuilt from its
-    key's history). Time is counted in events, never by the wall clock, so a replay
+    first; an event whose window was dropped is learned with its key's history as it is
+    then, followed by the event). With labels on a labels topic, set it to at least
+    ``labels.max_pending`` for every late label to train on its scored window. Time is counted in events, never by the wall clock, so a replay
     evicts exactly what the first run evicted. A history costs
     ``4 * sequence_length * n_inputs`` bytes of rows plus about 250 bytes of overhead.
 
@@ -329,7 +330,10 @@ class _SequenceBase(_TorchMiniBatchBase):
         for row, y, key, event_id in zip(rows, ys, keys, ids, strict=True):
             window = self._awaiting.pop(self._token(key, row, event_id), None)
             if window is None:
-                window = self._observe(key, row)
+                # An event known by id was observed when predicted: its window was dropped
+                # (max_awaiting), so rebuild one without observing it twice. A row with
+                # neither is a stream learned without predicting: it is a new event.
+                window = self._peek(key, row) if event_id is not None else self._observe(key, row)
             self._buffer(window, y, t)
 
     def _step(self) -> None:
