@@ -13,13 +13,18 @@ mini-batching, stream-time flushing and state handling it reuses.
 
 Keys and event identity
     Every verb takes optional ``keys`` (the entity of each row; ``None`` puts every row
-    in one global sequence) and ``ids`` (each row's event id). **Predicting observes**:
-    each predicted row joins its key's history, in order, so a block of rows predicted
-    at once gets exactly the predictions it would get one row at a time, whatever the
-    poll sizes were. The window a row was predicted with is kept until the row is
-    learned (by id, or by key and content when no id is given), so a label that
-    arrives later trains on the very sequence that was scored. A row learned with
-    neither an id nor a kept window is a new event: it joins its key's history then.
+    in one global sequence) and ``ids`` (each row's event id). A row's *window* is its
+    key's last ``sequence_length`` events, ending with the row itself.
+
+    - With ``ids`` (how the model set drives it), **predicting observes**: each predicted
+      row joins its key's history, in order, labelled or not, and its window is kept
+      until its label comes, so a late label trains on the very sequence that was scored.
+    - Without ``ids`` it behaves like a River learner: predicting changes nothing (a row's
+      window includes the rows before it in the same call, as if each had arrived) and
+      learning is the event's arrival: the row joins its key's history then.
+
+    Either way a block of rows predicted at once gets exactly the predictions it would
+    get one row at a time, whatever the poll sizes were.
 
 Bounds, all deterministic under replay
     At most ``sequence_length`` rows per key; at most ``max_keys`` keys, the least
@@ -27,9 +32,10 @@ Bounds, all deterministic under replay
     dropped; at most ``max_awaiting`` windows wait for their label (oldest dropped
     first; an event whose window was dropped is learned with its key's history as it is
     then, followed by the event). With labels on a labels topic, set it to at least
-    ``labels.max_pending`` for every late label to train on its scored window. Time is counted in events, never by the wall clock, so a replay
-    evicts exactly what the first run evicted. A history costs
-    ``4 * sequence_length * n_inputs`` bytes of rows plus about 250 bytes of overhead.
+    ``labels.max_pending`` for every late label to train on its scored window. Time is
+    counted in events, never by the wall clock, so a replay evicts exactly what the
+    first run evicted. A key costs ``4 * sequence_length * n_inputs`` bytes of rows plus
+    about 370 bytes (measured: 526 bytes per key with 8 rows of 5 features).
 
 Batching
     Windows are left-padded to ``sequence_length`` with NaN rows; the network turns NaN
@@ -43,7 +49,7 @@ Examples
 >>> model = TorchSequenceClassifier(features=["v"], hash_width=0, sequence_length=4,
 ...                                 hidden_size=8, hidden_layers=[8], batch_size=8,
 ...                                 lr=0.05, device="cpu", seed=0)
->>> len(model.predict_many([{"v": 1.0}, {"v": 2.0}, {"v": 5.0}], keys=["a", "a", "b"]))
+>>> len(model.predict_many([{"v": 1.0}, {"v": 2.0}, {"v": 5.0}], keys=["a", "a", "b"], ids=[1, 2, 3]))
 3
 >>> [len(model.history("a")), len(model.history("b"))]
 [2, 1]
@@ -249,16 +255,11 @@ class _SequenceBase(_TorchMiniBatchBase):
         window = h.window()
         return np.concatenate((window[1:] if len(window) == self.sequence_length else window, row[None, :]))
 
-    @staticmethod
-    def _token(key: Hashable, row: np.ndarray, event_id: Any) -> Hashable:
-        # Without an id, a row is known by its key and content.
-        return ("id", event_id) if event_id is not None else ("row", key, row.tobytes())
-
-    def _await(self, token: Hashable, window: np.ndarray) -> None:
+    def _await(self, event_id: Hashable, window: np.ndarray) -> None:
         if self.max_awaiting == 0:
             return
-        self._awaiting[token] = window
-        self._awaiting.move_to_end(token)
+        self._awaiting[event_id] = window
+        self._awaiting.move_to_end(event_id)
         while len(self._awaiting) > self.max_awaiting:
             self._awaiting.popitem(last=False)
 
@@ -287,18 +288,39 @@ class _SequenceBase(_TorchMiniBatchBase):
         with torch.no_grad():
             return self._net(self._scaled(self._padded(windows)))
 
-    def _observe_many(
-        self, X: Sequence[dict[str, Any]], keys: Sequence[Any] | None, ids: Sequence[Any] | None
+    def _windows(
+        self, X: Sequence[dict[str, Any]], keys: Sequence[Any] | None, ids: Sequence[Any] | None, observe: bool
     ) -> list[np.ndarray]:
+        """Each row's window. With ``observe`` each row joins its key's history (and, with an
+        id, its window waits for its label); without, nothing changes, and each row's window
+        still follows the rows of its key before it in ``X``."""
         rows = self._rows(X)
         keys = self._column(keys, len(X), "keys")
         ids = self._column(ids, len(X), "ids")
-        windows = []
+        windows: list[np.ndarray] = []
+        # Without observing: the windows of the latest row per key seen in this call.
+        latest: dict[Hashable, np.ndarray] = {}
         for row, key, event_id in zip(rows, keys, ids, strict=True):
-            window = self._observe(key, row)
-            self._await(self._token(key, row, event_id), window)
+            if observe:
+                window = self._observe(key, row)
+                if event_id is not None:
+                    self._await(event_id, window)
+            else:
+                before = latest.get(key)
+                if before is None:
+                    window = self._peek(key, row)
+                else:
+                    keep = before[1:] if len(before) == self.sequence_length else before
+                    window = np.concatenate((keep, row[None, :]))
+                latest[key] = window
             windows.append(window)
         return windows
+
+    def _predict_windows(
+        self, X: Sequence[dict[str, Any]], keys: Sequence[Any] | None, ids: Sequence[Any] | None
+    ) -> torch.Tensor:
+        observe = ids is not None and any(i is not None for i in ids)
+        return self._forward_windows(self._windows(X, keys, ids, observe=observe))
 
     def _forward(self, X: Sequence[dict[str, Any]]) -> torch.Tensor:
         # Without keys, for loss_on: each row as if it arrived now, observing nothing.
@@ -328,12 +350,14 @@ class _SequenceBase(_TorchMiniBatchBase):
         keys = self._column(keys, len(X), "keys")
         ids = self._column(ids, len(X), "ids")
         for row, y, key, event_id in zip(rows, ys, keys, ids, strict=True):
-            window = self._awaiting.pop(self._token(key, row, event_id), None)
-            if window is None:
-                # An event known by id was observed when predicted: its window was dropped
-                # (max_awaiting), so rebuild one without observing it twice. A row with
-                # neither is a stream learned without predicting: it is a new event.
-                window = self._peek(key, row) if event_id is not None else self._observe(key, row)
+            if event_id is None:
+                window = self._observe(key, row)  # learning is the event's arrival
+            else:
+                window = self._awaiting.pop(event_id, None)
+                if window is None:
+                    # Observed when predicted, but its window was dropped (max_awaiting):
+                    # its key's history now, then the row, without observing it twice.
+                    window = self._peek(key, row)
             self._buffer(window, y, t)
 
     def _step(self) -> None:
@@ -355,16 +379,13 @@ class _SequenceBase(_TorchMiniBatchBase):
     ) -> list[dict[str, float]]:
         """Top ``k`` |gradient × input| terms of each row's score over its window, named
         ``feature`` for the row itself and ``feature[-j]`` for the key's j-th previous event.
-        Uses the windows the rows were predicted with; observes nothing."""
+        Uses the windows the rows were predicted with (by id); observes nothing."""
         if not X:
             return []
-        rows = self._rows(X)
-        keys = self._column(keys, len(X), "keys")
-        ids = self._column(ids, len(X), "ids")
-        windows = []
-        for row, key, event_id in zip(rows, keys, ids, strict=True):
-            window = self._awaiting.get(self._token(key, row, event_id))
-            windows.append(window if window is not None else self._peek(key, row))
+        if ids is not None and all(i in self._awaiting for i in ids):
+            windows = [self._awaiting[i] for i in ids]
+        else:
+            windows = self._windows(X, keys, None, observe=False)
         assert self._net is not None
         self._net.eval()
         inp = self._scaled(self._padded(windows)).requires_grad_(True)
@@ -446,10 +467,10 @@ class TorchSequenceClassifier(TorchMiniBatchClassifier, _SequenceBase):
     def predict_proba_many(  # type: ignore[override]
         self, X: Sequence[dict[str, Any]], keys: Sequence[Any] | None = None, ids: Sequence[Any] | None = None
     ) -> list[dict[Any, float]]:
-        """Each row joins its key's history, then all are predicted in one forward pass."""
+        """All rows in one forward pass; with ``ids``, each row joins its key's history first."""
         if not X:
             return []
-        return self._proba_rows(self._forward_windows(self._observe_many(X, keys, ids)))
+        return self._proba_rows(self._predict_windows(X, keys, ids))
 
     def predict_many(  # type: ignore[override]
         self, X: Sequence[dict[str, Any]], keys: Sequence[Any] | None = None, ids: Sequence[Any] | None = None
@@ -494,10 +515,10 @@ class TorchSequenceRegressor(TorchMiniBatchRegressor, _SequenceBase):
     def predict_many(  # type: ignore[override]
         self, X: Sequence[dict[str, Any]], keys: Sequence[Any] | None = None, ids: Sequence[Any] | None = None
     ) -> list[float]:
-        """Each row joins its key's history, then all are predicted in one forward pass."""
+        """All rows in one forward pass; with ``ids``, each row joins its key's history first."""
         if not X:
             return []
-        return self._values(self._forward_windows(self._observe_many(X, keys, ids)))
+        return self._values(self._predict_windows(X, keys, ids))
 
     def predict_one(self, x: dict[str, Any], key: Hashable = None, event_id: Any = None) -> float:  # type: ignore[override]
         return self.predict_many([x], [key], [event_id])[0]

@@ -100,10 +100,18 @@ def test_a_late_label_trains_on_the_window_its_event_was_predicted_with():
     assert len(a.history("p")) == len(b.history("p")) == 2, "learning a predicted row does not observe it again"
 
 
-def test_a_row_learned_without_an_id_finds_its_window_by_key_and_content():
+def test_without_ids_predicting_changes_nothing_and_learning_is_the_events_arrival():
     model = _make(batch_size=2, dropout=0.0)
     X = [{"v": 0.1, "w": 0.2}, {"v": 0.3, "w": 0.4}]
-    model.predict_many(X, keys=["a", "a"])
+    first = model.predict_proba_many(X, keys=["a", "a"])
+    assert model.predict_proba_many(X, keys=["a", "a"]) == first and len(model.history("a")) == 0
+    # The second row's window holds the first, as if it had arrived: as when each row is
+    # predicted, then learned, in turn.
+    one_by_one = _make(batch_size=2, dropout=0.0)
+    alone = [one_by_one.predict_proba_one(X[0], key="a")]
+    one_by_one.learn_one(X[0], True, key="a")
+    alone.append(one_by_one.predict_proba_one(X[1], key="a"))
+    assert _close(first, alone)
     model.learn_many(X, [True, False], keys=["a", "a"])
     assert len(model.history("a")) == 2 and model.n_steps == 1
 
@@ -111,12 +119,12 @@ def test_a_row_learned_without_an_id_finds_its_window_by_key_and_content():
 def test_histories_are_bounded_by_length_keys_and_idle_events():
     model = _make(sequence_length=3, max_keys=4, idle_ttl=10)
     for i in range(6):
-        model.predict_many([{"v": float(i)}], keys=["a"])
+        model.predict_many([{"v": float(i)}], keys=["a"], ids=[i])
     assert model.history("a")[:, 0].tolist() == [3.0, 4.0, 5.0], "the last 3 rows, oldest first"
-    model.predict_many([{"v": 0.0}] * 5, keys=["b", "c", "d", "e", "f"])
+    model.predict_many([{"v": 0.0}] * 5, keys=["b", "c", "d", "e", "f"], ids=list(range(6, 11)))
     assert model.n_keys == 4 and len(model.history("a")) == 0, "the least recently seen key went first"
-    for _ in range(10):
-        model.predict_many([{"v": 0.0}], keys=["g"])
+    for i in range(10):
+        model.predict_many([{"v": 0.0}], keys=["g"], ids=[20 + i])
     assert model.n_keys == 1, "keys idle for 10 events are dropped"
     assert model.n_evicted_keys == 6
 
@@ -175,7 +183,7 @@ def test_one_hundred_thousand_keys_stay_within_the_stated_memory_bound():
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for block in range(100):
-        model._observe_many(rows, [f"key-{block}-{i}" for i in range(1000)], None)
+        model.predict_proba_many(rows, keys=[f"key-{block}-{i}" for i in range(1000)], ids=list(range(1000)))
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert model.n_keys == 100_000
@@ -203,4 +211,4 @@ def test_the_model_set_hands_the_learner_each_events_key_and_id():
     learner = models.models[0].estimator
     assert learner.n_keys == len({k for k, _, _ in events}), "one history per key, not one for all"
     assert learner.n_observed == 200, "every event observed once, labelled later or not"
-    assert sorted(t[1] for t in learner._awaiting) == list(range(195, 200)), "only unlabelled windows wait"
+    assert sorted(learner._awaiting) == list(range(195, 200)), "only unlabelled events' windows wait"
