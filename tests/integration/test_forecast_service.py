@@ -43,7 +43,7 @@ def test_the_horizon_metric_on_airline_passengers_equals_rivers_evaluate(setting
     })
     produce(bootstrap, cfg.input.topic, iter_events("AirlinePassengers", label_field="passengers"))
     settings.kafka.max_poll_records = 50
-    prometheus = PrometheusSensor.for_pipeline(cfg)
+    prometheus = PrometheusSensor(cfg.name, [m.name for m in cfg.models], cfg.input.topic)
 
     runner = Runner(cfg, settings, sensors=[prometheus])
     summary = runner.run(until_idle_s=1.0)
