@@ -68,7 +68,7 @@ def test_the_horizon_metric_on_airline_passengers_equals_rivers_evaluate(setting
 
 
 @one_client
-def test_per_key_forecasts_equal_one_in_memory_forecaster_per_key(settings, bootstrap, unique):
+def test_per_key_forecasts_equal_one_in_memory_forecaster_per_key_across_a_restart(settings, bootstrap, unique):
     cfg = load_pipeline_config(Path(__file__).resolve().parents[2] / "examples" / "demand_forecast.yaml")
     cfg.name = unique
     cfg.input.topic = f"{unique}.sales"
@@ -78,10 +78,13 @@ def test_per_key_forecasts_equal_one_in_memory_forecaster_per_key(settings, boot
     produce(bootstrap, cfg.input.topic, iter_events("streamwise.StoreDemand", params, key_field="series"))
     settings.kafka.max_poll_records = 100
 
+    # Stopped and restored from its snapshot half-way: the forecasters are state too.
+    Runner(cfg, settings).run(max_events=230)
     Runner(cfg, settings).run(until_idle_s=1.0)
 
     records = {r["id"]: r for r in map(json.loads, (x.value for x in consume(bootstrap, cfg.output.topic, 480)))}
     assert sorted(records) == [e["id"] for e in events]
+    assert {r["epoch"] for r in records.values() if r["source"]["offset"] >= 230} != {0}, "restored"
     templates = {spec.name: build_estimator(spec.steps) for spec in cfg.models}
     forecasters: dict[tuple[str, str], object] = {}
     compared = 0
