@@ -15,6 +15,7 @@ from typing import Any
 
 from river import base, metrics
 from river.compose import Pipeline
+from streamwise.models.learner import is_batch_learner
 
 
 @dataclass(slots=True)
@@ -62,9 +63,9 @@ class PrequentialModel:
         self.name = name
         self.estimator = estimator
         self.metric = make_metric(metric)
-        # The torch learners are not River estimators (their module must not import
-        # River), so they say what they are with ``task`` and ``predicts_in_batches``.
-        self.predicts_in_batches = bool(getattr(estimator, "predicts_in_batches", False))
+        # Batch learners are not River estimators (the torch modules must not import
+        # River): they say what they are with ``task`` (models/learner.py).
+        self.predicts_in_batches = is_batch_learner(estimator)
         if self.predicts_in_batches:
             wanted = metrics.base.ClassificationMetric if estimator.task == "classification" else metrics.base.RegressionMetric
             if not isinstance(self.metric, wanted):
