@@ -37,7 +37,7 @@ from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.sensors import CLEANER_ACTIONS, FAULT_KINDS, Sensor
-from streamwise.core.stages import DeadLetterStage
+from streamwise.core.stages import DeadLetterStage, ModelFault
 
 # Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
 # and a consumer catching up on a backlog sees seconds to minutes.
@@ -126,6 +126,7 @@ class PrometheusSensor(Sensor):
         self.latency = Histogram("streamwise_event_to_prediction_latency_seconds", "From the input record's timestamp to its prediction.", p, buckets=LATENCY_BUCKETS, registry=r)
         self.lag = Gauge("streamwise_consumer_lag_records", "Records between the consumer's position and the end of the partition.", p + ["topic", "partition"], registry=r)
         self.model_metric = Gauge("streamwise_model_metric", "Prequential (test-then-train) metric of a model.", p + ["model", "partition", "metric", "window"], registry=r)
+        self.model_faults = Counter("streamwise_model_faults_total", "Events a model failed on (raised, or answered NaN or infinity), by kind; the other models were not affected.", p + ["model", "kind"], registry=r)
         self.drifts = Counter("streamwise_drift_detections_total", "Drifts flagged by a model's detector.", p + ["model"], registry=r)
         self.champion = Gauge("streamwise_model_champion", "1 for the model whose prediction a partition's records carry, else 0.", p + ["model", "partition"], registry=r)
         self.champion_changes = Counter("streamwise_champion_changes_total", "Times a partition's champion model changed.", p + ["partition"], registry=r)
@@ -187,6 +188,8 @@ class PrometheusSensor(Sensor):
         self._models = list(models)
         for m in models:
             self.drifts.labels(pipeline, m)
+            for kind in ModelFault:
+                self.model_faults.labels(pipeline, m, kind.value)
         if topic is not None:
             for stage in DeadLetterStage:
                 self.dead_lettered.labels(pipeline, topic, stage)
@@ -250,6 +253,9 @@ class PrometheusSensor(Sensor):
     ) -> None:
         part = "" if partition is None else str(partition)
         self.model_metric.labels(self.pipeline, model, part, metric, window).set(value)
+
+    def on_model_fault(self, model: str, kind: str, n: int = 1) -> None:
+        self.model_faults.labels(self.pipeline, model, kind).inc(n)
 
     def on_drift(self, model: str, detector: str) -> None:
         # No detector label: one series per model, created at zero, keeps rate() honest.

@@ -75,6 +75,10 @@ class Sensor:
         """The current prequential ``metric`` of ``model``; ``window`` is one of
         :data:`METRIC_WINDOWS`; ``partition`` names the replica when state is per partition."""
 
+    def on_model_fault(self, model: str, kind: str, n: int = 1) -> None:
+        """``model`` failed on ``n`` events in the way ``kind`` names (a
+        :class:`~streamwise.core.stages.ModelFault`); the other models were not affected."""
+
     def on_drift(self, model: str, detector: str) -> None:
         """``detector`` (e.g. ``ADWIN``) flagged a drift in ``model``'s errors."""
 

@@ -20,8 +20,8 @@ from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
 from streamwise.core.sensors import Sensor
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.labels import LabelRecordError, decode_label_record
+from streamwise.models.model import Model
 from streamwise.models.model_set import ModelSet, Outcome
-from streamwise.models.prequential import PrequentialModel
 from streamwise.models.state import decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.pipeline import build_event_pipeline
@@ -100,7 +100,7 @@ class PipelineProcessor:
         self.epoch = 0
 
     @property
-    def models(self) -> list[PrequentialModel]:
+    def models(self) -> list[Model]:
         """Every model, challengers included, in config order."""
         return self.learners.models
 
@@ -230,6 +230,9 @@ class PipelineProcessor:
         sensor = self.sensor
         for model, n in result.learned.items():
             sensor.on_learn(model, n)
+        for model, faults in result.faults.items():
+            for kind, n in faults.items():
+                sensor.on_model_fault(model, kind, n)
         for delay in result.label_delays:
             sensor.on_label(delay)
         for model, seconds, batch_size, device in result.torch_steps:

@@ -1,0 +1,205 @@
+"""The one place where a labelled prediction is scored.
+
+For every labelled prediction the :class:`Scoreboard` applies the scoring rule once and
+updates that model's :class:`ModelScores`: the pipeline's ``metric`` over the whole
+stream, with the exact semantics of ``river.evaluate.progressive_val_score`` (the
+integration tests check equality with River), the extra metrics configured, each
+metric over a rolling window of the last ``window`` labels, and the rolling metric the
+champion is chosen on. The evaluation report, the champion and Prometheus all read
+from here; nothing else scores.
+
+The rule
+    A prediction that is an error, or that was NaN or infinite, is counted and scored
+    by no metric (one NaN would stay in a cumulative metric forever). Otherwise a
+    metric that scores probabilities (``ROCAUC``, ``LogLoss``...) gets a classifier's
+    probabilities and every other metric gets the predicted value, each only when it
+    is neither ``None`` nor ``{}``, as River does.
+
+The extra metrics, by task ("standard"):
+
+- binary classification: Accuracy, F1, ROCAUC, LogLoss;
+- multi-class classification: Accuracy, MacroF1, CrossEntropy;
+- regression: MAE, RMSE, R2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from river import metrics, utils
+from streamwise.models.model import Model
+from streamwise.models.prequential import Prediction, make_metric
+
+__all__ = ["MetricPlan", "ModelScores", "Scoreboard", "metric_names"]
+
+BINARY = ("Accuracy", "F1", "ROCAUC", "LogLoss")
+MULTICLASS = ("Accuracy", "MacroF1", "CrossEntropy")
+REGRESSION = ("MAE", "RMSE", "R2")
+
+
+def metric_names(task: str, binary: bool) -> tuple[str, ...]:
+    """The standard extra metrics of a task."""
+    if task == "regression":
+        return REGRESSION
+    if task == "classification":
+        return BINARY if binary else MULTICLASS
+    return ()
+
+
+def _takes_proba(name: str) -> bool:
+    return not getattr(make_metric(name), "requires_labels", True)
+
+
+def _rolling(name: str, window: int) -> Any:
+    return utils.Rolling(getattr(metrics, name), window_size=window)
+
+
+@dataclass(frozen=True)
+class MetricPlan:
+    """Which metrics every model gets besides the pipeline's ``metric`` (cumulative): the
+    extra cumulative ones, the rolling ones over ``window`` labels, and the rolling metric
+    the champion is chosen on over ``champion_window`` labels."""
+
+    cumulative: tuple[str, ...] = ()
+    rolling: tuple[str, ...] = ()
+    window: int | None = None
+    champion_metric: str | None = None
+    champion_window: int | None = None
+
+
+class ModelScores:
+    """One model's metrics and counts; updated only by :meth:`Scoreboard.score`."""
+
+    def __init__(self, metric: str, plan: MetricPlan, *, is_classifier: bool) -> None:
+        self.is_classifier = is_classifier
+        self.metric = make_metric(metric)
+        self.cumulative: dict[str, Any] = {metric: self.metric}
+        for name in plan.cumulative:
+            self.cumulative.setdefault(name, make_metric(name))
+        window = plan.window
+        self.rolling: dict[str, Any] = {n: _rolling(n, window) for n in plan.rolling} if window else {}
+        self.champion: Any = None
+        if plan.champion_metric is not None and plan.champion_window is not None:
+            shared = self.rolling.get(plan.champion_metric)
+            # The champion reads the evaluation's rolling metric when it is the same one,
+            # rather than scoring every label a second time.
+            if shared is not None and window == plan.champion_window:
+                self.champion = shared
+            else:
+                self.champion = _rolling(plan.champion_metric, plan.champion_window)
+        # Labelled predictions scored (a None prediction counts: River scores nothing but
+        # sees the label), and how many of them the rolling metrics now hold.
+        self.n = 0
+        self.n_window = 0
+        self.n_failed = 0
+        self.n_not_finite = 0
+        # Whether the newest labelled prediction could be scored: the champion's score is
+        # NaN while the model keeps failing, so a broken champion loses its place.
+        self.last_scorable = True
+        self._wire()
+
+    def _wire(self) -> None:
+        """Splits the metric objects into those fed the class (or number) and those fed
+        probabilities, once, so that scoring a label is two short loops."""
+        objects = [*self.cumulative.items(), *self.rolling.items()]
+        if self.champion is not None and all(self.champion is not m for _, m in objects):
+            objects.append((type(self.champion.obj).__name__, self.champion))
+        self._by_value = [m for name, m in objects if not (self.is_classifier and _takes_proba(name))]
+        self._by_proba = [m for name, m in objects if self.is_classifier and _takes_proba(name)]
+
+    def adopt_window(self, other: ModelScores) -> None:
+        """Takes another model's rolling metrics (a promoted challenger's, whose estimator
+        this model now runs); the cumulative ones carry on."""
+        self.rolling, self.champion, self.n_window = other.rolling, other.champion, other.n_window
+        self.last_scorable = other.last_scorable
+        self._wire()
+
+    def window_score(self) -> tuple[float, int]:
+        """(the champion metric over the window, labels in it); NaN while the model's newest
+        labelled prediction was an error or not finite, or when the metric is NaN."""
+        if self.champion is None:
+            return math.nan, 0
+        n = min(self.n_window, self.champion.window_size)
+        if not self.last_scorable:
+            return math.nan, n
+        return self.champion.get(), n
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """``{"cumulative": {metric: value}, "rolling": {metric: value}}``."""
+        return {
+            "cumulative": {n: m.get() for n, m in self.cumulative.items()},
+            "rolling": {n: m.get() for n, m in self.rolling.items()},
+        }
+
+
+class Scoreboard:
+    """Every model's metrics; :meth:`score` is the scoring rule, applied once per label.
+
+    Examples
+    --------
+    >>> from river import linear_model
+    >>> board = Scoreboard("Accuracy", MetricPlan(cumulative=("LogLoss",), rolling=("Accuracy",), window=2))
+    >>> scores = board.add(Model("lr", linear_model.LogisticRegression()))
+    >>> for y, p in [(True, 0.9), (False, 0.8), (True, 0.7)]:
+    ...     _ = board.score(scores, y, Prediction(p > 0.5, {True: p, False: 1 - p}))
+    >>> board.score(scores, True, Prediction(None, error="ValueError: boom"))
+    False
+    >>> report = scores.report()
+    >>> round(report["cumulative"]["Accuracy"], 4), report["rolling"]["Accuracy"], scores.n, scores.n_failed
+    (0.6667, 0.5, 3, 1)
+    """
+
+    def __init__(self, metric: str, plan: MetricPlan | None = None) -> None:
+        self.metric_name = metric
+        self.plan = plan or MetricPlan()
+        self.entries: dict[str, ModelScores] = {}
+
+    def add(self, model: Model) -> ModelScores:
+        """Fresh metrics for ``model``, which must be able to score the pipeline's metric."""
+        wanted_task = getattr(model.estimator, "task", None) if model.predicts_in_batches else None
+        metric = make_metric(self.metric_name)
+        if wanted_task is not None:
+            # Batch learners are not River estimators: their task says which metrics fit.
+            kinds = {"classification": metrics.base.ClassificationMetric, "regression": metrics.base.RegressionMetric}
+            ok = isinstance(metric, kinds[wanted_task])
+        else:
+            ok = metric.works_with(model.estimator)
+        if not ok:
+            raise ValueError(f"metric {self.metric_name} does not work with model {model.name!r}")
+        scores = ModelScores(self.metric_name, self.plan, is_classifier=model.is_classifier)
+        model.scores = scores
+        self.entries[model.name] = scores
+        return scores
+
+    def remove(self, name: str) -> None:
+        self.entries.pop(name, None)
+
+    @staticmethod
+    def score(scores: ModelScores, y: Any, prediction: Prediction) -> bool:
+        """Scores one labelled prediction; False when it was an error or not finite (then
+        counted, and scored by nothing)."""
+        if prediction.error is not None:
+            scores.n_failed += 1
+            scores.last_scorable = False
+            return False
+        if not prediction.finite:
+            scores.n_not_finite += 1
+            scores.last_scorable = False
+            return False
+        scores.last_scorable = True
+        scores.n += 1
+        scores.n_window += 1
+        value = prediction.value
+        if value is not None:
+            for m in scores._by_value:
+                m.update(y, value)
+        proba = prediction.proba
+        if proba:
+            for m in scores._by_proba:
+                m.update(y, proba)
+        return True
+
+    def window_score(self, name: str) -> tuple[float, int]:
+        return self.entries[name].window_score()
