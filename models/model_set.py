@@ -188,6 +188,10 @@ class ModelSet:
         self._by_name = {m.name: m for m in self.models}
         self._per_event = [m for m in self.models if not m.predicts_in_batches]
         self._batched = [m for m in self.models if m.predicts_in_batches]
+        # A champion is chosen only between two models or more: only then must each
+        # model's champion metric be current on every label.
+        for m in self.models:
+            m.scores.track_champion(len(self.models) > 1)  # type: ignore[union-attr]
 
     @property
     def champion_window(self) -> int:

@@ -25,6 +25,7 @@ The extra metrics, by task ("standard"):
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,67 +71,108 @@ class MetricPlan:
 
 
 class ModelScores:
-    """One model's metrics and counts; updated only by :meth:`Scoreboard.score`."""
+    """One model's metrics and counts; updated only by :meth:`Scoreboard.score`.
+
+    The cumulative metrics are updated on every label. The rolling ones are not: the
+    last labels scored are kept, as ``(y, value, probabilities)``, and a rolling figure
+    is computed from them when it is read (a report, about once a second), which costs
+    nothing per event. Only the champion's rolling metric must be current on every
+    label, and only while there is a champion to choose; :meth:`track_champion` keeps
+    it so from then on. A rolling window holds the last ``window`` labels that its
+    metric could score (a prediction that is not None, probabilities that are not
+    empty), as ``river.utils.Rolling`` does.
+    """
 
     def __init__(self, metric: str, plan: MetricPlan, *, is_classifier: bool) -> None:
         self.is_classifier = is_classifier
+        self.plan = plan
         self.metric = make_metric(metric)
         self.cumulative: dict[str, Any] = {metric: self.metric}
         for name in plan.cumulative:
             self.cumulative.setdefault(name, make_metric(name))
-        window = plan.window
-        self.rolling: dict[str, Any] = {n: _rolling(n, window) for n in plan.rolling} if window else {}
+        self.rolling_names = plan.rolling if plan.window else ()
+        size = max(plan.window if self.rolling_names else 0, plan.champion_window or 0)
+        self.recent: deque[tuple[Any, Any, Any]] | None = deque(maxlen=size) if size else None
+        # The champion's rolling metric, kept current while track_champion(True).
         self.champion: Any = None
-        if plan.champion_metric is not None and plan.champion_window is not None:
-            shared = self.rolling.get(plan.champion_metric)
-            # The champion reads the evaluation's rolling metric when it is the same one,
-            # rather than scoring every label a second time.
-            if shared is not None and window == plan.champion_window:
-                self.champion = shared
-            else:
-                self.champion = _rolling(plan.champion_metric, plan.champion_window)
         # Labelled predictions scored (a None prediction counts: River scores nothing but
-        # sees the label), and how many of them the rolling metrics now hold.
+        # sees the label).
         self.n = 0
-        self.n_window = 0
         self.n_failed = 0
         self.n_not_finite = 0
         # Whether the newest labelled prediction could be scored: the champion's score is
         # NaN while the model keeps failing, so a broken champion loses its place.
         self.last_scorable = True
+        self._rolling_cache: tuple[int, dict[str, float]] | None = None
         self._wire()
 
+    def _takes_proba(self, name: str) -> bool:
+        return self.is_classifier and _takes_proba(name)
+
     def _wire(self) -> None:
-        """Splits the metric objects into those fed the class (or number) and those fed
-        probabilities, once, so that scoring a label is two short loops."""
-        objects = [*self.cumulative.items(), *self.rolling.items()]
-        if self.champion is not None and all(self.champion is not m for _, m in objects):
-            objects.append((type(self.champion.obj).__name__, self.champion))
-        self._by_value = [m for name, m in objects if not (self.is_classifier and _takes_proba(name))]
-        self._by_proba = [m for name, m in objects if self.is_classifier and _takes_proba(name)]
+        """Splits the metrics updated per label into those fed the class (or number) and
+        those fed probabilities, once, so that scoring a label is two short loops."""
+        objects = list(self.cumulative.items())
+        if self.champion is not None:
+            objects.append((self.plan.champion_metric, self.champion))
+        self._by_value = [m for name, m in objects if not self._takes_proba(name)]
+        self._by_proba = [m for name, m in objects if self._takes_proba(name)]
+
+    def _replay(self, metric: Any, name: str, window: int) -> Any:
+        """Feeds ``metric`` the last ``window`` labels it can score, oldest first."""
+        proba = self._takes_proba(name)
+        picked: list[tuple[Any, Any]] = []
+        for y, value, probabilities in reversed(self.recent or ()):
+            y_pred = probabilities if proba else value
+            if y_pred is not None and y_pred != {}:
+                picked.append((y, y_pred))
+                if len(picked) == window:
+                    break
+        for y, y_pred in reversed(picked):
+            metric.update(y, y_pred)
+        return metric
+
+    def track_champion(self, on: bool) -> None:
+        """Keeps the champion's rolling metric current on every label (on), or stops."""
+        plan = self.plan
+        if not on or plan.champion_metric is None or plan.champion_window is None:
+            self.champion = None
+        elif self.champion is None:
+            self.champion = self._replay(
+                _rolling(plan.champion_metric, plan.champion_window), plan.champion_metric, plan.champion_window
+            )
+        self._wire()
 
     def adopt_window(self, other: ModelScores) -> None:
-        """Takes another model's rolling metrics (a promoted challenger's, whose estimator
-        this model now runs); the cumulative ones carry on."""
-        self.rolling, self.champion, self.n_window = other.rolling, other.champion, other.n_window
-        self.last_scorable = other.last_scorable
+        """Takes another model's recent labels and champion metric (a promoted challenger's,
+        whose estimator this model now runs); the cumulative metrics carry on."""
+        self.recent, self.champion, self.last_scorable = other.recent, other.champion, other.last_scorable
+        self._rolling_cache = None
         self._wire()
 
     def window_score(self) -> tuple[float, int]:
         """(the champion metric over the window, labels in it); NaN while the model's newest
         labelled prediction was an error or not finite, or when the metric is NaN."""
-        if self.champion is None:
+        plan = self.plan
+        if plan.champion_metric is None or plan.champion_window is None:
             return math.nan, 0
-        n = min(self.n_window, self.champion.window_size)
+        n = min(len(self.recent or ()), plan.champion_window)
         if not self.last_scorable:
             return math.nan, n
-        return self.champion.get(), n
+        if self.champion is not None:
+            return self.champion.get(), n
+        metric = self._replay(make_metric(plan.champion_metric), plan.champion_metric, plan.champion_window)
+        return metric.get(), n
 
     def report(self) -> dict[str, dict[str, float]]:
         """``{"cumulative": {metric: value}, "rolling": {metric: value}}``."""
+        if self._rolling_cache is None or self._rolling_cache[0] != self.n:
+            window = self.plan.window or 0
+            rolling = {name: self._replay(make_metric(name), name, window).get() for name in self.rolling_names}
+            self._rolling_cache = (self.n, rolling)
         return {
             "cumulative": {n: m.get() for n, m in self.cumulative.items()},
-            "rolling": {n: m.get() for n, m in self.rolling.items()},
+            "rolling": dict(self._rolling_cache[1]),
         }
 
 
@@ -190,8 +232,9 @@ class Scoreboard:
             return False
         scores.last_scorable = True
         scores.n += 1
-        scores.n_window += 1
         value = prediction.value
+        if scores.recent is not None:
+            scores.recent.append((y, value, prediction.proba))
         if value is not None:
             for m in scores._by_value:
                 m.update(y, value)
