@@ -50,8 +50,8 @@ _STREAMWISE_LEARNERS = {
     "streamwise.TorchMiniBatchRegressor": ("streamwise.models.torch_learner", "TorchMiniBatchRegressor"),
     # A real classifier made deliberately slow, for fault drills (models/drills.py).
     "streamwise.DelayedClassifier": ("streamwise.models.drills", "DelayedClassifier"),
-    # Fails on purpose, to test a pipeline's fault handling (models/faults.py).
-    "streamwise.FaultyClassifier": ("streamwise.models.faults", "FaultyClassifier"),
+    # Raises or answers NaN on purpose, for fault drills (models/drills.py).
+    "streamwise.FaultyClassifier": ("streamwise.models.drills", "FaultyClassifier"),
 }
 
 

@@ -68,6 +68,9 @@ class MetricPlan:
     window: int | None = None
     champion_metric: str | None = None
     champion_window: int | None = None
+    # Also keep running rolling metrics (ModelScores.rolling_metrics), updated on every
+    # label: for a reader that wants every point of the rolling curve (the learning report).
+    rolling_per_label: bool = False
 
 
 class ModelScores:
@@ -91,6 +94,9 @@ class ModelScores:
         for name in plan.cumulative:
             self.cumulative.setdefault(name, make_metric(name))
         self.rolling_names = plan.rolling if plan.window else ()
+        self.rolling_metrics: dict[str, Any] = (
+            {n: _rolling(n, plan.window) for n in self.rolling_names} if plan.rolling_per_label and plan.window else {}
+        )
         size = max(plan.window if self.rolling_names else 0, plan.champion_window or 0)
         self.recent: deque[tuple[Any, Any, Any]] | None = deque(maxlen=size) if size else None
         # The champion's rolling metric, kept current while track_champion(True).
@@ -112,7 +118,7 @@ class ModelScores:
     def _wire(self) -> None:
         """Splits the metrics updated per label into those fed the class (or number) and
         those fed probabilities, once, so that scoring a label is two short loops."""
-        objects = list(self.cumulative.items())
+        objects = [*self.cumulative.items(), *self.rolling_metrics.items()]
         if self.champion is not None:
             objects.append((self.plan.champion_metric, self.champion))
         self._by_value = [m for name, m in objects if not self._takes_proba(name)]
@@ -164,14 +170,18 @@ class ModelScores:
         metric = self._replay(make_metric(plan.champion_metric), plan.champion_metric, plan.champion_window)
         return metric.get(), n
 
-    def report(self) -> dict[str, dict[str, float]]:
-        """``{"cumulative": {metric: value}, "rolling": {metric: value}}``."""
+    def report(self, with_metric: bool = False) -> dict[str, dict[str, float]]:
+        """``{"cumulative": {metric: value}, "rolling": {metric: value}}``; the pipeline's own
+        metric is among the cumulative ones only ``with_metric`` (it is :attr:`metric`)."""
+        # Replayed even when rolling_per_label keeps running figures: a running rolling
+        # metric reverts old labels, which leaves float rounding a replay does not have,
+        # and every reader of a report must see the same figure.
         if self._rolling_cache is None or self._rolling_cache[0] != self.n:
             window = self.plan.window or 0
             rolling = {name: self._replay(make_metric(name), name, window).get() for name in self.rolling_names}
             self._rolling_cache = (self.n, rolling)
         return {
-            "cumulative": {n: m.get() for n, m in self.cumulative.items()},
+            "cumulative": {n: m.get() for n, m in self.cumulative.items() if with_metric or m is not self.metric},
             "rolling": dict(self._rolling_cache[1]),
         }
 
@@ -188,7 +198,7 @@ class Scoreboard:
     ...     _ = board.score(scores, y, Prediction(p > 0.5, {True: p, False: 1 - p}))
     >>> board.score(scores, True, Prediction(None, error="ValueError: boom"))
     False
-    >>> report = scores.report()
+    >>> report = scores.report(with_metric=True)
     >>> round(report["cumulative"]["Accuracy"], 4), report["rolling"]["Accuracy"], scores.n, scores.n_failed
     (0.6667, 0.5, 3, 1)
     """

@@ -96,7 +96,7 @@ class BatchDecoder:
     ...                                 b'{"id": 8, "amount": -1, "n": 3}'])
     >>> ok.id, ok.x, ok.y
     (7, {'amount': 12.5, 'n': 3}, True)
-    >>> bad.stage, bad.reason
+    >>> str(bad.stage), bad.reason
     ('validate', 'amount: Input should be greater than or equal to 0')
     """
 

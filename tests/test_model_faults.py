@@ -56,7 +56,7 @@ def _records() -> list[ConsumedRecord]:
 
 
 def _run(config: Any, poll: int = 50) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PrometheusSensor]:
-    sensor = PrometheusSensor.for_pipeline(config)
+    sensor = PrometheusSensor(config.name, [m.name for m in config.models], config.input.topic)
     processor = PipelineProcessor(config, sensor)
     records = _records()
     predictions, alerts = [], []

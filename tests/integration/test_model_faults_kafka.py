@@ -48,7 +48,7 @@ def _config(prefix: str, models: dict[str, Any]) -> Any:
 def test_a_failing_model_affects_only_itself_on_the_broker(settings, bootstrap, unique):
     cfg = _config(unique, {"flaky": FLAKY, **HEALTHY})
     n = produce(bootstrap, cfg.input.topic, iter_events("Phishing", limit=N))
-    prometheus = PrometheusSensor.for_pipeline(cfg)
+    prometheus = PrometheusSensor(cfg.name, [m.name for m in cfg.models], cfg.input.topic)
     summary = Runner(cfg, settings, sensors=[prometheus]).run(until_idle_s=1.0)
     assert summary.events_in == n == N and summary.dead_letters == {}
     out = sorted(values(consume(bootstrap, cfg.output.topic, n)), key=lambda r: r["id"])
