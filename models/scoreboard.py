@@ -104,6 +104,8 @@ class ModelScores:
         # Labelled predictions scored (a None prediction counts: River scores nothing but
         # sees the label).
         self.n = 0
+        # Labels scored since these recent labels began (a promoted challenger's carry over).
+        self.n_recent = 0
         self.n_failed = 0
         self.n_not_finite = 0
         # Whether the newest labelled prediction could be scored: the champion's score is
@@ -111,6 +113,14 @@ class ModelScores:
         self.last_scorable = True
         self._rolling_cache: tuple[int, dict[str, float]] | None = None
         self._wire()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The cache of the rolling figures depends on when they were last read (a report
+        # once a second), not on what was learned: two workers that learned the same
+        # labels must snapshot the same state.
+        state = dict(self.__dict__)
+        state["_rolling_cache"] = None
+        return state
 
     def _takes_proba(self, name: str) -> bool:
         return self.is_classifier and _takes_proba(name)
@@ -153,6 +163,7 @@ class ModelScores:
         """Takes another model's recent labels and champion metric (a promoted challenger's,
         whose estimator this model now runs); the cumulative metrics carry on."""
         self.recent, self.champion, self.last_scorable = other.recent, other.champion, other.last_scorable
+        self.n_recent = other.n_recent
         self._rolling_cache = None
         self._wire()
 
@@ -162,7 +173,7 @@ class ModelScores:
         plan = self.plan
         if plan.champion_metric is None or plan.champion_window is None:
             return math.nan, 0
-        n = min(len(self.recent or ()), plan.champion_window)
+        n = min(self.n_recent, plan.champion_window)
         if not self.last_scorable:
             return math.nan, n
         if self.champion is not None:
@@ -242,13 +253,15 @@ class Scoreboard:
             return False
         scores.last_scorable = True
         scores.n += 1
+        scores.n_recent += 1
         value = prediction.value
-        if scores.recent is not None:
-            scores.recent.append((y, value, prediction.proba))
+        proba = prediction.proba
+        # Only what some metric can score is kept: a window holds the last labels scored.
+        if scores.recent is not None and (value is not None or proba):
+            scores.recent.append((y, value, proba))
         if value is not None:
             for m in scores._by_value:
                 m.update(y, value)
-        proba = prediction.proba
         if proba:
             for m in scores._by_proba:
                 m.update(y, proba)
