@@ -21,19 +21,36 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NotRequired, Required, TypedDict
 
 import msgspec
-from streamwise.stream.schema import DecodedEvent, EventDecoder, EventSchema, FieldSpec, RejectedEvent
+from streamwise.stream.schema import (
+    DEFAULT_MAX_ID_LENGTH,
+    INT64_MAX,
+    INT64_MIN,
+    DecodedEvent,
+    EventDecoder,
+    EventSchema,
+    FieldSpec,
+    RejectedEvent,
+)
 
 __all__ = ["BatchDecoder"]
+
+
+# The pydantic model's limits, as msgspec constraints (stream/schema.py, docs/limits.md).
+INT64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+# orjson refuses JSON nested deeper than this; a record that might be goes to the EventDecoder.
+_MAX_OPENINGS = 1000
+
+
+def _text(limit: int) -> Any:
+    return Annotated[str, msgspec.Meta(max_length=limit)]
 
 
 def _bounded(base: type, spec: FieldSpec) -> Any:
     bounds: dict[str, Any] = {}
     if base is int:
         # An int field's float bounds, as the pydantic model compares them: ge=0.5 means >= 1.
-        if spec.min is not None:
-            bounds["ge"] = math.ceil(spec.min)
-        if spec.max is not None:
-            bounds["le"] = math.floor(spec.max)
+        bounds["ge"] = INT64_MIN if spec.min is None else max(INT64_MIN, math.ceil(spec.min))
+        bounds["le"] = INT64_MAX if spec.max is None else min(INT64_MAX, math.floor(spec.max))
     else:
         if spec.min is not None:
             bounds["ge"] = spec.min
@@ -57,28 +74,27 @@ def _field_type(spec: FieldSpec) -> Any | None:
         case "bool":
             return bool
         case "category" | "text":
-            return str
+            return _text(spec.string_limit)
         case "timestamp":
-            return float | str
+            return float | _text(DEFAULT_MAX_ID_LENGTH)
     return None
-
-
-_LABEL_TYPES: dict[str, Any] = {"bool": bool, "int": int, "float": float, "category": str | int | bool}
 
 
 def _event_type(schema: EventSchema) -> Any | None:
     """A TypedDict of the schema's fields, or None when the fast path cannot be exact."""
-    fields: dict[str, Any] = {schema.id: Required[str | int]}
+    identifier = _text(schema.max_id_length) | INT64
+    labels = {"bool": bool, "int": INT64, "float": float, "category": _text(schema.max_id_length) | INT64 | bool}
+    fields: dict[str, Any] = {schema.id: Required[identifier]}
     if schema.key is not None and schema.key != schema.id:
         if schema.key in schema.features:
             if schema.features[schema.key].type not in ("int", "bool", "category", "text"):
                 return None  # the record's key is the raw JSON value, not the validated float
         else:
-            fields[schema.key] = Required[str | int]
+            fields[schema.key] = Required[identifier]
     if schema.label is not None:
-        fields[schema.label] = NotRequired[_LABEL_TYPES[schema.label_type] | None]
+        fields[schema.label] = NotRequired[labels[schema.label_type] | None]
     if schema.event_time is not None:
-        fields[schema.event_time] = NotRequired[float | str | None]
+        fields[schema.event_time] = NotRequired[float | _text(DEFAULT_MAX_ID_LENGTH) | None]
     for name, spec in schema.features.items():
         t = _field_type(spec)
         if t is None:
@@ -123,7 +139,7 @@ class BatchDecoder:
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
         for value in values:
-            if value is None or len(value) > limit:
+            if value is None or len(value) > limit or value.count(b"[") + value.count(b"{") > _MAX_OPENINGS:
                 out.append(self._slow(value))
                 continue
             try:
@@ -141,13 +157,16 @@ class BatchDecoder:
             else:
                 raw = d.get(key)
                 k = None if raw is None else str(raw)
+            y = d.get(label) if label is not None else None
+            if y is not None:
+                try:
+                    self.fallback.check_label(y)  # the schema's declared classes
+                except RejectedEvent as e:
+                    out.append(e)
+                    continue
             out.append(
                 DecodedEvent(
-                    id=d[id_name],
-                    x=x,
-                    y=d.get(label) if label is not None else None,
-                    key=k,
-                    event_time=d.get(event_time) if event_time is not None else None,
+                    id=d[id_name], x=x, y=y, key=k, event_time=d.get(event_time) if event_time is not None else None
                 )
             )
         return out

@@ -55,7 +55,12 @@ raw = (
     events.map(lambda e: json.dumps(e).encode())
     | st.binary(max_size=60)
     | st.sampled_from([b'{"id": 1, "id": 2, "price": 1, "f": 0.5}', b'{"id": 1, "price": 1e400}', b"[1]", b"null",
-                       b'{"id": 1, "price": NaN}', b'{"id": "\xff", "price": 1}', b"{" * 3000 + b"}" * 3000])
+                       b'{"id": 1, "price": NaN}', b'{"id": "\xff", "price": 1}', b"{" * 3000 + b"}" * 3000,
+                       # the bounded reader's limits: id length, int64, category length, nesting
+                       b'{"id": "' + b"i" * 1025 + b'", "price": 1, "f": 0.5}',
+                       b'{"id": 9223372036854775808, "f": 0.5}',
+                       b'{"id": 1, "price": 1, "f": 0.5, "shop": "' + b"s" * 1025 + b'", "n": 9223372036854775808}',
+                       b'{"id": 1, "f": 0.5, "x": ' + b"[" * 1100 + b"]" * 1100 + b"}"])
     | st.none()
 )
 
