@@ -99,6 +99,11 @@ class ModelScores:
         )
         size = max(plan.window if self.rolling_names else 0, plan.champion_window or 0)
         self.recent: deque[tuple[Any, Any, Any]] | None = deque(maxlen=size) if size else None
+        # Probabilities are kept only for a rolling metric that scores them: what is kept is
+        # state, and a torch learner's probabilities differ in their last bits with the
+        # size of the block they were predicted in, which must not make two states differ.
+        windowed = [*self.rolling_names, *([plan.champion_metric] if plan.champion_metric else [])]
+        self._keep_proba = any(self._takes_proba(name) for name in windowed)
         # The champion's rolling metric, kept current while track_champion(True).
         self.champion: Any = None
         # Labelled predictions scored (a None prediction counts: River scores nothing but
@@ -257,8 +262,10 @@ class Scoreboard:
         value = prediction.value
         proba = prediction.proba
         # Only what some metric can score is kept: a window holds the last labels scored.
-        if scores.recent is not None and (value is not None or proba):
-            scores.recent.append((y, value, proba))
+        if scores.recent is not None:
+            kept = proba if scores._keep_proba else None
+            if value is not None or kept:
+                scores.recent.append((y, value, kept))
         if value is not None:
             for m in scores._by_value:
                 m.update(y, value)
