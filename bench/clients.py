@@ -44,8 +44,9 @@ from common import (  # noqa: E402
     unique,
 )
 
+from river import metrics  # noqa: E402
+
 from streamwise.models.catalog import build_estimator  # noqa: E402
-from streamwise.models.prequential import PrequentialModel  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
 from streamwise.core.settings import KafkaSettings  # noqa: E402
 
@@ -65,10 +66,15 @@ def service(servers: str, client: str, topic: str, model: str, n: int) -> float:
 
 
 def in_memory(events: list[tuple[dict[str, Any], bool]], model: str) -> float:
-    scored = PrequentialModel("model", build_estimator(MODELS[model]), "Accuracy")
+    """River's own test-then-train loop, bare: predict, score, learn (no streamwise code)."""
+    estimator = build_estimator(MODELS[model])
+    metric = metrics.Accuracy()
     t0 = time.perf_counter()
     for x, y in events:
-        scored.learn_one(x, y, scored.predict_one(x))
+        y_pred = estimator.predict_one(x)
+        if y_pred is not None:
+            metric.update(y, y_pred)
+        estimator.learn_one(x, y)
     return len(events) / (time.perf_counter() - t0)
 
 
@@ -147,6 +153,75 @@ def passthrough_confluent(settings: KafkaSettings, topic: str, n: int) -> float:
     return rate
 
 
+def consume_alone(settings: KafkaSettings, client: str, topic: str, n: int) -> float:
+    """µs per message to poll ``n`` messages and touch their values, nothing else."""
+    prefix = unique("floor")
+    done, first = 0, None
+    if client == "kafka-python":
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(
+            topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed",
+            max_partition_fetch_bytes=settings.max_fetch_bytes, fetch_max_bytes=settings.max_fetch_bytes,
+        )
+        while done < n:
+            batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
+            if batches:
+                first = first or time.perf_counter()
+                done += sum(len([r.value for r in records]) for records in batches.values())
+        elapsed = time.perf_counter() - first
+        consumer.close(autocommit=False)
+    else:
+        from confluent_kafka import Consumer
+
+        from streamwise.connectors.confluent import consumer_config
+
+        consumer = Consumer(consumer_config(settings, prefix))
+        consumer.subscribe([topic])
+        while done < n:
+            messages = consumer.consume(settings.max_poll_records, settings.poll_timeout_ms / 1000)
+            if messages:
+                first = first or time.perf_counter()
+                done += len([m.value() for m in messages])
+        elapsed = time.perf_counter() - first
+        consumer.close()
+    return elapsed * 1e6 / done
+
+
+def produce_alone(settings: KafkaSettings, client: str, values: list[bytes]) -> float:
+    """µs per message to produce ``values`` exactly-once, one transaction per 1,000, as
+    the service's sink does, and nothing else."""
+    prefix = unique("floor")
+    out = f"{prefix}.out"
+    if client == "kafka-python":
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
+            linger_ms=settings.linger_ms, max_request_size=settings.max_request_bytes, transactional_id=prefix,
+        )
+        send = lambda v: producer.send(out, value=v)  # noqa: E731
+    else:
+        from confluent_kafka import Producer
+
+        from streamwise.connectors.confluent import producer_config
+
+        producer = Producer(producer_config(settings, prefix))
+        send = lambda v: producer.produce(out, v)  # noqa: E731
+    producer.init_transactions()
+    t0 = time.perf_counter()
+    for start in range(0, len(values), 1000):
+        producer.begin_transaction()
+        for v in values[start : start + 1000]:
+            send(v)
+        producer.commit_transaction()
+    elapsed = time.perf_counter() - t0
+    if client == "kafka-python":
+        producer.close()
+    return elapsed * 1e6 / len(values)
+
+
 PASSTHROUGH: dict[str, Callable[[KafkaSettings, str, int], float]] = {
     "kafka-python": passthrough_kafka_python,
     "confluent": passthrough_confluent,
@@ -191,6 +266,16 @@ def main() -> None:
     rows.append((f"G2 service, no-op model, events/s ({n} events)", noop))
     rows.append(("G2 bare passthrough events/s", bare))
     rows.append(("G2 ratio", {c: noop[c] / bare[c] for c in CLIENTS}))
+    # What the service adds per event with a no-op model, over the bare passthrough (which
+    # also decodes and re-encodes every event): the issue's "per-event overhead".
+    rows.append(("G2 our per-event overhead, µs (1/no-op − 1/passthrough)",
+                 {c: 1e6 / noop[c] - 1e6 / bare[c] for c in CLIENTS}))
+    floor_settings = KafkaSettings(bootstrap_servers=servers, poll_timeout_ms=200)
+    values = [v for _k, v in raw]
+    rows.append(("client floor: consume alone, µs/message",
+                 {c: consume_alone(floor_settings, c, topic, n) for c in CLIENTS}))
+    rows.append(("client floor: produce alone (exactly-once), µs/message",
+                 {c: produce_alone(floor_settings, c, values) for c in CLIENTS}))
 
     print(f"\n{machine()}\n")
     print(table(

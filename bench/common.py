@@ -133,6 +133,9 @@ class Clock(Sensor):
         if self.first is None:
             self.first = time.perf_counter()
 
+    def on_events_in(self, topic: str, partition: int, n: int) -> None:
+        self.on_event_in(topic, partition)
+
     def on_batch(self, n_records: int, seconds: float) -> None:
         self.events += n_records
         self.last = time.perf_counter()
@@ -236,8 +239,10 @@ _C_KINDS = (
 STAGES = (
     ("poll: fetch and turn into records", (("kafka_python.py", "poll"), ("confluent.py", "poll"))),
     ("process: decode, validate, predict, learn, build outputs", (("partitions.py", "process"),)),
-    ("commit: produce and the Kafka transaction", (("runner.py", "_commit"),)),
-    ("snapshots", (("partitions.py", "after_commit"),)),
+    # The checkpoint (streamwise/checkpoint.py): add() produces a batch's outputs into the
+    # open transaction; commit() ends it, then writes the snapshots that are due.
+    ("commit: produce and the Kafka transaction", (("checkpoint.py", "add"), ("checkpoint.py", "commit"))),
+    ("snapshots (inside commit)", (("partitions.py", "snapshot_due"),)),
     ("lag and metric reports", (("runner.py", "_report"),)),
 )
 

@@ -192,32 +192,64 @@ def profile_section(repeat: int) -> None:
 # ----- the document -----------------------------------------------------------------------
 
 
-def _ratios(clients_text: str) -> dict[str, list[float]]:
-    """G1 (LogisticRegression) and G2 ratios per client, read from bench/clients.py's table."""
-    found = {}
-    for label, pattern in (("G1", r"G1 LogisticRegression: ratio"), ("G2", r"G2 ratio")):
-        m = re.search(pattern + r"\s*\|([^\n]+)", clients_text)
-        if m:
-            found[label] = [float(c) for c in re.findall(r"[\d.]+", m.group(1))]
-    return found
+def _row(text: str, label: str) -> list[float]:
+    """The numbers of the table row whose first cell starts with ``label``."""
+    m = re.search(r"^\| " + re.escape(label) + r"[^|]*\|([^\n]+)", text, flags=re.M)
+    return [float(c.replace(",", "")) for c in re.findall(r"-?[\d,]*\.?\d+", m.group(1))] if m else []
+
+
+# Issue 16's bars read from bench/clients.py's table: (what, its row, the lower bound per client).
+BARS = (
+    ("G1 LogisticRegression", "G1 LogisticRegression: ratio", {"kafka-python": 0.3, "confluent": 0.6}),
+    ("G1 HoeffdingTree", "G1 HoeffdingTree: ratio", {"confluent": 0.75}),
+    ("G1 ARF", "G1 ARF: ratio", {"confluent": 0.95}),
+    ("G2", "G2 ratio", {"confluent": 0.8}),
+)
+
+
+def _peer(text: str) -> dict[tuple[str, str], float]:
+    """streamwise ÷ Quix per (guarantee, client), from bench/peer_quix.py's table."""
+    out = {}
+    for guarantee in ("exactly-once", "at-least-once"):
+        row = _row(text, guarantee)
+        if len(row) >= 5:
+            out[guarantee, "kafka-python"], out[guarantee, "confluent"] = row[3], row[4]
+    return out
 
 
 def closing_note(texts: dict[str, str]) -> str:
-    ratios = _ratios(texts.get("clients", ""))
-    poor = []
-    for label, limit in (("G1", 0.6), ("G2", 0.8)):
-        for client, value in zip(CLIENTS, ratios.get(label, []), strict=False):
-            if value < limit:
-                poor.append(f"{label} on {client} is {value:.2f} (below {limit})")
+    """Each of issue 16's bars, met or not, in this run's figures, and where the time goes."""
+    clients = texts.get("clients", "")
+    met, missed = [], []
+
+    def judge(what: str, value: float, bound: float, at_least: bool = True) -> None:
+        ok = value >= bound if at_least else value <= bound
+        (met if ok else missed).append(f"{what} {value:.2f} ({'≥' if at_least else '≤'} {bound:g})")
+
+    for what, label, bounds in BARS:
+        values = dict(zip(CLIENTS, _row(clients, label), strict=False))
+        for client, bound in bounds.items():
+            if client in values:
+                judge(f"{what} on {client}", values[client], bound)
+    overhead = dict(zip(CLIENTS, _row(clients, "G2 our per-event overhead"), strict=False))
+    if "confluent" in overhead:
+        judge("our per-event overhead (µs) on confluent", overhead["confluent"], 8.0, at_least=False)
+    for (guarantee, client), ratio in _peer(texts.get("peer", "")).items():
+        judge(f"peer ÷ Quix, {guarantee}, {client}", ratio, 1.5 if client == "confluent" else 0.8)
+    for client in CLIENTS:
+        p99 = _row(texts.get(f"latency-{client}", ""), "p99 (ms)")
+        if len(p99) >= 3:
+            judge(f"G3 p99 ÷ echo on {client}", p99[2], 2.0, at_least=False)
     profile = texts.get("profile", "")
-    where = profile.strip().splitlines()[-1] if profile.strip() else "no profile in this run"
+    where = profile.strip().splitlines()[-1] if profile.strip() else "No profile in this run."
     lines = ["## Closing note", ""]
-    if poor:
-        lines.append("Poor ratios in this run: " + "; ".join(poor) + ". " + where)
-    elif ratios:
-        lines.append("No ratio below its bar (G1 LogisticRegression ≥ 0.6, G2 ≥ 0.8) in this run. " + where)
+    if met or missed:
+        lines.append("Issue 16's bars met in this run: " + ("; ".join(met) or "none") + ".")
+        lines.append("")
+        lines.append("Not met: " + ("; ".join(missed) or "none") + ".")
     else:
-        lines.append("G1/G2 ratios could not be read from bench/clients.py's output. " + where)
+        lines.append("No figures could be read from this run's tables.")
+    lines += ["", where]
     return "\n".join(lines)
 
 

@@ -177,18 +177,15 @@ class KafkaPythonSource:
                 if records and held[key] is None:
                     held[key] = records[0].offset
                 continue
-            for r in records:
-                out.append(
-                    ConsumedRecord(
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=r.offset,
-                        key=r.key,
-                        value=r.value,
-                        timestamp_ms=r.timestamp,
-                        headers=tuple((k, v) for k, v in (r.headers or ())),
-                    )
+            topic, partition = tp.topic, tp.partition
+            # Positional, and no new tuple for the usual record without headers: this
+            # loop runs once per consumed record.
+            out += [
+                ConsumedRecord(
+                    topic, partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers) if r.headers else ()
                 )
+                for r in records
+            ]
         return out
 
     def commit(self, offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None = None) -> None:

@@ -16,6 +16,7 @@ that dashboards show 0 rather than "No data" and ``rate()`` sees the first incre
 from __future__ import annotations
 
 import base64
+import bisect
 import hmac
 import math
 import platform
@@ -32,12 +33,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.sensors import CLEANER_ACTIONS, FAULT_KINDS, Sensor
-from streamwise.core.stages import DeadLetterStage
+from streamwise.core.stages import DeadLetterStage, ModelFault
 
 # Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
 # and a consumer catching up on a backlog sees seconds to minutes.
@@ -82,6 +84,45 @@ class _SnapshotAge:
         yield g
 
 
+class _PollHistogram:
+    """A one-series histogram that takes a whole poll's observations in one call.
+
+    prometheus-client's ``Histogram.observe`` walks the buckets in Python and takes a
+    lock for every value; this counts a poll's values with ``bisect`` and takes the
+    lock once. It exposes the same samples (``_bucket``, ``_count``, ``_sum``).
+    """
+
+    def __init__(self, name: str, documentation: str, pipeline: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.pipeline = pipeline
+        self.bounds = [*buckets, math.inf]
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        bounds = self.bounds
+        counts = [0] * len(bounds)
+        for v in values:
+            counts[bisect.bisect_left(bounds, v)] += 1
+        total = math.fsum(values)
+        with self._lock:
+            self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+            self.total += total
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self.counts), self.total
+        cumulative, buckets = 0, []
+        for bound, n in zip(self.bounds, counts, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), float(cumulative)))
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["pipeline"])
+        family.add_metric([self.pipeline], buckets, sum_value=total)
+        yield family
+
+
 class PrometheusSensor(Sensor):
     """Records every sensor hook into its own :class:`CollectorRegistry`.
 
@@ -123,9 +164,11 @@ class PrometheusSensor(Sensor):
         self.commits = Counter("streamwise_commits_total", "Batches whose outputs and offsets were committed.", p, registry=r)
         self.batch_size = Histogram("streamwise_batch_size_records", "Records per poll batch.", p, buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.batch_seconds = Histogram("streamwise_batch_duration_seconds", "Time to process and commit one batch.", p, buckets=LATENCY_BUCKETS, registry=r)
-        self.latency = Histogram("streamwise_event_to_prediction_latency_seconds", "From the input record's timestamp to its prediction.", p, buckets=LATENCY_BUCKETS, registry=r)
+        # Observed a poll at a time (see _PollHistogram), registered below.
+        self.latency = _PollHistogram("streamwise_event_to_prediction_latency_seconds", "From the input record's timestamp to its prediction.", pipeline, LATENCY_BUCKETS)
         self.lag = Gauge("streamwise_consumer_lag_records", "Records between the consumer's position and the end of the partition.", p + ["topic", "partition"], registry=r)
         self.model_metric = Gauge("streamwise_model_metric", "Prequential (test-then-train) metric of a model.", p + ["model", "partition", "metric", "window"], registry=r)
+        self.model_faults = Counter("streamwise_model_faults_total", "Events a model failed on (raised, or answered NaN or infinity), by kind; the other models were not affected.", p + ["model", "kind"], registry=r)
         self.drifts = Counter("streamwise_drift_detections_total", "Drifts flagged by a model's detector.", p + ["model"], registry=r)
         self.champion = Gauge("streamwise_model_champion", "1 for the model whose prediction a partition's records carry, else 0.", p + ["model", "partition"], registry=r)
         self.champion_changes = Counter("streamwise_champion_changes_total", "Times a partition's champion model changed.", p + ["partition"], registry=r)
@@ -165,10 +208,10 @@ class PrometheusSensor(Sensor):
             p, registry=r)
         self._snapshot_age = _SnapshotAge(pipeline)
         r.register(self._snapshot_age)
+        r.register(self.latency)
 
         self.build.labels(pipeline).info(build_versions())
         self._predictions = self.predictions.labels(pipeline)
-        self._latency = self.latency.labels(pipeline)
         self._commits = self.commits.labels(pipeline)
         self._last_progress = self.last_progress.labels(pipeline)
         self._last_report = self.last_report.labels(pipeline)
@@ -187,6 +230,8 @@ class PrometheusSensor(Sensor):
         self._models = list(models)
         for m in models:
             self.drifts.labels(pipeline, m)
+            for kind in ModelFault:
+                self.model_faults.labels(pipeline, m, kind.value)
         if topic is not None:
             for stage in DeadLetterStage:
                 self.dead_lettered.labels(pipeline, topic, stage)
@@ -205,23 +250,34 @@ class PrometheusSensor(Sensor):
         self._batch_seconds.observe(seconds)
 
     def on_event_in(self, topic: str, partition: int) -> None:
-        child = self._consumed.get((topic, partition))
-        if child is None:
-            child = self._consumed[topic, partition] = self.consumed.labels(self.pipeline, topic, str(partition))
-        child.inc()
+        self.on_events_in(topic, partition, 1)
 
     def on_event_valid(self, topic: str, partition: int) -> None:
-        child = self._valid.get((topic, partition))
-        if child is None:
-            child = self._valid[topic, partition] = self.valid.labels(self.pipeline, topic, str(partition))
-        child.inc()
+        self.on_events_valid(topic, partition, 1)
 
     def on_dead_letter(self, topic: str, stage: str) -> None:
         self.dead_lettered.labels(self.pipeline, topic, stage).inc()
 
     def on_prediction(self, latency_s: float) -> None:
-        self._predictions.inc()
-        self._latency.observe(latency_s)
+        self.on_predictions([latency_s])
+
+    # The processor reports once per poll: one increment per series instead of one per event.
+    def on_events_in(self, topic: str, partition: int, n: int) -> None:
+        child = self._consumed.get((topic, partition))
+        if child is None:
+            child = self._consumed[topic, partition] = self.consumed.labels(self.pipeline, topic, str(partition))
+        child.inc(n)
+
+    def on_events_valid(self, topic: str, partition: int, n: int) -> None:
+        child = self._valid.get((topic, partition))
+        if child is None:
+            child = self._valid[topic, partition] = self.valid.labels(self.pipeline, topic, str(partition))
+        child.inc(n)
+
+    def on_predictions(self, latencies_s: Sequence[float]) -> None:
+        if latencies_s:
+            self._predictions.inc(len(latencies_s))
+            self.latency.observe_many(latencies_s)
 
     def on_learn(self, model: str, n: int = 1) -> None:
         child = self._learned.get(model)
@@ -250,6 +306,9 @@ class PrometheusSensor(Sensor):
     ) -> None:
         part = "" if partition is None else str(partition)
         self.model_metric.labels(self.pipeline, model, part, metric, window).set(value)
+
+    def on_model_fault(self, model: str, kind: str, n: int = 1) -> None:
+        self.model_faults.labels(self.pipeline, model, kind).inc(n)
 
     def on_drift(self, model: str, detector: str) -> None:
         # No detector label: one series per model, created at zero, keeps rate() honest.

@@ -56,6 +56,24 @@ class Sensor:
     def on_prediction(self, latency_s: float) -> None:
         """``latency_s``: from the input record's timestamp to its prediction."""
 
+    # ---- the same, once per poll (the processor calls these) ----
+    # A sensor that counts should override them: by default they call the per-event
+    # hook once per event, which is what a poll-level hook exists to avoid.
+    def on_events_in(self, topic: str, partition: int, n: int) -> None:
+        """``n`` records of ``topic``/``partition`` were polled (called before they are processed)."""
+        for _ in range(n):
+            self.on_event_in(topic, partition)
+
+    def on_events_valid(self, topic: str, partition: int, n: int) -> None:
+        """``n`` events of the poll decoded and passed validation."""
+        for _ in range(n):
+            self.on_event_valid(topic, partition)
+
+    def on_predictions(self, latencies_s: Sequence[float]) -> None:
+        """A prediction record for each event of the poll, with its latency."""
+        for latency_s in latencies_s:
+            self.on_prediction(latency_s)
+
     def on_learn(self, model: str, n: int = 1) -> None:
         """``model`` learned from ``n`` more labelled events."""
 
@@ -74,6 +92,10 @@ class Sensor:
     ) -> None:
         """The current prequential ``metric`` of ``model``; ``window`` is one of
         :data:`METRIC_WINDOWS`; ``partition`` names the replica when state is per partition."""
+
+    def on_model_fault(self, model: str, kind: str, n: int = 1) -> None:
+        """``model`` failed on ``n`` events in the way ``kind`` names (a
+        :class:`~streamwise.core.stages.ModelFault`); the other models were not affected."""
 
     def on_drift(self, model: str, detector: str) -> None:
         """``detector`` (e.g. ``ADWIN``) flagged a drift in ``model``'s errors."""
@@ -138,8 +160,9 @@ class SensorSet(Sensor):
     >>> counts = CountingSensor()
     >>> both = SensorSet([counts, Sensor()])
     >>> both.on_event_in("events", 0); both.on_dead_letter("events", "decode")
+    >>> both.on_events_in("events", 0, 20)
     >>> counts.events_in, dict(counts.dead_letters)
-    (1, {'decode': 1})
+    (21, {'decode': 1})
     """
 
     def __init__(self, sensors: Sequence[Sensor]) -> None:
@@ -166,11 +189,17 @@ class CountingSensor(Sensor):
     def on_event_in(self, topic: str, partition: int) -> None:
         self.events_in += 1
 
+    def on_events_in(self, topic: str, partition: int, n: int) -> None:
+        self.events_in += n
+
     def on_dead_letter(self, topic: str, stage: str) -> None:
         self.dead_letters[stage] += 1
 
     def on_prediction(self, latency_s: float) -> None:
         self.predictions += 1
+
+    def on_predictions(self, latencies_s: Sequence[float]) -> None:
+        self.predictions += len(latencies_s)
 
     def on_learn(self, model: str, n: int = 1) -> None:
         self.learned[model] += n

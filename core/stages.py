@@ -46,3 +46,19 @@ class CleanerAction(StrEnum):
     CLIPPED = "clipped"
     DEDUPLICATED = "deduplicated"
     LATE = "late"
+
+
+class ModelFault(StrEnum):
+    """How one model failed on one event; the ``kind`` of :meth:`Sensor.on_model_fault`.
+
+    A fault stays with its model: the other models of the pipeline predict and learn
+    from the event as usual (models/model.py).
+    """
+
+    # predict_one / predict_many raised: the record carries {"error": ...} for the model,
+    # which does not learn from that event.
+    PREDICT = "predict"
+    # learn_one / learn_many raised.
+    LEARN = "learn"
+    # The prediction was NaN or infinite: flagged in the record, kept out of the metrics.
+    NOT_FINITE = "not_finite"

@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from streamwise.models.learner import is_batch_learner
 
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -51,6 +52,8 @@ _STREAMWISE_LEARNERS = {
     "streamwise.TorchSequenceRegressor": ("streamwise.models.torch_sequence", "TorchSequenceRegressor"),
     # A real classifier made deliberately slow, for fault drills (models/drills.py).
     "streamwise.DelayedClassifier": ("streamwise.models.drills", "DelayedClassifier"),
+    # Raises or answers NaN on purpose, for fault drills (models/drills.py).
+    "streamwise.FaultyClassifier": ("streamwise.models.drills", "FaultyClassifier"),
 }
 
 
@@ -131,7 +134,7 @@ def build_estimator(steps: list[str | dict[str, Any]]) -> Any:
     ValueError: unknown River estimator 'linear_model.LogistcRegression'
     """
     built = [_build_one(copy.deepcopy(s)) for s in steps]
-    if len(built) > 1 and any(getattr(b, "predicts_in_batches", False) for b in built):
+    if len(built) > 1 and any(is_batch_learner(b) for b in built):
         raise ValueError("a streamwise torch learner must be the only step of its model")
     model = built[0]
     for step in built[1:]:

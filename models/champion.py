@@ -4,6 +4,7 @@ A challenger takes over only when it has been ahead of the champion by more than
 ``margin`` on ``patience`` consecutive evaluations in a row, each over at least
 ``min_samples`` labels. A model that leads for a moment and falls back resets its
 count, so two models of nearly equal skill do not take turns on every label.
+A champion whose score is NaN is behind every model with a score.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class ChampionSelector:
     'b'
     >>> sel.update({"a": (0.86, 10), "b": (0.85, 10)}) is None  # within the margin: stays
     True
+    >>> failing = ChampionSelector("a", bigger_is_better=True, patience=3, min_samples=1)
+    >>> [failing.update({"a": (float("nan"), 10), "b": (0.5, 10)}) is not None for _ in range(3)]
+    [False, False, True]
     """
 
     def __init__(
@@ -65,7 +69,9 @@ class ChampionSelector:
             return change
         own, _ = scores[self.champion]
         leader = self._best(scores, self.min_samples)
-        if leader is None or leader == self.champion or not self._better(scores[leader][0], own):
+        # A NaN score (the champion keeps failing, or its metric broke) is beaten by any
+        # number: the champion loses its place after ``patience`` such evaluations.
+        if leader is None or leader == self.champion or not (own != own or self._better(scores[leader][0], own)):
             self._leader, self._streak = None, 0
             return None
         if leader != self._leader:

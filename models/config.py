@@ -81,8 +81,7 @@ class ChampionConfig(BaseModel):
 
     # A river.metrics class scored over the rolling window; defaults to the pipeline's metric.
     metric: str | None = None
-    # Defaults to evaluation.window; then the champion reads the same rolling metric the
-    # evaluation keeps instead of scoring every label a second time.
+    # Labels in the champion's rolling window; defaults to evaluation.window.
     window: int | None = Field(None, ge=1)
     # Hysteresis: lead by more than ``margin`` on ``patience`` labels in a row, each with
     # at least ``min_samples`` labels in the window.

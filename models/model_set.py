@@ -1,22 +1,31 @@
 """All the models of a pipeline, run side by side on every event, test-then-train.
 
-:class:`ModelSet` is what the processor talks to, one poll batch at a time::
+:class:`ModelSet` routes events and labels to the pipeline's
+:class:`~streamwise.models.model.Model` objects (one per configured model: estimator,
+error boundary, drift detector) and keeps the membership (challengers come and go) and
+the champion. What the processor calls, one poll batch at a time::
 
     models.on_event(id, x, y, t)      # every River model predicts now (and learns, if y)
     models.on_label(id, y, t)         # a delayed label: score the stored prediction, learn
-    result = models.end_batch()       # a BatchResult: outcomes, alerts, labels learned, torch steps
+    result = models.end_batch()       # batch learners predict and learn; outcomes, alerts
 
 River models predict and learn per event, in arrival order, which is what makes their
-metrics equal ``river.evaluate.progressive_val_score``. A learner that
-``predicts_in_batches`` (the torch MLP) predicts every event of the batch in one forward
-pass at :meth:`ModelSet.end_batch`, with its weights as they were when the batch
-started, and only then learns from the batch's labelled rows.
+metrics equal ``river.evaluate.progressive_val_score``. A
+:class:`~streamwise.models.learner.BatchLearner` (the torch MLP) predicts the batch's
+events at :meth:`ModelSet.end_batch` in blocks that end where it will step, and learns
+each block's labelled rows before predicting the next.
 
 A delayed label is scored against the prediction made when its event arrived, then
-learned, exactly as ``progressive_val_score(delay=...)`` does. Each scored prediction
-also feeds the model's :class:`~streamwise.models.evaluation.Evaluation`, its drift
-detector and the rolling metric on which the champion is chosen. Drift and champion
-changes become alert dicts, which the processor writes to the alerts topic.
+learned, exactly as ``progressive_val_score(delay=...)`` does. Each labelled prediction
+is scored once, by the :class:`~streamwise.models.scoreboard.Scoreboard`; its error
+feeds the model's drift detector, and the scoreboard's rolling metric chooses the
+champion. Drift and champion changes become alert dicts, which the processor writes
+to the alerts topic.
+
+A model that fails affects only itself (see :mod:`streamwise.models.model`): its
+prediction is an error, it does not learn from that event, the fault is counted in
+:attr:`BatchResult.faults`, and a champion that keeps failing loses its place after
+``champion.patience`` labels.
 """
 
 from __future__ import annotations
@@ -26,8 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import metrics, utils
-from streamwise.models.catalog import ModelSpec, build_estimator
+from streamwise.models.catalog import ModelSpec
 from streamwise.models.champion import ChampionSelector
 from streamwise.models.config import (
     ChampionConfig,
@@ -36,10 +44,12 @@ from streamwise.models.config import (
     ExplainConfig,
     LabelsConfig,
 )
-from streamwise.models.drift import DriftMonitor, prediction_error
-from streamwise.models.evaluation import Evaluation, metric_names
 from streamwise.models.labels import PendingLabels
-from streamwise.models.prequential import Prediction, PrequentialModel, _final_step
+from streamwise.models.model import Model, linear_contributions
+from streamwise.models.prequential import Prediction, make_metric
+from streamwise.models.scoreboard import MetricPlan, ModelScores, Scoreboard, metric_names
+
+__all__ = ["ModelSet", "Outcome", "BatchResult", "linear_contributions"]
 
 
 @dataclass(slots=True)
@@ -62,46 +72,26 @@ class Outcome:
 @dataclass(slots=True)
 class BatchResult:
     """What one batch did: its outcomes in arrival order, the alerts it raised, how many
-    labels each model learned, the delay of each label joined, and each torch step as
-    (model, seconds, rows, device)."""
+    labels each model learned, the delay of each label joined, each torch step as
+    (model, seconds, rows, device), and each model's faults by kind."""
 
     outcomes: list[Outcome]
     alerts: list[dict[str, Any]]
     learned: Counter[str]
     label_delays: list[float]
     torch_steps: list[tuple[str, float, int, str]]
+    faults: dict[str, Counter[str]] = field(default_factory=dict)
 
 
-def linear_contributions(estimator: Any, x: dict[str, Any], k: int) -> dict[str, float] | None:
-    """Top ``k`` weight × value terms of a linear model's score, on the features its last
-    step sees (after the pipeline's transformers); None for a non-linear model.
-
-    Examples
-    --------
-    >>> from river import linear_model
-    >>> model = linear_model.LinearRegression()
-    >>> model.learn_one({"a": 1.0, "b": -2.0}, 3.0)
-    >>> model.weights
-    {'a': 0.06, 'b': -0.12}
-    >>> linear_contributions(model, {"a": 1.0, "b": 4.0, "c": 1.0}, k=2)
-    {'b': -0.48, 'a': 0.06}
-    """
-    final = _final_step(estimator)
-    weights = getattr(final, "weights", None)
-    if not isinstance(weights, dict):
-        return None
-    if final is not estimator:
-        for step in list(estimator.steps.values())[:-1]:
-            x = step.transform_one(x)
-    terms = [(name, weights.get(name, 0.0) * value) for name, value in x.items() if isinstance(value, (int, float))]
-    terms.sort(key=lambda t: -abs(t[1]))
-    return {name: float(v) for name, v in terms[:k] if v != 0.0}
+def _number(value: float) -> float | None:
+    return None if value != value else value
 
 
 class ModelSet:
     """Examples
     --------
-    >>> from river import datasets, evaluate, linear_model, metrics
+    >>> from river import datasets, evaluate, metrics
+    >>> from streamwise.models.catalog import build_estimator
     >>> spec = ModelSpec(name="lr", steps=["preprocessing.StandardScaler", "linear_model.LogisticRegression"])
     >>> models = ModelSet([spec], task="classification", metric="Accuracy", delayed_labels=True)
     >>> events = list(datasets.Phishing())
@@ -144,92 +134,96 @@ class ModelSet:
         self.drift_config = drift or DriftConfig()
         self.champion_config = champion or ChampionConfig()
         self.top_k = (explain or ExplainConfig()).top_k
-        self._steps: dict[str, list[Any]] = {}
-        self.models: list[PrequentialModel] = []
-        self.evaluations: dict[str, Evaluation] = {}
-        self.drift: dict[str, DriftMonitor] = {}
-        self._champion_metric: dict[str, Any] = {}
-        champion_metric = metrics.__dict__[self.champion_config.metric or metric]
-        self._champion_metric_cls = champion_metric
-        self._champion_takes_proba = not getattr(champion_metric(), "requires_labels", True)
+        self.champion_metric = self.champion_config.metric or metric
+        self.scoreboard = Scoreboard(
+            metric,
+            MetricPlan(
+                cumulative=self._extra_metrics(),
+                rolling=self._rolling_metrics(),
+                window=self.evaluation_config.window,
+                champion_metric=self.champion_metric,
+                champion_window=self.champion_window,
+            ),
+        )
+        self.models: list[Model] = []
+        self._by_name: dict[str, Model] = {}
         for spec in specs:
-            self._add(spec.name, spec.steps)
+            self._add(Model.from_steps(spec.name, spec.steps, **self._model_options()))
         self.selector = ChampionSelector(
             self.models[0].name,
-            bigger_is_better=champion_metric().bigger_is_better,
+            bigger_is_better=make_metric(self.champion_metric).bigger_is_better,
             margin=self.champion_config.margin,
             patience=self.champion_config.patience,
-            min_samples=min(self.champion_config.min_samples, self._champion_window),
+            min_samples=min(self.champion_config.min_samples, self.champion_window),
         )
         lc = self.labels_config
         self.pending = PendingLabels(lc.max_pending, lc.ttl_s, lc.early_hold_s, lc.max_early)
-        # challenger name -> (parent name, labels scored by the challenger so far)
-        self.challengers: dict[str, str] = {}
         self._n_challengers = 0
         self.now = float("-inf")
         self._batch: list[Outcome] = []
-        self._deferred: list[tuple[PrequentialModel, Outcome, Any, float]] = []
+        self._deferred: list[tuple[Model, Outcome, Any, float]] = []
         self._alerts: list[dict[str, Any]] = []
         self._learned: Counter[str] = Counter()
         self._delays: list[float] = []
 
     # -- membership -------------------------------------------------------------------
 
-    def _fresh(self, steps: list[Any]) -> Any:
-        estimator = build_estimator(steps)
-        if getattr(estimator, "predicts_in_batches", False) and self.numeric_features:
-            estimator.declare_features(self.numeric_features)
-        return estimator
+    def _model_options(self) -> dict[str, Any]:
+        return {"numeric_features": self.numeric_features, "drift_detector": self.drift_config.detector}
 
-    def _add(self, name: str, steps: list[Any]) -> PrequentialModel:
-        model = PrequentialModel(name, self._fresh(steps), self.metric_name)
-        self._steps[name] = steps
+    def _add(self, model: Model) -> Model:
+        self.scoreboard.add(model)
         self.models.append(model)
-        evaluation = Evaluation(
-            self.task,
-            self.binary,
-            self.evaluation_config.window,
-            self._evaluation_metrics(),
-            cumulative_elsewhere=self.metric_name,
-        )
-        self.evaluations[name] = evaluation
-        self.drift[name] = DriftMonitor(self.drift_config.detector)
-        shared = evaluation.rolling.get(self._champion_metric_cls.__name__)
-        if shared is not None and shared.window_size == self._champion_window:
-            self._champion_metric[name] = shared  # updated by the evaluation
-        else:
-            self._champion_metric[name] = utils.Rolling(self._champion_metric_cls, window_size=self._champion_window)
+        self._route()
         return model
 
+    def _remove(self, name: str) -> None:
+        model = self._by_name[name]
+        model.retired = True
+        self.models.remove(model)
+        self.scoreboard.remove(name)
+        self._route()
+
+    def _route(self) -> None:
+        # Looked up on every event: kept as lists rather than filtered each time.
+        self._by_name = {m.name: m for m in self.models}
+        self._per_event = [m for m in self.models if not m.predicts_in_batches]
+        self._batched = [m for m in self.models if m.predicts_in_batches]
+        # A champion is chosen only between two models or more: only then must each
+        # model's champion metric be current on every label.
+        for m in self.models:
+            m.scores.track_champion(len(self.models) > 1)  # type: ignore[union-attr]
+
     @property
-    def _champion_window(self) -> int:
+    def champion_window(self) -> int:
         return self.champion_config.window or self.evaluation_config.window
 
-    def _shares_champion_metric(self, name: str) -> bool:
-        rolling = self.evaluations[name].rolling.get(self._champion_metric_cls.__name__)
-        return rolling is not None and rolling is self._champion_metric.get(name)
-
-    def _evaluation_metrics(self) -> tuple[str, ...]:
-        """The pipeline's metric first, then the configured extra ones."""
+    def _extra_metrics(self) -> tuple[str, ...]:
         extra = self.evaluation_config.metrics
-        if extra == "standard":
-            extra = list(metric_names(self.task, self.binary))
+        return tuple(metric_names(self.task, self.binary) if extra == "standard" else extra)
+
+    def _rolling_metrics(self) -> tuple[str, ...]:
+        """The pipeline's metric first, then the configured extra ones."""
         if self.task == "anomaly":
-            return tuple(extra)
-        return tuple(dict.fromkeys([self.metric_name, *extra]))
+            return self._extra_metrics()
+        return tuple(dict.fromkeys([self.metric_name, *self._extra_metrics()]))
 
-    def _remove(self, name: str) -> None:
-        self.models = [m for m in self.models if m.name != name]
-        for d in (self.evaluations, self.drift, self._champion_metric, self._steps):
-            d.pop(name, None)
-        self.challengers.pop(name, None)
+    def model(self, name: str) -> Model:
+        return self._by_name[name]
 
-    def model(self, name: str) -> PrequentialModel:
-        return next(m for m in self.models if m.name == name)
+    @property
+    def evaluations(self) -> dict[str, ModelScores]:
+        """Each model's metrics, cumulative and rolling (``report()``), by model name."""
+        return {m.name: m.scores for m in self.models if m.scores is not None}
 
     @property
     def champion(self) -> str:
         return self.selector.champion
+
+    @property
+    def challengers(self) -> dict[str, str]:
+        """challenger name -> the model it was started beside."""
+        return {m.name: m.parent for m in self.models if m.parent is not None}
 
     # -- the per-batch protocol -------------------------------------------------------
 
@@ -237,13 +231,17 @@ class ModelSet:
         """Predicts ``x`` with every River model now; learns at once from an inline ``y``,
         else waits for the label (when labels are delayed). ``key`` is the event's entity,
         for sequence learners."""
-        self.now = max(self.now, t)
-        outcome = Outcome(event_id, x, t, self.selector.champion, key=key)
-        for m in self.models:
-            if not m.predicts_in_batches:
-                outcome.predictions[m.name] = m.predict_one(x)
-        if self.top_k and outcome.champion in outcome.predictions:
-            outcome.explanation = linear_contributions(self.model(outcome.champion).estimator, x, self.top_k)
+        if t > self.now:
+            self.now = t
+        champion = self.selector.champion
+        outcome = Outcome(event_id, x, t, champion, key=key)
+        predictions = outcome.predictions
+        for m in self._per_event:
+            predictions[m.name] = m.predict_one(x)
+        if self.top_k:
+            answer = predictions.get(champion)
+            if answer is not None and answer.error is None:
+                outcome.explanation = self._by_name[champion].explain_one(x, self.top_k)
         self._batch.append(outcome)
         if y is not None:
             self._learn(outcome, y, t)
@@ -261,7 +259,8 @@ class ModelSet:
     def on_label(self, event_id: Any, y: Any, t: float) -> None:
         """A label from the labels topic: scores the prediction made when its event arrived,
         then learns. A label for an unknown event is held for ``early_hold_s``."""
-        self.now = max(self.now, t)
+        if t > self.now:
+            self.now = t
         if self.pending.already_learned(event_id):
             self.pending.stats.duplicates += 1
             return
@@ -275,12 +274,35 @@ class ModelSet:
         """Batch learners predict the batch block by block, learning from each block's
         labelled rows before predicting the next; returns what the batch did."""
         batch, self._batch = self._batch, []
-        order = [m.name for m in self.models]
         deferred, self._deferred = self._deferred, []
-        steps_before = {m.name: m.estimator.n_steps for m in self.models if m.predicts_in_batches}
+        torch_steps: list[tuple[str, float, int, str]] = []
+        if self._batched:
+            torch_steps = self._run_batch_learners(batch, deferred)
+        if len(self.models) > 1:
+            order = [m.name for m in self.models]
+            for outcome in batch:
+                if len(outcome.predictions) != len(order) or list(outcome.predictions) != order:
+                    # Config order first; a model retired during the batch keeps its prediction.
+                    ordered = {n: outcome.predictions[n] for n in order if n in outcome.predictions}
+                    ordered.update(outcome.predictions)
+                    outcome.predictions = ordered
+        if self.delayed_labels:
+            self.pending.expire(self.now)
+        faults = {m.name: m.new_faults for m in self.models if m.new_faults}
+        for m in self.models:
+            if m.new_faults:
+                m.new_faults = Counter()
+        result = BatchResult(batch, self._alerts, self._learned, self._delays, torch_steps, faults)
+        self._alerts, self._learned, self._delays = [], Counter(), []
+        return result
+
+    def _run_batch_learners(
+        self, batch: list[Outcome], deferred: list[tuple[Model, Outcome, Any, float]]
+    ) -> list[tuple[str, float, int, str]]:
+        steps_before = {m.name: m.estimator.n_steps for m in self._batched}
         position = {id(o): i for i, o in enumerate(batch)}
         started = time.perf_counter()
-        for m in [m for m in self.models if m.predicts_in_batches]:
+        for m in list(self._batched):
             mine = [entry for entry in deferred if entry[0] is m]
             # Labels of this batch's events, in event order; labels of earlier events
             # (from the labels topic) are learned after the batch, never before it.
@@ -293,37 +315,26 @@ class ModelSet:
                 self._predict_block(m, block)
                 start += len(block)
                 while j < len(current) and position[id(current[j][1])] < start:
-                    self._learn_deferred(*current[j])
+                    self._learn_model(*current[j])
                     j += 1
             for entry in current[j:] + older:
-                self._learn_deferred(*entry)
-        for outcome in batch:
-            if list(outcome.predictions) != order:
-                # Config order first; a model retired during the batch keeps its prediction.
-                ordered = {n: outcome.predictions[n] for n in order if n in outcome.predictions}
-                ordered.update(outcome.predictions)
-                outcome.predictions = ordered
-        for m in self.models:
-            if m.predicts_in_batches:
-                m.estimator.flush(self.now)
+                self._learn_model(*entry)
+        for m in self._batched:
+            m.flush(self.now)
+        done = {m.name: m.estimator.n_steps - steps_before.get(m.name, 0) for m in self._batched}
         torch_steps: list[tuple[str, float, int, str]] = []
-        done = {m.name: m.estimator.n_steps - steps_before.get(m.name, 0) for m in self.models if m.predicts_in_batches}
         if sum(done.values()):
             # One timing for all the batch's steps: per-step timing would need a GPU sync each.
             per_step = (time.perf_counter() - started) / sum(done.values())
-            for m in self.models:
+            for m in self._batched:
                 if done.get(m.name):
                     est = m.estimator
                     torch_steps += [(m.name, per_step, est.batch_size, est.device_name)] * done[m.name]
-        if self.delayed_labels:
-            self.pending.expire(self.now)
-        result = BatchResult(batch, self._alerts, self._learned, self._delays, torch_steps)
-        self._alerts, self._learned, self._delays = [], Counter(), []
-        return result
+        return torch_steps
 
     # -- learning, scoring, drift, champion -------------------------------------------
 
-    def _predict_block(self, m: PrequentialModel, block: list[Outcome]) -> None:
+    def _predict_block(self, m: Model, block: list[Outcome]) -> None:
         if not block:
             return
         keys = [o.key for o in block] if m.uses_keys else None
@@ -331,20 +342,13 @@ class ModelSet:
         for outcome, p in zip(block, m.predict_many([o.x for o in block], keys, ids), strict=True):
             outcome.predictions[m.name] = p
         if self.top_k:
-            rows = [o for o in block if o.champion == m.name]
-            context = {"keys": [o.key for o in rows], "ids": [o.id for o in rows]} if m.uses_keys else {}
-            explanations = m.estimator.explain_many([o.x for o in rows], self.top_k, **context)
-            for outcome, ex in zip(rows, explanations, strict=True):
-                outcome.explanation = ex
-
-    def _learn_deferred(self, m: PrequentialModel, outcome: Outcome, y: Any, t: float) -> None:
-        if m.name not in self._steps:
-            return  # retired while the batch ran
-        prediction = outcome.predictions.get(m.name)
-        m.learn_one(outcome.x, y, prediction, t, key=outcome.key, event_id=outcome.id)
-        self._learned[m.name] += 1
-        if prediction is not None:
-            self._scored(m, y, prediction, outcome.id)
+            rows = [o for o in block if o.champion == m.name and o.predictions[m.name].error is None]
+            if rows:
+                row_keys = [o.key for o in rows] if m.uses_keys else None
+                row_ids = [o.id for o in rows] if m.uses_keys else None
+                explanations = m.explain_many([o.x for o in rows], self.top_k, row_keys, row_ids)
+                for outcome, ex in zip(rows, explanations, strict=True):
+                    outcome.explanation = ex
 
     def _learn(self, outcome: Outcome, y: Any, t: float) -> None:
         if self.delayed_labels:
@@ -354,38 +358,36 @@ class ModelSet:
         for m in list(self.models):
             if m.predicts_in_batches:
                 self._deferred.append((m, outcome, y, t))
-                continue
-            prediction = outcome.predictions.get(m.name)
-            m.learn_one(outcome.x, y, prediction)
-            self._learned[m.name] += 1
-            if prediction is not None:
-                self._scored(m, y, prediction, outcome.id)
+            else:
+                self._learn_model(m, outcome, y, t)
 
-    def _scored(self, m: PrequentialModel, y: Any, prediction: Prediction, event_id: Any) -> None:
-        if m.name not in self._steps:
+    def _learn_model(self, m: Model, outcome: Outcome, y: Any, t: float) -> None:
+        """Scores the model's prediction of the event, then lets it learn: unless the
+        prediction was an error (a failing model does not learn from that event)."""
+        if m.retired:
+            return  # retired while the batch ran
+        prediction = outcome.predictions.get(m.name)
+        # None: a challenger started since the event was predicted learns without a score.
+        if prediction is not None and prediction.error is not None:
+            self.scoreboard.score(m.scores, y, prediction)  # type: ignore[arg-type]
+            self._update_champion(outcome.id)
             return
-        self.evaluations[m.name].update(y, prediction)
-        y_pred = prediction.proba if self._champion_takes_proba else prediction.value
-        champion_metric = self._champion_metric[m.name]
-        if y_pred is not None and y_pred != {} and not self._shares_champion_metric(m.name):
-            champion_metric.update(y, y_pred)
-        if self.drift_config.enabled:
-            error = prediction_error(y, prediction, m.is_classifier)
-            if error is not None and self.drift[m.name].update(error):
-                self._on_drift(m, event_id)
-        if m.name in self.challengers:
-            self._judge_challenger(m, event_id)
-        self._update_champion(event_id)
-
-    def _window_score(self, name: str) -> tuple[float, int]:
-        rolling = self._champion_metric[name]
-        n = min(self.evaluations[name].n, rolling.window_size)
-        return rolling.get(), n
+        if not m.learn_one(outcome.x, y, t, key=outcome.key, event_id=outcome.id):
+            return
+        self._learned[m.name] += 1
+        if prediction is None:
+            return
+        scored = self.scoreboard.score(m.scores, y, prediction)  # type: ignore[arg-type]
+        if scored and self.drift_config.enabled and m.drifted(y, prediction):
+            self._on_drift(m, outcome.id)
+        if m.parent is not None and not m.retired:
+            self._judge_challenger(m, outcome.id)
+        self._update_champion(outcome.id)
 
     def _update_champion(self, event_id: Any) -> None:
         if len(self.models) < 2:
             return
-        change = self.selector.update({m.name: self._window_score(m.name) for m in self.models})
+        change = self.selector.update({m.name: m.scores.window_score() for m in self.models})  # type: ignore[union-attr]
         if change is not None:
             self._alerts.append(
                 {
@@ -393,68 +395,68 @@ class ModelSet:
                     "event_id": event_id,
                     "previous": change.previous,
                     "champion": change.champion,
-                    "metric": self._champion_metric_cls.__name__,
-                    "window": self._champion_window,
-                    "previous_score": change.previous_score,
-                    "champion_score": change.champion_score,
+                    "metric": self.champion_metric,
+                    "window": self.champion_window,
+                    # None for a NaN score (a failing champion): alerts are JSON.
+                    "previous_score": _number(change.previous_score),
+                    "champion_score": _number(change.champion_score),
                 }
             )
 
-    def _on_drift(self, m: PrequentialModel, event_id: Any) -> None:
+    def _on_drift(self, m: Model, event_id: Any) -> None:
         policy = self.drift_config.policy
         action = "none"
-        if policy == "reset" or (policy == "challenger" and m.name in self.challengers):
-            m.estimator = self._fresh(self._steps[m.name])
-            self.drift[m.name].reset()
+        if policy == "reset" or (policy == "challenger" and m.parent is not None):
+            m.reset()
             action = "reset"
         elif policy == "challenger":
-            if m.name in self.challengers.values():
+            if any(c.parent == m.name for c in self.models):
                 action = "challenger already running"
             else:
                 self._n_challengers += 1
                 name = f"{m.name}.challenger{self._n_challengers}"
-                self._add(name, self._steps[m.name])
-                self.challengers[name] = m.name
+                self._add(Model.from_steps(name, m.steps or [], parent=m.name, **self._model_options()))
                 action = f"started {name}"
         self._alerts.append(
             {
                 "type": "drift",
                 "model": m.name,
-                "detector": self.drift[m.name].name if m.name in self.drift else None,
+                "detector": m.drift.name,
                 "event_id": event_id,
-                "labels_seen": self.evaluations[m.name].n,
+                "labels_seen": m.scores.n if m.scores is not None else 0,
                 "policy": policy,
                 "action": action,
             }
         )
 
-    def _judge_challenger(self, challenger: PrequentialModel, event_id: Any) -> None:
+    def _judge_challenger(self, challenger: Model, event_id: Any) -> None:
         """Promotes a challenger that beats its model over a full window; drops one that
         has not done so within ``challenger_trial`` labels."""
-        parent_name = self.challengers[challenger.name]
-        score, n = self._window_score(challenger.name)
-        window = self._champion_window
-        if n >= window:
-            parent_score, _ = self._window_score(parent_name)
+        assert challenger.scores is not None and challenger.parent is not None
+        parent = self._by_name[challenger.parent]
+        score, n = challenger.scores.window_score()
+        if n >= self.champion_window:
+            parent_score, _ = parent.scores.window_score()  # type: ignore[union-attr]
             if self.selector._better(score, parent_score):
-                parent = self.model(parent_name)
+                # The model keeps its name, counters and cumulative metrics; it runs the
+                # challenger's estimator and takes the window that judged it.
                 parent.estimator = challenger.estimator
-                self._champion_metric[parent_name] = self._champion_metric[challenger.name]
-                self.drift[parent_name].reset()
+                parent.scores.adopt_window(challenger.scores)  # type: ignore[union-attr]
+                parent.drift.reset()
                 if self.selector.champion == challenger.name:
-                    self.selector.champion = parent_name
+                    self.selector.champion = parent.name
                 self._remove(challenger.name)
                 self._alerts.append(
-                    {"type": "challenger", "model": parent_name, "challenger": challenger.name, "event_id": event_id,
-                     "action": "promoted", "score": score, "replaced_score": parent_score}
+                    {"type": "challenger", "model": parent.name, "challenger": challenger.name, "event_id": event_id,
+                     "action": "promoted", "score": _number(score), "replaced_score": _number(parent_score)}
                 )
                 return
-        if self.evaluations[challenger.name].n >= self.drift_config.challenger_trial:
+        if challenger.scores.n >= self.drift_config.challenger_trial:
             self._remove(challenger.name)
             if self.selector.champion == challenger.name:
-                self.selector.champion = parent_name
+                self.selector.champion = parent.name
             self._alerts.append(
-                {"type": "challenger", "model": parent_name, "challenger": challenger.name, "event_id": event_id,
+                {"type": "challenger", "model": parent.name, "challenger": challenger.name, "event_id": event_id,
                  "action": "retired"}
             )
 
@@ -462,18 +464,24 @@ class ModelSet:
 
     def report(self) -> dict[str, Any]:
         stats = self.pending.stats
+        models = {}
+        for m in self.models:
+            scores = m.scores
+            assert scores is not None
+            models[m.name] = {
+                "metric": type(scores.metric).__name__,
+                "value": scores.metric.get(),
+                "learned": m.n_learned,
+                "drifts": m.drift.n_detections,
+                "faults": dict(m.faults),
+                "last_error": m.last_error,
+                "failed_labels": scores.n_failed,
+                "not_finite_labels": scores.n_not_finite,
+                **scores.report(),
+            }
         return {
             "champion": self.selector.champion,
-            "models": {
-                m.name: {
-                    "metric": type(m.metric).__name__,
-                    "value": m.metric.get(),
-                    "learned": m.n_learned,
-                    "drifts": self.drift[m.name].n_detections,
-                    **self.evaluations[m.name].report(),
-                }
-                for m in self.models
-            },
+            "models": models,
             "labels": {
                 "pending": len(self.pending),
                 "held_early": self.pending.n_early,

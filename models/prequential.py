@@ -1,11 +1,17 @@
-"""Prequential (test-then-train) scoring of the models of a pipeline.
+"""Prequential (test-then-train) predictions, and the reference loop the tests compare with.
 
-Each :class:`PrequentialModel` reproduces ``river.evaluate.progressive_val_score``
-exactly, event by event: predict with ``predict_proba_one`` for a classifier whose
-metric takes probabilities, else ``predict_one`` (``score_one`` for an anomaly
-detector); update the metric with that prediction only when it is neither ``None``
-nor ``{}``; then learn. The same steps in the same order give bit-identical metrics,
-which the integration tests check against River itself.
+A :class:`Prediction` is what one model said about one event before it learned from it:
+a value (class, number or anomaly score), a classifier's probabilities, or the error
+the model raised, or a flag that it answered NaN or infinity.
+
+:class:`PrequentialModel` is ``river.evaluate.progressive_val_score`` for one model,
+event by event, built from the same parts as the service (a
+:class:`~streamwise.models.model.Model` and the
+:class:`~streamwise.models.scoreboard.Scoreboard`): predict with ``predict_proba_one``
+for a classifier whose metric takes probabilities, else ``predict_one`` (``score_one``
+for an anomaly detector); update the metric with that prediction only when it is
+neither ``None`` nor ``{}``; then learn. The same steps in the same order give
+bit-identical metrics, which the integration tests check against River itself.
 """
 
 from __future__ import annotations
@@ -13,18 +19,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from river import base, metrics
+from river import metrics
 from river.compose import Pipeline
 
 
 @dataclass(slots=True)
 class Prediction:
-    """What one model said about one event, before it learned from it."""
+    """What one model said about one event, before it learned from it.
+
+    Examples
+    --------
+    >>> Prediction(True, {False: 0.2, True: 0.8}).to_json()
+    {'prediction': True, 'probabilities': {'false': 0.2, 'true': 0.8}}
+    >>> Prediction(None, error="ValueError: no weights").to_json()
+    {'error': 'ValueError: no weights'}
+    >>> Prediction(float("nan"), finite=False).to_json()
+    {'prediction': None, 'not_finite': True}
+    """
 
     value: Any  # class, number or anomaly score; None when the model has nothing yet
     proba: dict[Any, float] | None = None
+    # "<class>: <message>" when the model raised instead of predicting.
+    error: str | None = None
+    # False when the value or a probability was NaN or infinite: flagged in the record,
+    # kept out of every metric and of the drift detector.
+    finite: bool = True
+
+    @property
+    def scorable(self) -> bool:
+        """Neither an error nor a non-finite answer: the scoreboard may score it."""
+        return self.error is None and self.finite
 
     def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        if not self.finite:
+            return {"prediction": None, "not_finite": True}
         out: dict[str, Any] = {"prediction": self.value}
         if self.proba is not None:
             out["probabilities"] = {str(k).lower() if isinstance(k, bool) else str(k): v for k, v in self.proba.items()}
@@ -39,12 +69,13 @@ def make_metric(name: str) -> metrics.base.Metric:
     return cls()
 
 
-def _final_step(model: Any) -> Any:
+def final_step(model: Any) -> Any:
+    """The estimator at the end of a River pipeline, or the model itself."""
     return model._last_step if isinstance(model, Pipeline) else model
 
 
 class PrequentialModel:
-    """One named model and its prequential metric.
+    """One named model and its prequential metric, as ``progressive_val_score`` runs it.
 
     Examples
     --------
@@ -59,92 +90,39 @@ class PrequentialModel:
     """
 
     def __init__(self, name: str, estimator: Any, metric: str) -> None:
-        self.name = name
-        self.estimator = estimator
-        self.metric = make_metric(metric)
-        # The torch learners are not River estimators (their module must not import
-        # River), so they say what they are with ``task`` and ``predicts_in_batches``.
-        self.predicts_in_batches = bool(getattr(estimator, "predicts_in_batches", False))
-        # Sequence learners (torch_sequence.py) also need each event's key and id.
-        self.uses_keys = bool(getattr(estimator, "uses_keys", False))
-        if self.predicts_in_batches:
-            wanted = metrics.base.ClassificationMetric if estimator.task == "classification" else metrics.base.RegressionMetric
-            if not isinstance(self.metric, wanted):
-                raise ValueError(f"metric {metric} does not work with model {name!r}")
-        elif not self.metric.works_with(estimator):
-            raise ValueError(f"metric {metric} does not work with model {name!r}")
-        self.is_classifier = (
-            isinstance(estimator, base.Classifier)
-            or isinstance(_final_step(estimator), base.Classifier)
-            or getattr(estimator, "task", None) == "classification"
-        )
-        self.is_anomaly_detector = isinstance(_final_step(estimator), base.AnomalyDetector)
-        self._metric_takes_proba = self.is_classifier and not self.metric.requires_labels
-        # When the classifier keeps River's default predict_one (argmax of the
-        # probabilities), one predict_proba_one call yields both; otherwise call both.
-        self._class_from_proba = (
-            self.is_classifier and type(_final_step(estimator)).predict_one is base.Classifier.predict_one
-        )
-        # Only learning is counted: a restored worker predicts the replayed events again
-        # and must still end in the same state as one that never stopped.
-        self.n_learned = 0
+        # Imported here: model.py and scoreboard.py import Prediction from this module.
+        from streamwise.models.model import Model
+        from streamwise.models.scoreboard import Scoreboard
+
+        self.model = Model(name, estimator)
+        self.scoreboard = Scoreboard(metric)
+        self.scores = self.scoreboard.add(self.model)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def estimator(self) -> Any:
+        return self.model.estimator
+
+    @property
+    def metric(self) -> metrics.base.Metric:
+        return self.scores.metric
+
+    @property
+    def n_learned(self) -> int:
+        return self.model.n_learned
 
     def predict_one(self, x: dict[str, Any]) -> Prediction:
-        est = self.estimator
-        if self.is_anomaly_detector:
-            return Prediction(est.score_one(x))
-        if not self.is_classifier:
-            return Prediction(est.predict_one(x))
-        proba = est.predict_proba_one(x)
-        if self._class_from_proba:
-            value = max(proba, key=proba.get) if proba else None
-        else:
-            value = est.predict_one(x)
-        return Prediction(value, proba)
+        return self.model.predict_one(x)
 
-    def predict_many(
-        self, xs: list[dict[str, Any]], keys: list[Any] | None = None, ids: list[Any] | None = None
-    ) -> list[Prediction]:
-        """One vectorised pass for a learner that ``predicts_in_batches``; a loop otherwise.
-        ``keys`` and ``ids`` reach only a learner that ``uses_keys``."""
-        if not self.predicts_in_batches:
-            return [self.predict_one(x) for x in xs]
-        context = {"keys": keys, "ids": ids} if self.uses_keys else {}
-        if not self.is_classifier:
-            return [Prediction(v) for v in self.estimator.predict_many(xs, **context)]
-        probas = self.estimator.predict_proba_many(xs, **context)
-        return [Prediction(max(p, key=p.get) if p else None, p) for p in probas]
-
-    def score(self, y: Any, prediction: Prediction) -> None:
-        """Updates the metric with a prediction unless it is None or ``{}``, as River does."""
-        y_pred = prediction.proba if self._metric_takes_proba else prediction.value
-        if y_pred is not None and y_pred != {}:
-            self.metric.update(y_true=y, y_pred=y_pred)
-
-    def learn_one(
-        self,
-        x: dict[str, Any],
-        y: Any,
-        prediction: Prediction | None,
-        t: float | None = None,
-        key: Any = None,
-        event_id: Any = None,
-    ) -> None:
-        """Scores ``prediction`` (made when the event arrived) against ``y``, then learns.
-
-        ``prediction`` is None for a model that did not exist when the event was predicted
-        (a challenger started since): it learns without being scored. ``t`` is the stream
-        time, which a mini-batch learner uses to bound how long a partial batch waits;
-        ``key`` and ``event_id`` reach only a learner that ``uses_keys``.
-        """
+    def learn_one(self, x: dict[str, Any], y: Any, prediction: Prediction | None, t: float | None = None) -> None:
+        """Scores ``prediction`` (made when the event arrived) against ``y``, then learns,
+        unless the prediction was an error: a model does not learn from an event it
+        failed on."""
         if prediction is not None:
-            self.score(y, prediction)
-        if self.is_anomaly_detector:
-            self.estimator.learn_one(x)
-        elif self.uses_keys:
-            self.estimator.learn_one(x, y, t, key=key, event_id=event_id)
-        elif self.predicts_in_batches:
-            self.estimator.learn_one(x, y, t)
-        else:
-            self.estimator.learn_one(x, y)
-        self.n_learned += 1
+            self.scoreboard.score(self.scores, y, prediction)
+            if prediction.error is not None:
+                return
+        self.model.learn_one(x, y, t)

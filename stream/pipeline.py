@@ -35,6 +35,7 @@ from streamwise.stream.base import (
     is_finite_number,
     parse_duration,
 )
+from streamwise.stream.batch_decode import BatchDecoder
 from streamwise.stream.cleaners import (
     Deduplicator,
     LatenessPolicy,
@@ -655,6 +656,7 @@ class EventPipeline:
 
     def _init_derived(self) -> None:
         self.decoder = EventDecoder(self.schema)
+        self._batch = BatchDecoder(self.schema, self.decoder)
         self._meta = _meta_fields(self.schema)
         # What the cleaners did since the last drain_activity(), for the sensors; not state.
         self._activity: Counter[str] = Counter()
@@ -685,6 +687,40 @@ class EventPipeline:
         the schema's ``max_future`` before any step (a watermark, a window) sees them.
         """
         return self.process_json(self.decoder.parse(value), record_time_s)
+
+    def decode_many(
+        self, values: Sequence[bytes | None], record_times_s: Sequence[float | None] | None = None
+    ) -> list[DecodedEvent | RejectedEvent]:
+        """:meth:`decode` for a whole poll: one event or rejection per value, in order.
+
+        Validation runs over the poll at once (stream/batch_decode.py); the future check
+        and the steps then run event by event in order, transform then learn, exactly as
+        :meth:`decode` would have (the wall clock is read once for the poll). Coercers
+        need the raw JSON, so a pipeline with coercion decodes one record at a time.
+        """
+        times = list(record_times_s) if record_times_s is not None else [None] * len(values)
+        if self.coercers:
+            return [self._decode_or_rejection(v, t) for v, t in zip(values, times, strict=True)]
+        results = self._batch.decode_many(values)
+        schema = self.schema
+        now = self.clock()
+        for i, event in enumerate(results):
+            if isinstance(event, RejectedEvent):
+                continue
+            try:
+                t = None if schema.event_time is None else event_seconds(event.event_time, schema.event_time)
+                check_not_future(schema.max_future, times[i], t, now)
+                if self.steps:
+                    event.x = self.process_row(self._row(event, t))
+            except RejectedEvent as e:
+                results[i] = e
+        return results
+
+    def _decode_or_rejection(self, value: bytes | None, record_time_s: float | None) -> DecodedEvent | RejectedEvent:
+        try:
+            return self.decode(value, record_time_s)
+        except RejectedEvent as e:
+            return e
 
     def process_json(self, obj: Any, record_time_s: float | None = None) -> DecodedEvent:
         """A parsed JSON value to an event with its features; :class:`RejectedEvent` otherwise."""

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamwise.core.errors import ConfigError
@@ -41,10 +41,30 @@ class InputConfig(BaseModel):
     labels_topic: str | None = Field(None, min_length=1)
 
 
+# The fields of a prediction record, in the order they are written. ``prediction`` stands
+# for the champion's answer: its prediction and probabilities, or its error.
+RecordField = Literal[
+    "id", "key", "prediction", "champion", "models", "epoch", "source", "event_timestamp_ms", "latency_s",
+    "event_time", "explanation",
+]
+RECORD_FIELDS: tuple[str, ...] = RecordField.__args__  # type: ignore[attr-defined]
+
+
 class OutputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     topic: str = Field(min_length=1)
+    # What each prediction record holds; all of it by default. Leaving out "models"
+    # (every model's own prediction) or "source" makes every record smaller and cheaper
+    # to write. The event id is always written: it is what joins a record to its event.
+    fields: list[RecordField] = Field(default_factory=lambda: list(RECORD_FIELDS))
+
+    @field_validator("fields")
+    @classmethod
+    def _with_id(cls, fields: list[str]) -> list[str]:
+        if "id" not in fields:
+            raise ValueError("the record's fields must include 'id'")
+        return fields
     # Defaults to "<input topic>.dlq".
     dead_letter_topic: str | None = Field(None, min_length=1)
     # Drift detections and champion changes; defaults to "<pipeline name>.alerts".

@@ -21,8 +21,9 @@ from streamwise.core.sensors import Sensor
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.forecast import ForecastSet
 from streamwise.models.labels import LabelRecordError, decode_label_record
+from streamwise.models.model import Model
 from streamwise.models.model_set import ModelSet, Outcome
-from streamwise.models.prequential import PrequentialModel
+from streamwise.models.prequential import Prediction
 from streamwise.models.state import decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.pipeline import build_event_pipeline
@@ -86,10 +87,11 @@ class PipelineProcessor:
         # event, labelled or not, and without any configured they return the decoded event as is.
         self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
         schema = config.event_schema
+        self.epoch = 0
+        self._fields = frozenset(config.output.fields)
         self.forecasting = config.forecast is not None
         if config.forecast is not None:  # task: forecast, driven by models/forecast.py
             self.learners: ModelSet | ForecastSet = ForecastSet(config.models, config.forecast)
-            self.epoch = 0
             return
         self.learners = ModelSet(
             config.models,
@@ -104,10 +106,9 @@ class PipelineProcessor:
             champion=config.champion,
             explain=config.explain,
         )
-        self.epoch = 0
 
     @property
-    def models(self) -> list[PrequentialModel]:
+    def models(self) -> list[Model]:
         """Every model, challengers included, in config order."""
         return self.learners.models
 
@@ -118,7 +119,7 @@ class PipelineProcessor:
 
     # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
     # the state descends from, shown in every record): not learned, left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "epoch", "forecasting"})
+    _NOT_STATE = frozenset({"config", "sensor", "epoch", "_fields", "forecasting"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything this processor has learned, as a picklable dict. New learning
@@ -181,25 +182,31 @@ class PipelineProcessor:
         dlq = self.config.dead_letter_topic
         max_bytes = self.config.event_schema.max_event_bytes
         labels_topic = self.config.input.labels_topic
+        # The sensors hear about the poll once, not once per event.
+        for (topic, partition), n in _per_partition(records).items():
+            sensor.on_events_in(topic, partition, n)
+        # The whole poll is decoded and validated at once (stream/batch_decode.py).
+        events = [r for r in records if r.topic != labels_topic]
+        decoded = iter(self.events.decode_many([r.value for r in events], [r.timestamp_ms / 1000.0 for r in events]))
+        valid: dict[tuple[str, int], int] = {}
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record in records:
-            sensor.on_event_in(record.topic, record.partition)
             if record.topic == labels_topic:
                 self._label(record, out)
                 continue
-            try:
-                event = self.events.decode(record.value, record.timestamp_ms / 1000.0)
-            except RejectedEvent as e:
-                out.append(dead_letter(record, dlq, e.stage, "RejectedEvent", e.reason, max_bytes))
-                sensor.on_dead_letter(record.topic, e.stage)
+            event = next(decoded)
+            if isinstance(event, RejectedEvent):
+                out.append(dead_letter(record, dlq, event.stage, "RejectedEvent", event.reason, max_bytes))
+                sensor.on_dead_letter(record.topic, event.stage)
                 continue
-            sensor.on_event_valid(record.topic, record.partition)
+            where = (record.topic, record.partition)
+            valid[where] = valid.get(where, 0) + 1
             key = event.key if event.key is not None else _text(record.key)
             if self.forecasting:
                 try:
                     out.append(self._forecast_record(record, event, key))
                 except Exception as e:  # a model bug must not stop the stream
-                    out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
+                    out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
                     sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             try:
@@ -211,6 +218,8 @@ class PipelineProcessor:
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             predicted.append((record, event, outcome))
+        for (topic, partition), n in valid.items():
+            sensor.on_events_valid(topic, partition, n)
         for action, n in self.events.drain_activity().items():
             sensor.on_clean(action, n)
         if isinstance(self.learners, ForecastSet):
@@ -218,8 +227,7 @@ class PipelineProcessor:
                 sensor.on_learn(model, n)
             return out
         result = self.learners.end_batch()
-        for record, event, outcome in predicted:
-            out.append(self._prediction_record(record, event, outcome))
+        self._prediction_records(predicted, out)
         self._report_learning(result, records, out)
         return out
 
@@ -249,6 +257,9 @@ class PipelineProcessor:
         sensor = self.sensor
         for model, n in result.learned.items():
             sensor.on_learn(model, n)
+        for model, faults in result.faults.items():
+            for kind, n in faults.items():
+                sensor.on_model_fault(model, kind, n)
         for delay in result.label_delays:
             sensor.on_label(delay)
         for model, seconds, batch_size, device in result.torch_steps:
@@ -287,32 +298,82 @@ class PipelineProcessor:
         self.sensor.on_prediction(max(0.0, time.time() - record.timestamp_ms / 1000.0))
         return OutgoingRecord(topic=self.config.output.topic, key=record.key, value=orjson.dumps(body, default=str))
 
-    def _prediction_record(self, record: ConsumedRecord, event: DecodedEvent, outcome: Outcome) -> OutgoingRecord:
+    def _prediction_records(
+        self, predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]], out: list[OutgoingRecord]
+    ) -> None:
+        """One prediction record per predicted event, in order, written straight from the
+        outcomes: each model's entry is built once and shared by ``models`` and the
+        champion's top-level fields, and what ``output.fields`` leaves out is never built."""
+        if not predicted:
+            return
+        fields = self._fields
+        with_key, with_models, with_source = "key" in fields, "models" in fields, "source" in fields
+        with_champion, with_epoch = "champion" in fields, "epoch" in fields
+        with_prediction, with_latency = "prediction" in fields, "latency_s" in fields
+        with_ts = "event_timestamp_ms" in fields
+        with_time, with_explanation = "event_time" in fields, "explanation" in fields
+        topic = self.config.output.topic
+        epoch = self.epoch
+        dumps, options = orjson.dumps, orjson.OPT_NON_STR_KEYS
+        # One clock read for the poll: its records are all written now.
         now_ms = time.time() * 1000.0
-        latency_s = max(0.0, (now_ms - record.timestamp_ms) / 1000.0)
-        body: dict[str, Any] = {
-            "id": event.id,
-            "key": event.key if event.key is not None else _text(record.key),
-            **outcome.prediction.to_json(),
-            "champion": outcome.champion,
-            "models": {name: p.to_json() for name, p in outcome.predictions.items()},
-            "epoch": self.epoch,
-            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-            "event_timestamp_ms": record.timestamp_ms,
-            "latency_s": round(latency_s, 6),
-        }
-        if event.event_time is not None:
-            body["event_time"] = event.event_time
-        if outcome.explanation is not None:
-            body["explanation"] = outcome.explanation
-        self.sensor.on_prediction(latency_s)
-        return OutgoingRecord(
-            topic=self.config.output.topic,
-            key=record.key,
-            # orjson writes the record in a tenth of json's time (measured); a value it
-            # cannot encode is written as its str(), as an id of an unusual type may be.
-            value=orjson.dumps(body, default=str),
-        )
+        latencies = []
+        for record, event, outcome in predicted:
+            latency_s = (now_ms - record.timestamp_ms) / 1000.0
+            if latency_s < 0.0:
+                latency_s = 0.0
+            latencies.append(latency_s)
+            body: dict[str, Any] = {"id": event.id}
+            if with_key:
+                body["key"] = event.key if event.key is not None else _text(record.key)
+            predictions = outcome.predictions
+            if with_models:
+                entries = {name: _entry(p) for name, p in predictions.items()}
+                if with_prediction:
+                    body.update(entries[outcome.champion])
+            elif with_prediction:
+                body.update(_entry(predictions[outcome.champion]))
+            if with_champion:
+                body["champion"] = outcome.champion
+            if with_models:
+                body["models"] = entries
+            if with_epoch:
+                body["epoch"] = epoch
+            if with_source:
+                body["source"] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+            if with_ts:
+                body["event_timestamp_ms"] = record.timestamp_ms
+            if with_latency:
+                body["latency_s"] = round(latency_s, 6)
+            if with_time and event.event_time is not None:
+                body["event_time"] = event.event_time
+            if with_explanation and outcome.explanation is not None:
+                body["explanation"] = outcome.explanation
+            # orjson writes the record in a tenth of json's time (measured); the class keys
+            # of probabilities (True, 3) become "true", "3"; a value it cannot encode is
+            # written as its str(), as an id of an unusual type may be.
+            out.append(OutgoingRecord(topic, record.key, dumps(body, default=str, option=options)))
+        self.sensor.on_predictions(latencies)
+
+
+def _entry(p: Prediction) -> dict[str, Any]:
+    """One model's part of a record: its prediction and probabilities, its error, or the
+    flag that it answered NaN or infinity."""
+    if p.error is not None:
+        return {"error": p.error}
+    if not p.finite:
+        return {"prediction": None, "not_finite": True}
+    if p.proba is None:
+        return {"prediction": p.value}
+    return {"prediction": p.value, "probabilities": p.proba}
+
+
+def _per_partition(records: Sequence[ConsumedRecord]) -> dict[tuple[str, int], int]:
+    """Records per (topic, partition); a poll comes grouped by partition, so by runs."""
+    counts: dict[tuple[str, int], int] = {}
+    for (topic, partition), run in groupby(records, key=lambda r: (r.topic, r.partition)):
+        counts[topic, partition] = counts.get((topic, partition), 0) + sum(1 for _ in run)
+    return counts
 
 
 def arrival_order(records: Sequence[ConsumedRecord], labels_topic: str) -> list[ConsumedRecord]:

@@ -159,6 +159,11 @@ def _label_parser(label_type: str) -> Any:
 
 
 def _prediction(entry: dict[str, Any], parse_key: Any) -> Prediction:
+    # A model that failed on the event, or answered NaN: scored by nothing, as in the service.
+    if "error" in entry:
+        return Prediction(None, error=entry["error"])
+    if entry.get("not_finite"):
+        return Prediction(None, finite=False)
     proba = entry.get("probabilities")
     return Prediction(entry.get("prediction"), None if proba is None else {parse_key(k): v for k, v in proba.items()})
 
