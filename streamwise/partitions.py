@@ -284,7 +284,7 @@ class PartitionStates:
             state = None
             if snap is not None:
                 try:
-                    state = decode_state(snap.payload)
+                    processor.restore_state(decode_state(snap.payload))
                 except SnapshotFormatError as e:
                     # docs/snapshots.md: a snapshot this version cannot read counts as missing.
                     log.error("partition %s: snapshot epoch %s refused: %s", p, snap.info.epoch, e)
@@ -293,7 +293,6 @@ class PartitionStates:
             if snap is None and expected > 0:
                 self._state_lost(p, expected)
             if snap is not None:
-                processor.restore_state(state)
                 offsets = snap.info.offsets_by_tp()
                 st.epoch = processor.epoch = snap.info.epoch
                 log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)

@@ -27,6 +27,7 @@ from streamwise.models.prequential import Prediction
 from streamwise.models.state import decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.pipeline import build_event_pipeline
+from streamwise.models.state import SnapshotFormatError
 from streamwise.stream.base import to_epoch_seconds
 from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future
 
@@ -127,6 +128,23 @@ class PipelineProcessor:
         return {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
 
     def restore_state(self, state: dict[str, Any]) -> None:
+        """Takes a snapshot's state, after checking it has the shape this code builds: a
+        snapshot written by an older streamwise whose objects lack what the current code
+        reads (the model set was split into one object per model, for one) is refused,
+        as one that cannot be read, instead of failing at the first event."""
+        fresh = self.snapshot_state()
+        missing = sorted(set(fresh) - set(state))
+        for name in sorted(set(fresh) & set(state)):
+            want, got = fresh[name], state[name]
+            if type(want) is not type(got):
+                missing.append(f"{name} ({type(got).__name__} where {type(want).__name__} is built)")
+            elif hasattr(want, "__dict__") and hasattr(got, "__dict__"):
+                missing.extend(f"{name}.{a}" for a in sorted(set(vars(want)) - set(vars(got))))
+        if missing:
+            raise SnapshotFormatError(
+                f"snapshot state lacks what this streamwise builds: {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
         self.__dict__.update(state)
 
     def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
