@@ -1,0 +1,230 @@
+"""The checkpoint's recovery rules, on the in-memory harness (streamwise.testing): no
+Kafka, no Redis, seconds per test.
+
+Each test runs the Phishing pipeline (two River models) over a 2-partition stream of
+400 events with small polls and frequent snapshots, so that many commits and snapshots
+happen, then breaks something: a crash after each numbered checkpoint step, a fenced
+snapshot write, a store that goes away for a while, a commit that fails. A restarted
+(or the same) worker then runs until the stream is drained, and the test checks what a
+``read_committed`` reader of the predictions topic sees, against one uncrashed run:
+every event id exactly once, each with the uncrashed run's predictions, and each
+partition's final state fingerprint equal to the uncrashed run's, both in memory and in
+the newest snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+from streamwise.core.sensors import Sensor
+from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings
+from streamwise.models.state import fingerprint
+from support import phishing_pipeline
+
+from streamwise.replay import iter_events
+from streamwise.runner import Runner
+from streamwise.testing import (
+    STEP_CALLS,
+    CrashAt,
+    DeliveryErrorAt,
+    Faults,
+    FencedAt,
+    MemoryBroker,
+    MemoryStateStore,
+    SimulatedCrash,
+    StoreDownAt,
+    memory_runner,
+)
+
+N_EVENTS = 400
+PARTITIONS = 2
+IDLE_S = 0.2
+
+
+def _settings(guarantee: str = "exactly_once", **snapshot: Any) -> Settings:
+    s = Settings()
+    # Small polls and snapshots every 60 events: about 16 commits and 3 snapshots per
+    # partition over the stream, so each fault lands in the middle of it.
+    s.kafka = KafkaSettings(
+        poll_timeout_ms=5,
+        max_poll_records=25,
+        commit_interval_ms=0,
+        session_timeout_ms=1000,  # a fenced partition is claimed again after 1 s
+        retry_backoff_max_ms=200,
+        guarantee=guarantee,
+    )
+    s.snapshot = SnapshotSettings(every_events=60, every_seconds=3600, restore_retry_max_seconds=0.5, **snapshot)
+    return s
+
+
+def _broker() -> MemoryBroker:
+    broker = MemoryBroker()
+    broker.create_topic("phishing.events", partitions=PARTITIONS)
+    assert broker.produce_many("phishing.events", iter_events("Phishing", limit=N_EVENTS)) == N_EVENTS
+    return broker
+
+
+def _config() -> Any:
+    return phishing_pipeline("phishing")
+
+
+class Faulted(Sensor):
+    """Counts the service's own fault reports (Sensor.on_fault, snapshot failures)."""
+
+    def __init__(self) -> None:
+        self.faults: Counter[str] = Counter()
+        self.snapshot_failures = 0
+
+    def on_fault(self, kind: str) -> None:
+        self.faults[kind] += 1
+
+    def on_snapshot_failure(self, partition: int, reason: str) -> None:
+        self.snapshot_failures += 1
+
+
+def _outputs(broker: MemoryBroker, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in broker.read(topic)]
+
+
+def _state(runner: Runner, store: MemoryStateStore, pipeline: str) -> dict[str, dict[int, str]]:
+    """Each partition's fingerprint, from the worker's memory and from its newest snapshot."""
+    return {
+        "memory": {p: fingerprint(proc.snapshot_state()) for p, proc in runner.partitions.all_processors().items()},
+        "snapshot": {p: store.list(pipeline, p)[0].meta["fingerprint"] for p in range(PARTITIONS)},
+    }
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    """The uncrashed run: its predictions per id and its final fingerprints."""
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    runner = memory_runner(cfg, _settings(), broker, store)
+    summary = runner.run(until_idle_s=IDLE_S)
+    assert summary.events_in == N_EVENTS
+    out = _outputs(broker, cfg.output.topic)
+    assert sorted(r["id"] for r in out) == list(range(N_EVENTS))
+    state = _state(runner, store, cfg.name)
+    assert state["memory"] == state["snapshot"] and len(state["memory"]) == PARTITIONS
+    return {"models": {r["id"]: r["models"] for r in out}, "state": state}
+
+
+def _assert_like_reference(
+    broker: MemoryBroker, store: MemoryStateStore, runner: Runner, reference: dict[str, Any], exactly_once: bool = True
+) -> None:
+    cfg = _config()
+    out = _outputs(broker, cfg.output.topic)
+    counts = Counter(r["id"] for r in out)
+    missing = sorted(set(range(N_EVENTS)) - set(counts))
+    assert not missing, f"{len(missing)} ids never delivered, e.g. {missing[:5]}"
+    if exactly_once:
+        repeated = {i: c for i, c in counts.items() if c > 1}
+        assert not repeated, f"{len(repeated)} ids delivered more than once, e.g. {list(repeated.items())[:5]}"
+    different = sorted({r["id"] for r in out if r["models"] != reference["models"][r["id"]]})
+    assert not different, f"{len(different)} predictions differ from the uncrashed run, e.g. ids {different[:5]}"
+    assert _state(runner, store, cfg.name) == reference["state"]
+    assert broker.open_transactions() == [], "a transaction is left open: read_committed readers are blocked"
+
+
+# Where each crash lands: the n-th call of the step's client call (records for step 1,
+# commits for 2-4, snapshot writes for 5), all well inside the stream.
+CRASHES = [
+    pytest.param(CrashAt(1, n=150), id="before-produce"),
+    pytest.param(CrashAt(1, n=150, after=True), id="after-produce"),
+    pytest.param(CrashAt(2, n=5, after=True), id="after-offsets"),
+    pytest.param(CrashAt(3, n=5), id="before-commit"),
+    pytest.param(CrashAt(3, n=5, after=True), id="after-commit"),
+    pytest.param(CrashAt(4, n=5, after=True), id="after-progress"),
+    pytest.param(CrashAt(5, n=3), id="before-snapshot"),
+    pytest.param(CrashAt(5, n=3, after=True), id="after-snapshot"),
+]
+
+
+def _crash_then_restart(crash: CrashAt, settings: Settings, restart_faults: Faults | None = None) -> tuple[Any, ...]:
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faults = Faults(crash)
+    with pytest.raises(SimulatedCrash) as crashed:
+        memory_runner(cfg, settings, broker, store, faults).run(until_idle_s=IDLE_S)
+    call = STEP_CALLS[crash.at][settings.kafka.guarantee] if isinstance(crash.at, int) else crash.at
+    assert call in str(crashed.value), crashed.value
+    delivered = len(set(r["id"] for r in _outputs(broker, cfg.output.topic)))
+    assert delivered < N_EVENTS, "the crash landed after the end of the stream: it tests nothing"
+    # The restarted process: the same worker slot, so its producer aborts what the
+    # crashed one left open; a new store client on the same data.
+    runner = memory_runner(cfg, settings, broker, store, restart_faults)
+    summary = runner.run(until_idle_s=IDLE_S)
+    return broker, store, runner, summary, delivered
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+def test_a_crash_at_each_checkpoint_step_then_a_restart_delivers_every_event_once(crash, reference):
+    broker, store, runner, summary, _ = _crash_then_restart(crash, _settings())
+    _assert_like_reference(broker, store, runner, reference)
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+def test_at_least_once_a_crash_at_each_step_loses_nothing_and_learns_the_same(crash, reference):
+    broker, store, runner, _, _ = _crash_then_restart(crash, _settings("at_least_once"))
+    _assert_like_reference(broker, store, runner, reference, exactly_once=False)
+
+
+def test_a_crash_then_a_restart_while_the_store_is_down_waits_and_loses_nothing(reference):
+    # The restarted process finds the store down: each partition waits, paused, and is
+    # restored once the store answers again.
+    restart = Faults(StoreDownAt("claim", n=1, seconds=1.0))
+    broker, store, runner, _, _ = _crash_then_restart(CrashAt(3, n=5, after=True), _settings(), restart)
+    assert restart.fired == ["StoreDownAt at claim #1"]
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_fenced_snapshot_write_skips_no_record(reference):
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    faults = Faults(FencedAt(n=3))
+    runner = memory_runner(cfg, _settings(), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["FencedAt at save #3"]
+    assert faulted.faults["fenced"] == 1
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_store_down_for_a_while_loses_nothing(reference):
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    # Down from the third snapshot on for a second; past 80 events without a snapshot a
+    # partition pauses, so the stream cannot simply run past the outage.
+    faults = Faults(StoreDownAt("save", n=3, seconds=1.0))
+    settings = _settings(max_unsnapshotted_events=80)
+    runner = memory_runner(cfg, settings, broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["StoreDownAt at save #3"]
+    assert faulted.snapshot_failures >= 1
+    _assert_like_reference(broker, store, runner, reference)
+
+
+@pytest.mark.parametrize(
+    "guarantee, at",
+    [
+        ("exactly_once", "commit_transaction"),
+        ("exactly_once", "send_offsets"),
+        ("exactly_once", "send"),
+        ("at_least_once", "flush"),
+        ("at_least_once", "commit"),
+    ],
+)
+def test_a_delivery_error_rewinds_and_still_delivers_every_event(guarantee, at, reference):
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    faults = Faults(DeliveryErrorAt(at, n=100 if at == "send" else 4))
+    runner = memory_runner(cfg, _settings(guarantee), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == [f"delivery error at {at} #{100 if at == 'send' else 4}"]
+    assert faulted.faults["commit"] == 1
+    _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
