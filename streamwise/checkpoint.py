@@ -9,7 +9,8 @@ through it. The steps, in order:
    they exist; with ``exactly_once`` into a Kafka transaction, begun by the first batch
    after a commit. Several polls may share one transaction (``kafka.commit_interval_ms``).
 2. **Offsets.** ``exactly_once``: the consumed offsets, with the consumer's group
-   metadata (a zombie of an older generation is fenced by the broker) and a marker
+   metadata as it was when the transaction began (work consumed before a rebalance, by
+   a zombie or for a partition revoked since, is fenced by the broker) and a marker
    naming each partition's snapshot epoch, are added to the transaction.
    ``at_least_once``: the producer is flushed, so every output is acknowledged before
    any offset moves.
@@ -64,6 +65,8 @@ class Checkpoint:
         self._open = False
         self._opened_at = 0.0
         self._offsets: dict[TopicPartition, int] = {}
+        # The consumer's group metadata when the open unit of work began (see add()).
+        self._group_metadata: object = None
         self._sink_retry_at = 0.0
         self._sink_backoff_s = 0.1
 
@@ -84,6 +87,13 @@ class Checkpoint:
                     sink.begin_transaction()
                 self._open = True
                 self._opened_at = time.monotonic()
+                # Taken now, not at commit: if the group rebalanced meanwhile (this
+                # worker was dropped as a zombie and rejoined, or a partition was revoked
+                # and may already be restored elsewhere from the older committed
+                # offset), the broker fences the commit of this generation's work
+                # instead of accepting it under the new one, which would write outputs
+                # another worker also wrote and move that partition's offset back.
+                self._group_metadata = self.source.group_metadata()
             for record in outputs:
                 sink.send(record)
         except DeliveryError as e:
@@ -112,7 +122,7 @@ class Checkpoint:
             try:
                 if sink.transactional:
                     # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
-                    sink.commit_transaction(offsets, self.source.group_metadata(), markers)
+                    sink.commit_transaction(offsets, self._group_metadata, markers)
                 else:
                     # 2: every output acknowledged; 3: only then the offsets move.
                     sink.flush()

@@ -16,7 +16,8 @@ sees, in seconds.
 - :class:`Faults` holds markers in the spirit of Bytewax's ``TestingSource`` ``ABORT``:
   :class:`CrashAt` raises :class:`SimulatedCrash` at the n-th call of a step or client
   call; :class:`DeliveryErrorAt`, :class:`StoreDownAt` and :class:`FencedAt` make a
-  call fail the way Kafka or Redis would.
+  call fail the way Kafka or Redis would; :class:`StallAt` stops the process for a
+  while, and its group may drop it meanwhile (a zombie).
 
 A crash is a :class:`BaseException`, so no ``except Exception`` in the service swallows
 it: it leaves :meth:`Runner.run` as a ``kill -9`` ends a process. From then on the
@@ -105,6 +106,7 @@ __all__ = [
     "MemorySource",
     "MemoryStateStore",
     "SimulatedCrash",
+    "StallAt",
     "StoreDownAt",
     "memory_runner",
 ]
@@ -224,7 +226,25 @@ class FencedAt:
     n: int = 1
 
 
-Marker = CrashAt | DeliveryErrorAt | StoreDownAt | FencedAt
+@dataclass(frozen=True)
+class StallAt:
+    """The process stops for ``seconds`` at the ``n``-th call of ``at`` (a long GC
+    pause, a SIGSTOP). With ``expire``, its group drops its source meanwhile, as a
+    session timeout would: it comes back a zombie, its partitions given to others.
+
+    Examples
+    --------
+    >>> StallAt("poll", n=5, seconds=0.5)
+    StallAt(at='poll', n=5, seconds=0.5, expire=True)
+    """
+
+    at: str | int
+    n: int = 1
+    seconds: float = 1.0
+    expire: bool = True
+
+
+Marker = CrashAt | DeliveryErrorAt | StoreDownAt | FencedAt | StallAt
 
 
 class Faults:
@@ -238,7 +258,8 @@ class Faults:
     Parameters
     ----------
     *markers
-        :class:`CrashAt`, :class:`DeliveryErrorAt`, :class:`StoreDownAt`, :class:`FencedAt`.
+        :class:`CrashAt`, :class:`DeliveryErrorAt`, :class:`StoreDownAt`, :class:`FencedAt`,
+        :class:`StallAt`.
     crash_after_step, crash_before_step
         Shorthand for ``CrashAt(step, n, after=True)`` / ``CrashAt(step, n)``.
     n
@@ -277,6 +298,8 @@ class Faults:
         self.fired: list[str] = []
         self.crashed = False
         self.sensor = _FaultSensor(self)
+        # The process's group members, for StallAt(expire=True).
+        self.sources: list[MemorySource] = []
         self._lock = threading.Lock()
 
     def _matching(self, call: str) -> list[tuple[Marker, str]]:
@@ -311,6 +334,12 @@ class Faults:
             elif isinstance(m, StoreDownAt | FencedAt):
                 self.fired.append(f"{type(m).__name__} at {call} #{m.n}")
                 apply.append(m)
+            elif isinstance(m, StallAt):
+                self.fired.append(f"stall at {call} #{m.n}")
+                if m.expire:
+                    for source in self.sources:
+                        source.broker.expire(source)
+                time.sleep(m.seconds)
         return apply
 
     def after(self, call: str) -> None:
@@ -376,6 +405,9 @@ class _Group:
     generation: int = 0
     members: list[MemorySource] = field(default_factory=list)
     committed: dict[TopicPartition, tuple[int, str]] = field(default_factory=dict)
+    # Every offset commit in order, (topic-partition, offset): a test can check that
+    # the group's progress never went back.
+    history: list[tuple[TopicPartition, int]] = field(default_factory=list)
     # Partitions each member holds (told, or about to be told): only the holder's own
     # acknowledgement (its next poll after the revocation) frees one for another member.
     held: dict[int, set[TopicPartition]] = field(default_factory=dict)
@@ -527,6 +559,18 @@ class MemoryBroker:
         with self._lock:
             return {tp: offset for tp, (offset, _) in self.group(group_id).committed.items()}
 
+    def offsets_went_back(self, group_id: str) -> list[tuple[TopicPartition, int, int]]:
+        """Each commit that moved a partition's offset below an earlier one:
+        ``(topic-partition, before, after)``. Empty when the group's progress only grew."""
+        with self._lock:
+            high: dict[TopicPartition, int] = {}
+            back = []
+            for tp, offset in self.group(group_id).history:
+                if offset < high.get(tp, 0):
+                    back.append((tp, high[tp], offset))
+                high[tp] = max(high.get(tp, 0), offset)
+            return back
+
     def expire(self, source: MemorySource) -> None:
         """Drops ``source`` from its group as if its session had timed out (a worker
         paused too long: a zombie). Its partitions go to the other members at once; its
@@ -657,6 +701,7 @@ class MemorySource:
         self.broker = broker
         self.group_id = group_id
         self.faults = faults or Faults()
+        self.faults.sources.append(self)
         self.member_id = next(broker._member_ids)
         self.generation = 0
         self._topics: list[str] = []
@@ -761,6 +806,7 @@ class MemorySource:
                 markers = markers or {}
                 for tp, offset in offsets.items():
                     group.committed[tp] = (offset, markers.get(tp, ""))
+                    group.history.append((tp, offset))
         self.faults.after("commit")
 
     def assignment(self) -> list[TopicPartition]:
@@ -899,7 +945,9 @@ class MemorySink:
             self._check_fenced()
             txn.state = "committed"
             if txn.group_id is not None:
-                broker.group(txn.group_id).committed.update(txn.offsets)
+                group = broker.group(txn.group_id)
+                group.committed.update(txn.offsets)
+                group.history.extend((tp, offset) for tp, (offset, _) in txn.offsets.items())
             broker._arrived.notify_all()
         self.faults.after("commit_transaction")
 

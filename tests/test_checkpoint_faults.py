@@ -15,6 +15,7 @@ the newest snapshot.
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from typing import Any
 
@@ -35,6 +36,7 @@ from streamwise.testing import (
     MemoryBroker,
     MemoryStateStore,
     SimulatedCrash,
+    StallAt,
     StoreDownAt,
     memory_runner,
 )
@@ -89,11 +91,15 @@ def _outputs(broker: MemoryBroker, topic: str) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in broker.read(topic)]
 
 
+def _state_in_store(store: MemoryStateStore, pipeline: str) -> dict[int, str]:
+    return {p: store.list(pipeline, p)[0].meta["fingerprint"] for p in range(PARTITIONS)}
+
+
 def _state(runner: Runner, store: MemoryStateStore, pipeline: str) -> dict[str, dict[int, str]]:
     """Each partition's fingerprint, from the worker's memory and from its newest snapshot."""
     return {
         "memory": {p: fingerprint(proc.snapshot_state()) for p, proc in runner.partitions.all_processors().items()},
-        "snapshot": {p: store.list(pipeline, p)[0].meta["fingerprint"] for p in range(PARTITIONS)},
+        "snapshot": _state_in_store(store, pipeline),
     }
 
 
@@ -228,3 +234,47 @@ def test_a_delivery_error_rewinds_and_still_delivers_every_event(guarantee, at, 
     assert faults.fired == [f"delivery error at {at} #{100 if at == 'send' else 4}"]
     assert faulted.faults["commit"] == 1
     _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
+
+
+def _run_together(*runners: Runner) -> list[BaseException]:
+    """Runs workers side by side, as processes of one group would; returns their errors."""
+    errors: list[BaseException] = []
+
+    def run(runner: Runner) -> None:
+        try:
+            runner.run(until_idle_s=1.0)
+        except BaseException as e:  # noqa: BLE001 - reported to the test, which fails on it
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a worker never went idle"
+    return errors
+
+
+@pytest.mark.parametrize("stall_at_poll", [3, 6, 10])
+def test_a_zombie_worker_back_after_its_session_expired_writes_nothing_twice(stall_at_poll, reference):
+    # Worker a stops mid-transaction (several polls share one: commit_interval_ms=50)
+    # for longer than its session; the group gives its partition to worker b, which
+    # restores it and goes on. When a comes back it has rejoined the group before its
+    # open work reaches the commit: that work must not commit (b wrote those outputs).
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    settings = _settings()
+    settings.kafka.commit_interval_ms = 50
+    zombie = Faults(StallAt("poll", n=stall_at_poll, seconds=0.5))
+    a = memory_runner(cfg, settings, broker, store, zombie, worker_index=0)
+    b = memory_runner(cfg, settings, broker, store, Faults(), worker_index=1)
+    assert _run_together(a, b) == []
+    assert zombie.fired == [f"stall at poll #{stall_at_poll}"]
+    out = _outputs(broker, cfg.output.topic)
+    counts = Counter(r["id"] for r in out)
+    assert sorted(counts) == list(range(N_EVENTS))
+    repeated = {i: c for i, c in counts.items() if c > 1}
+    assert not repeated, f"{len(repeated)} ids delivered twice, e.g. {sorted(repeated)[:5]}"
+    assert broker.offsets_went_back(cfg.group_id) == []
+    assert [r["id"] for r in out if r["models"] != reference["models"][r["id"]]] == []
+    assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
