@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -25,6 +26,7 @@ from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings
 from streamwise.models.state import fingerprint
 from support import phishing_pipeline
 
+from streamwise.partitions import epoch_of_marker
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
 from streamwise.testing import (
@@ -278,3 +280,61 @@ def test_a_zombie_worker_back_after_its_session_expired_writes_nothing_twice(sta
     assert broker.offsets_went_back(cfg.group_id) == []
     assert [r["id"] for r in out if r["models"] != reference["models"][r["id"]]] == []
     assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
+
+
+class MissingState(Sensor):
+    def __init__(self) -> None:
+        self.reported: dict[int, str] = {}
+
+    def on_snapshot_missing(self, partition: int, action: str) -> None:
+        self.reported[partition] = action
+
+
+def _lost_store_after_a_crash() -> tuple[MemoryBroker, MemoryStateStore, set[int]]:
+    """A run that crashes after its third snapshot, then a store that loses everything.
+    Returns the partitions whose committed offsets name a snapshot epoch: the ones
+    whose loss the restart can detect."""
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    with pytest.raises(SimulatedCrash):
+        memory_runner(cfg, _settings(), broker, store, Faults(CrashAt(5, n=3, after=True))).run(until_idle_s=IDLE_S)
+    store.flushall()
+    markers = {tp[1]: marker for tp, (_, marker) in broker.group(cfg.group_id).committed.items()}
+    known = {p for p, m in markers.items() if epoch_of_marker(m) > 0}
+    assert known, "no commit named a snapshot epoch: the loss could not be detected"
+    return broker, store, known
+
+
+def test_a_store_that_lost_its_snapshots_is_reported_and_replay_relearns_from_the_start(reference):
+    broker, store, known = _lost_store_after_a_crash()
+    missing = MissingState()
+    runner = memory_runner(_config(), _settings(on_missing="replay"), broker, store, sensors=[missing])
+    runner.run(until_idle_s=IDLE_S)
+    assert missing.reported == {p: "replay" for p in known}
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_store_that_lost_its_snapshots_with_refuse_keeps_those_partitions_paused(reference):
+    cfg = _config()
+    broker, store, known = _lost_store_after_a_crash()
+    before = Counter(r["source"]["partition"] for r in _outputs(broker, cfg.output.topic))
+    missing = MissingState()
+    runner = memory_runner(cfg, _settings(on_missing="refuse"), broker, store, sensors=[missing])
+    worker = threading.Thread(target=runner.run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(missing.reported) < len(known) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # time enough to have processed records, were any let through
+        assert missing.reported == {p: "refuse" for p in known}
+        assert {p: w.reason for p, w in runner.partitions.waiting.items()} == {p: "snapshot missing" for p in known}
+    finally:
+        runner.stop()
+        worker.join(timeout=10)
+    after = Counter(r["source"]["partition"] for r in _outputs(broker, cfg.output.topic))
+    assert {p: after[p] for p in known} == {p: before[p] for p in known}, "a refused partition emitted outputs"
+    # The operator's way out: replay (or restore a backup); then nothing is lost or repeated.
+    runner = memory_runner(cfg, _settings(on_missing="replay"), broker, store)
+    runner.run(until_idle_s=IDLE_S)
+    _assert_like_reference(broker, store, runner, reference)
