@@ -409,7 +409,7 @@ class _Group:
     # the group's progress never went back.
     history: list[tuple[TopicPartition, int]] = field(default_factory=list)
     # Partitions each member holds (told, or about to be told): only the holder's own
-    # acknowledgement (its next poll after the revocation) frees one for another member.
+    # revocation callback, once returned, frees one for another member.
     held: dict[int, set[TopicPartition]] = field(default_factory=dict)
 
 
@@ -602,7 +602,7 @@ class MemoryBroker:
         """A new generation and a new target: partition ``p`` of every subscribed topic
         goes to member ``p % len(members)``, which keeps co-partitioned topics together.
         A member first gives up what it loses (its next poll); a partition moves to its
-        new member only once its holder has acknowledged that (the poll after)."""
+        new member only once its holder's revocation callback has returned."""
         group.generation += 1
         for member in group.members:
             member._target = set()
@@ -676,8 +676,10 @@ class MemorySource:
     """A consumer in a :class:`MemoryBroker` group, reading ``read_committed``.
 
     Rebalance callbacks run inside :meth:`poll`, revocations before assignments, as
-    confluent-kafka calls them. A source made with the same ``faults`` as its process's
-    sink and store dies with them.
+    confluent-kafka calls them. As in Kafka, a revoked partition is free for another
+    member as soon as the revocation callback has returned: whatever the worker does
+    with it after that (commit its open work, snapshot it) races the new owner. A
+    source made with the same ``faults`` as its process's sink and store dies with them.
 
     Examples
     --------
@@ -690,8 +692,8 @@ class MemorySource:
     a gets [('events', 0), ('events', 1)]
     [b'x', b'y']
     >>> b.subscribe(["events"], on_assigned=lambda tps: print("b gets", tps))
-    >>> _ = a.poll(0, 10); _ = b.poll(0, 10)   # a gives up partition 1 ...
-    >>> _ = a.poll(0, 10); _ = b.poll(0, 10)   # ... and b gets it once a has acknowledged
+    >>> _ = b.poll(0, 10)                      # nothing yet: a still holds partition 1
+    >>> _ = a.poll(0, 10); _ = b.poll(0, 10)   # a gives it up, then b gets it
     b gets [('events', 1)]
     >>> a.assignment(), b.assignment()
     ([('events', 0)], [('events', 1)])
@@ -708,8 +710,6 @@ class MemorySource:
         self._target: set[TopicPartition] = set()
         self._to_revoke: set[TopicPartition] = set()
         self._to_assign: set[TopicPartition] = set()
-        # Revoked at the last poll: acknowledged (freed for others) at the next one.
-        self._revoked_unacked: set[TopicPartition] = set()
         self._assigned: set[TopicPartition] = set()
         self._positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
@@ -738,16 +738,11 @@ class MemorySource:
                 self._expired = False
                 self._to_revoke = set(self._assigned)
                 self._to_assign = set()
-                self._revoked_unacked = set()
                 self.broker._join(self)
-            if self._revoked_unacked:
-                broker._release(self, self._revoked_unacked)
-                self._revoked_unacked = set()
             revoked = sorted(self._to_revoke & self._assigned)
             assigned = sorted(self._to_assign)
             self._to_revoke, self._to_assign = set(), set()
             self._assigned -= set(revoked)
-            self._revoked_unacked = set(revoked)
             group = broker.group(self.group_id)
             for tp in assigned:
                 self._assigned.add(tp)
@@ -761,13 +756,16 @@ class MemorySource:
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         self.faults.before("poll")
+        broker = self.broker
         revoked, assigned = self._rebalance_news()
-        if revoked and self._on_revoked:
-            self._on_revoked(revoked)
+        if revoked:
+            if self._on_revoked:
+                self._on_revoked(revoked)
+            # The callback has returned: the group goes on and gives them to others.
+            broker._release(self, set(revoked))
         if assigned and self._on_assigned:
             self._on_assigned(assigned)
         deadline = time.monotonic() + timeout_ms / 1000.0
-        broker = self.broker
         with broker._arrived:
             while True:
                 records = self._take(max_records)
