@@ -15,6 +15,7 @@ the newest snapshot.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter
@@ -336,5 +337,28 @@ def test_a_store_that_lost_its_snapshots_with_refuse_keeps_those_partitions_paus
     assert {p: after[p] for p in known} == {p: before[p] for p in known}, "a refused partition emitted outputs"
     # The operator's way out: replay (or restore a backup); then nothing is lost or repeated.
     runner = memory_runner(cfg, _settings(on_missing="replay"), broker, store)
+    runner.run(until_idle_s=IDLE_S)
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_twelve_crashes_in_a_row_at_random_points_change_no_output_and_no_model(reference):
+    # Each restarted process crashes again soon after it starts (often while it is
+    # still re-learning from its snapshot), at a step or at a restore call.
+    rng = random.Random(20261130)
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    points = [1, 2, 3, 4, 5, "claim", "load_latest", "poll"]
+    crashed = []
+    for _ in range(12):
+        at = rng.choice(points)
+        # Small n: each process gets a little way (a batch or two), so that all twelve
+        # crashes land inside the 400-event stream.
+        crash = CrashAt(at, n=rng.randint(1, 20) if at == 1 else rng.randint(1, 2), after=rng.random() < 0.5)
+        try:
+            memory_runner(cfg, _settings(), broker, store, Faults(crash)).run(until_idle_s=IDLE_S)
+        except SimulatedCrash as e:
+            crashed.append(str(e))
+    assert len(crashed) == 12, crashed
+    runner = memory_runner(cfg, _settings(), broker, store)
     runner.run(until_idle_s=IDLE_S)
     _assert_like_reference(broker, store, runner, reference)
