@@ -114,6 +114,13 @@ class Checkpoint:
 
     def commit(self) -> bool:
         """Steps 2–5. True when everything processed so far is committed."""
+        if self.sink is None:
+            # A producer closed after a fatal error is built again now rather than at
+            # the next batch: its init_transactions aborts the transaction the broken
+            # one left open, whose pending offsets otherwise hold every partition's
+            # restore back (Kafka answers UNSTABLE_OFFSET_COMMIT) until it times out,
+            # and with every partition waiting no batch comes to build it.
+            self._sink()
         if self._open:
             sink = self.sink
             assert sink is not None

@@ -1158,14 +1158,15 @@ def memory_runner(
     sensors: Sequence[Sensor] = (),
 ) -> Runner:
     """A :class:`~streamwise.runner.Runner` on the memory services: one simulated
-    process whose source, sink and store client share ``faults``. Its sink's
+    process whose source, sinks and store client share ``faults``. Its sinks'
     transactional id is the runner's worker id (with ``exactly_once``), so a runner
-    made again with the same ``worker_index`` is the same worker restarted.
+    made again with the same ``worker_index`` is the same worker restarted; the
+    first sink is made when :meth:`~streamwise.runner.Runner.run` starts.
     ``store=None`` runs without snapshots."""
     from streamwise.runner import Runner
 
     faults = faults or Faults()
-    runner = Runner(
+    return Runner(
         config,
         settings,
         sensors=[faults.sensor, *sensors],
@@ -1173,12 +1174,10 @@ def memory_runner(
         worker_index=worker_index,
         admin=MemoryAdmin(broker),
         store=store.connect(faults) if store is not None else None,
+        # Made when the run starts and again after a fatal error, with the runner's
+        # worker id: each one aborts what the one before it left open.
+        sink_factory=lambda transactional_id: MemorySink(broker, transactional_id, faults),
     )
-    # The sink is made now, as a process makes its producer when it starts: with the
-    # runner's worker id, it aborts what the previous incarnation left open.
-    transactional_id = runner.worker_id if settings.kafka.guarantee == "exactly_once" else None
-    runner._sink = MemorySink(broker, transactional_id, faults)
-    return runner
 
 
 def output_ids(broker: MemoryBroker, topic: str, id_field: str = "id") -> Counter[Any]:

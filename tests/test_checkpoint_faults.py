@@ -362,3 +362,18 @@ def test_twelve_crashes_in_a_row_at_random_points_change_no_output_and_no_model(
     runner = memory_runner(cfg, _settings(), broker, store)
     runner.run(until_idle_s=IDLE_S)
     _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_producer_that_cannot_abort_is_rebuilt_and_still_every_event_is_delivered_once(reference):
+    # The commit fails, then so does the abort: the producer is left in a fatal state.
+    # The checkpoint closes it and builds another with the same transactional id, which
+    # aborts the transaction the broken one left open.
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    faults = Faults(DeliveryErrorAt("commit_transaction", n=4), DeliveryErrorAt("abort_transaction", n=1))
+    runner = memory_runner(cfg, _settings(), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["delivery error at commit_transaction #4", "delivery error at abort_transaction #1"]
+    assert faulted.faults["commit"] == 1 and faulted.faults["producer"] == 1
+    _assert_like_reference(broker, store, runner, reference)
