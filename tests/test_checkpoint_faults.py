@@ -377,3 +377,44 @@ def test_a_producer_that_cannot_abort_is_rebuilt_and_still_every_event_is_delive
     assert faults.fired == ["delivery error at commit_transaction #4", "delivery error at abort_transaction #1"]
     assert faulted.faults["commit"] == 1 and faulted.faults["producer"] == 1
     _assert_like_reference(broker, store, runner, reference)
+
+
+@pytest.mark.parametrize("commit_interval_ms", [0, 50])
+def test_a_worker_joining_then_another_leaving_mid_stream_delivers_every_event_once(commit_interval_ms, reference):
+    # Scale out then in: partition 1 moves from a to b when b joins, then everything
+    # moves to b when a stops. Each move goes through the revocation path (the open
+    # work commits, or is fenced and rewound, then a final snapshot).
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    settings = _settings()
+    settings.kafka.commit_interval_ms = commit_interval_ms
+    a = memory_runner(cfg, settings, broker, store, worker_index=0)
+    b = memory_runner(cfg, settings, broker, store, worker_index=1)
+    errors: list[BaseException] = []
+
+    def run(runner: Runner) -> None:
+        try:
+            runner.run(until_idle_s=1.0)
+        except BaseException as e:  # noqa: BLE001 - reported to the test, which fails on it
+            errors.append(e)
+
+    def wait_committed(at_least: int) -> None:
+        deadline = time.monotonic() + 20
+        while sum(broker.committed(cfg.group_id).values()) < at_least:
+            assert time.monotonic() < deadline, f"no progress to {at_least} committed events"
+            time.sleep(0.002)
+
+    first, second = threading.Thread(target=run, args=(a,)), threading.Thread(target=run, args=(b,))
+    first.start()
+    wait_committed(100)
+    second.start()
+    wait_committed(250)
+    a.stop()
+    for t in (first, second):
+        t.join(timeout=30)
+    assert errors == []
+    out = _outputs(broker, cfg.output.topic)
+    assert sorted(r["id"] for r in out) == list(range(N_EVENTS)), "every id exactly once"
+    assert broker.offsets_went_back(cfg.group_id) == []
+    assert [r["id"] for r in out if r["models"] != reference["models"][r["id"]]] == []
+    assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
