@@ -239,22 +239,30 @@ def test_a_delivery_error_rewinds_and_still_delivers_every_event(guarantee, at, 
     _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
 
 
-def _run_together(*runners: Runner) -> list[BaseException]:
-    """Runs workers side by side, as processes of one group would; returns their errors."""
-    errors: list[BaseException] = []
+def _start(runner: Runner, errors: list[BaseException]) -> threading.Thread:
+    """Runs a worker in a thread, as one process of a group; its error goes to ``errors``."""
 
-    def run(runner: Runner) -> None:
+    def run() -> None:
         try:
             runner.run(until_idle_s=1.0)
         except BaseException as e:  # noqa: BLE001 - reported to the test, which fails on it
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in runners]
-    for t in threads:
-        t.start()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _join(*threads: threading.Thread) -> None:
     for t in threads:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads), "a worker never went idle"
+
+
+def _run_together(*runners: Runner) -> list[BaseException]:
+    """Runs workers side by side until each is idle; returns their errors."""
+    errors: list[BaseException] = []
+    _join(*[_start(r, errors) for r in runners])
     return errors
 
 
@@ -392,26 +400,18 @@ def test_a_worker_joining_then_another_leaving_mid_stream_delivers_every_event_o
     b = memory_runner(cfg, settings, broker, store, worker_index=1)
     errors: list[BaseException] = []
 
-    def run(runner: Runner) -> None:
-        try:
-            runner.run(until_idle_s=1.0)
-        except BaseException as e:  # noqa: BLE001 - reported to the test, which fails on it
-            errors.append(e)
-
     def wait_committed(at_least: int) -> None:
         deadline = time.monotonic() + 20
         while sum(broker.committed(cfg.group_id).values()) < at_least:
             assert time.monotonic() < deadline, f"no progress to {at_least} committed events"
             time.sleep(0.002)
 
-    first, second = threading.Thread(target=run, args=(a,)), threading.Thread(target=run, args=(b,))
-    first.start()
+    first = _start(a, errors)
     wait_committed(100)
-    second.start()
+    second = _start(b, errors)
     wait_committed(250)
     a.stop()
-    for t in (first, second):
-        t.join(timeout=30)
+    _join(first, second)
     assert errors == []
     out = _outputs(broker, cfg.output.topic)
     assert sorted(r["id"] for r in out) == list(range(N_EVENTS)), "every id exactly once"
