@@ -148,6 +148,9 @@ class PartitionStates:
         self._quiet = Sensor()
         self._assigned: list[TopicPartition] = []
         self._revoked: list[TopicPartition] = []
+        # How many revocations (or losses) the callbacks have reported, cancelled or
+        # not: the checkpoint compares it across a unit of work (streamwise/checkpoint.py).
+        self.revocations = 0
         self._lock = threading.Lock()
 
     def processors(self) -> dict[int, PipelineProcessor]:
@@ -173,6 +176,7 @@ class PartitionStates:
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
+            self.revocations += 1
             self._revoked.extend(tps)
             self._assigned = [tp for tp in self._assigned if tp not in set(tps)]
 
