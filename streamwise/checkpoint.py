@@ -159,7 +159,9 @@ class Checkpoint:
                 try:
                     sink.commit_transaction(offsets, self.source.group_metadata(), markers)
                 except DeliveryError:
-                    sink.abort_transaction()
+                    # A producer that cannot abort either (kafka-python raises its own
+                    # KafkaError from a fatal state) is rebuilt, as after a batch.
+                    self._abort(sink)
                     raise
             else:
                 self.source.commit(offsets, markers)
@@ -225,13 +227,18 @@ class Checkpoint:
         self.sensor.on_fault("commit")
         sink = self.sink
         if sink is not None and sink.transactional:
-            try:
-                sink.abort_transaction()
-            except Exception as e:  # noqa: BLE001 - any failure here means: a new producer
-                log.warning("transaction not aborted (%s: %s); building a new producer", type(e).__name__, e)
-                self.sensor.on_fault("producer")
-                self._close_sink()
+            self._abort(sink)
         self._rewind(str(error))
+
+    def _abort(self, sink: Sink) -> None:
+        """Aborts the open transaction; a producer that cannot is closed, to be built
+        again under the same transactional id (which aborts it then)."""
+        try:
+            sink.abort_transaction()
+        except Exception as e:  # noqa: BLE001 - any failure here means: a new producer
+            log.warning("transaction not aborted (%s: %s); building a new producer", type(e).__name__, e)
+            self.sensor.on_fault("producer")
+            self._close_sink()
 
     def _rewind(self, why: str) -> None:
         self._open = False

@@ -187,11 +187,15 @@ class DeliveryErrorAt:
     Examples
     --------
     >>> DeliveryErrorAt("commit_transaction", n=2)
-    DeliveryErrorAt(at='commit_transaction', n=2)
+    DeliveryErrorAt(at='commit_transaction', n=2, error=<class 'streamwise.core.errors.DeliveryError'>)
+
+    ``error`` may name another exception, e.g. one a client library raises from a
+    fatal state instead of the connector's DeliveryError.
     """
 
     at: str | int = "commit_transaction"
     n: int = 1
+    error: type[Exception] = DeliveryError
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,8 @@ class Faults:
             if not isinstance(m, FencedAt):
                 _call_name(m.at)  # refuses a step number that does not exist
         self.calls: Counter[str] = Counter()
+        # Every call, in order: a dry run's log tells a test which occurrence to aim at.
+        self.log: list[str] = []
         self.fired: list[str] = []
         self.crashed = False
         self.sensor = _FaultSensor(self)
@@ -320,6 +326,7 @@ class Faults:
             if self.crashed:
                 raise SimulatedCrash(f"{call}: this process has crashed")
             self.calls[call] += 1
+            self.log.append(call)
             step = _STEP_OF_CALL.get(call)
             if step is not None:
                 self.calls[f"step{step}"] += 1
@@ -330,7 +337,7 @@ class Faults:
                 self._crash(m, call)
             elif isinstance(m, DeliveryErrorAt):
                 self.fired.append(f"delivery error at {call} #{m.n}")
-                raise DeliveryError(f"simulated: {call} #{m.n} failed")
+                raise m.error(f"simulated: {call} #{m.n} failed")
             elif isinstance(m, StoreDownAt | FencedAt):
                 self.fired.append(f"{type(m).__name__} at {call} #{m.n}")
                 apply.append(m)
