@@ -148,6 +148,9 @@ class PartitionStates:
         self._quiet = Sensor()
         self._assigned: list[TopicPartition] = []
         self._revoked: list[TopicPartition] = []
+        # How many revocations (or losses) the callbacks have reported, cancelled or
+        # not: the checkpoint compares it across a unit of work (streamwise/checkpoint.py).
+        self.revocations = 0
         self._lock = threading.Lock()
 
     def processors(self) -> dict[int, PipelineProcessor]:
@@ -173,6 +176,7 @@ class PartitionStates:
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
+            self.revocations += 1
             self._revoked.extend(tps)
             self._assigned = [tp for tp in self._assigned if tp not in set(tps)]
 
@@ -198,21 +202,23 @@ class PartitionStates:
                 self._save(st)
 
     def rewind(self, partitions: Sequence[int]) -> None:
-        """Forgets the in-memory state of these partitions and restores them from their
-        snapshots, re-learning up to the committed offsets: what a restart would do,
-        after a batch whose outputs did not land."""
-        tps: list[TopicPartition] = []
+        """Forgets the in-memory state of these partitions, after a batch whose outputs
+        did not land; each waits, paused, to be restored from its snapshot (re-learning
+        up to the committed offsets, as a restart would) after the next poll.
+
+        Not restored at once: a commit fails when the group has rebalanced (this worker
+        was dropped as a zombie, or is losing partitions), and this worker's source may
+        not know it yet (it learns at its next poll). Restoring claims the partition in
+        the store, which would fence the worker that owns it now. After the next poll
+        has applied the rebalance, only partitions still assigned here are restored
+        (:meth:`retry_waiting`)."""
         for p in sorted(set(partitions)):
             st = self.states.pop(p, None)
             if st is not None:
                 self.retired[p] = st
-                tps.extend(st.positions)
-        # A partition the group took away meanwhile (this worker was a zombie) is not
-        # restored here: its revocation is on its way, and its new owner has it.
-        assigned = set(self.source.assignment())
-        tps = [tp for tp in tps if tp in assigned]
-        if tps:
-            self.take_on(tps)
+                # Due at once; a failed restore then backs off from 0.5 s, as any other.
+                self.waiting[p] = Waiting(list(st.positions), "rewound", time.monotonic(), 0.25)
+                self.source.pause(list(st.positions))
 
     def take_on(self, tps: Sequence[TopicPartition]) -> None:
         """Restores newly assigned partitions (or puts them to wait) and seeks them."""

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,11 @@ class Runner:
         worker_index: int = 0,
         admin: Admin | None = None,
         store: StateStore | None = None,
+        sink_factory: Callable[[str | None], Sink] | None = None,
     ) -> None:
+        # sink_factory builds a producer for a transactional id (None: not
+        # transactional) whenever one is needed: at the start unless ``sink`` is given,
+        # and again after a fatal error. Default: the configured Kafka client's.
         self.worker_index = worker_index
         self.config = config
         self.settings = settings
@@ -67,6 +71,7 @@ class Runner:
         self._sink = sink
         self._admin = admin
         self._store = store
+        self._sink_factory = sink_factory
         self._stop = threading.Event()
         self._next_report = 0.0
         # The champion last reported for each partition: each has its own.
@@ -134,6 +139,8 @@ class Runner:
             if given_sink is not None:
                 sink, given_sink = given_sink, None
                 return sink
+            if self._sink_factory is not None:
+                return self._sink_factory(transactional_id)
             return make_sink(kafka, transactional_id)
 
         # Collaborators are built whole before the loop starts.

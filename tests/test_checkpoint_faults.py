@@ -1,0 +1,448 @@
+"""The checkpoint's recovery rules, on the in-memory harness (streamwise.testing): no
+Kafka, no Redis, seconds per test.
+
+Each test runs the Phishing pipeline (two River models) over a 2-partition stream of
+400 events with small polls and frequent snapshots, so that many commits and snapshots
+happen, then breaks something: a crash after each numbered checkpoint step, a fenced
+snapshot write, a store that goes away for a while, a commit that fails. A restarted
+(or the same) worker then runs until the stream is drained, and the test checks what a
+``read_committed`` reader of the predictions topic sees, against one uncrashed run:
+every event id exactly once, each with the uncrashed run's predictions, and each
+partition's final state fingerprint equal to the uncrashed run's, both in memory and in
+the newest snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from streamwise.core.sensors import Sensor
+from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings
+from streamwise.models.state import fingerprint
+from support import phishing_pipeline
+
+from streamwise.partitions import epoch_of_marker
+from streamwise.replay import iter_events
+from streamwise.runner import Runner
+from streamwise.testing import (
+    STEP_CALLS,
+    CrashAt,
+    DeliveryErrorAt,
+    Faults,
+    FencedAt,
+    MemoryBroker,
+    MemoryStateStore,
+    SimulatedCrash,
+    StallAt,
+    StoreDownAt,
+    memory_runner,
+)
+
+N_EVENTS = 400
+PARTITIONS = 2
+IDLE_S = 0.2
+
+
+def _settings(guarantee: str = "exactly_once", **snapshot: Any) -> Settings:
+    s = Settings()
+    # Small polls and snapshots every 60 events: about 16 commits and 3 snapshots per
+    # partition over the stream, so each fault lands in the middle of it.
+    s.kafka = KafkaSettings(
+        poll_timeout_ms=5,
+        max_poll_records=25,
+        commit_interval_ms=0,
+        session_timeout_ms=1000,  # a fenced partition is claimed again after 1 s
+        retry_backoff_max_ms=200,
+        guarantee=guarantee,
+    )
+    s.snapshot = SnapshotSettings(every_events=60, every_seconds=3600, restore_retry_max_seconds=0.5, **snapshot)
+    return s
+
+
+def _broker() -> MemoryBroker:
+    broker = MemoryBroker()
+    broker.create_topic("phishing.events", partitions=PARTITIONS)
+    assert broker.produce_many("phishing.events", iter_events("Phishing", limit=N_EVENTS)) == N_EVENTS
+    return broker
+
+
+def _config() -> Any:
+    return phishing_pipeline("phishing")
+
+
+class Faulted(Sensor):
+    """Counts the service's own fault reports (Sensor.on_fault, snapshot failures)."""
+
+    def __init__(self) -> None:
+        self.faults: Counter[str] = Counter()
+        self.snapshot_failures = 0
+
+    def on_fault(self, kind: str) -> None:
+        self.faults[kind] += 1
+
+    def on_snapshot_failure(self, partition: int, reason: str) -> None:
+        self.snapshot_failures += 1
+
+
+def _outputs(broker: MemoryBroker, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in broker.read(topic)]
+
+
+def _state_in_store(store: MemoryStateStore, pipeline: str) -> dict[int, str]:
+    return {p: store.list(pipeline, p)[0].meta["fingerprint"] for p in range(PARTITIONS)}
+
+
+def _state(runner: Runner, store: MemoryStateStore, pipeline: str) -> dict[str, dict[int, str]]:
+    """Each partition's fingerprint, from the worker's memory and from its newest snapshot."""
+    return {
+        "memory": {p: fingerprint(proc.snapshot_state()) for p, proc in runner.partitions.all_processors().items()},
+        "snapshot": _state_in_store(store, pipeline),
+    }
+
+
+@pytest.fixture
+def reference() -> dict[str, Any]:
+    """The uncrashed run: its predictions per id and its final fingerprints.
+
+    Made again for each test, just before it: in one process, after some of the
+    multi-worker tests, an uncrashed run's final fingerprints were seen to change
+    (113c5039... -> de6571fb... for partition 0) with every prediction unchanged, as if
+    some learning state outlived its pipeline; not explained yet (see the report of
+    issue 12's harness work). Each test compares with an uncrashed run made in the same
+    conditions."""
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    runner = memory_runner(cfg, _settings(), broker, store)
+    summary = runner.run(until_idle_s=IDLE_S)
+    assert summary.events_in == N_EVENTS
+    out = _outputs(broker, cfg.output.topic)
+    assert sorted(r["id"] for r in out) == list(range(N_EVENTS))
+    state = _state(runner, store, cfg.name)
+    assert state["memory"] == state["snapshot"] and len(state["memory"]) == PARTITIONS
+    return {"models": {r["id"]: r["models"] for r in out}, "state": state}
+
+
+def _assert_like_reference(
+    broker: MemoryBroker, store: MemoryStateStore, runner: Runner, reference: dict[str, Any], exactly_once: bool = True
+) -> None:
+    cfg = _config()
+    out = _outputs(broker, cfg.output.topic)
+    counts = Counter(r["id"] for r in out)
+    missing = sorted(set(range(N_EVENTS)) - set(counts))
+    assert not missing, f"{len(missing)} ids never delivered, e.g. {missing[:5]}"
+    if exactly_once:
+        repeated = {i: c for i, c in counts.items() if c > 1}
+        assert not repeated, f"{len(repeated)} ids delivered more than once, e.g. {list(repeated.items())[:5]}"
+    different = sorted({r["id"] for r in out if r["models"] != reference["models"][r["id"]]})
+    assert not different, f"{len(different)} predictions differ from the uncrashed run, e.g. ids {different[:5]}"
+    assert _state(runner, store, cfg.name) == reference["state"]
+    assert broker.open_transactions() == [], "a transaction is left open: read_committed readers are blocked"
+
+
+# Where each crash lands: the n-th call of the step's client call (records for step 1,
+# commits for 2-4, snapshot writes for 5), all well inside the stream.
+CRASHES = [
+    pytest.param(CrashAt(1, n=150), id="before-produce"),
+    pytest.param(CrashAt(1, n=150, after=True), id="after-produce"),
+    pytest.param(CrashAt(2, n=5, after=True), id="after-offsets"),
+    pytest.param(CrashAt(3, n=5), id="before-commit"),
+    pytest.param(CrashAt(3, n=5, after=True), id="after-commit"),
+    pytest.param(CrashAt(4, n=5, after=True), id="after-progress"),
+    pytest.param(CrashAt(5, n=3), id="before-snapshot"),
+    pytest.param(CrashAt(5, n=3, after=True), id="after-snapshot"),
+]
+
+
+def _crash_then_restart(crash: CrashAt, settings: Settings, restart_faults: Faults | None = None) -> tuple[Any, ...]:
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faults = Faults(crash)
+    with pytest.raises(SimulatedCrash) as crashed:
+        memory_runner(cfg, settings, broker, store, faults).run(until_idle_s=IDLE_S)
+    call = STEP_CALLS[crash.at][settings.kafka.guarantee] if isinstance(crash.at, int) else crash.at
+    assert call in str(crashed.value), crashed.value
+    delivered = len(set(r["id"] for r in _outputs(broker, cfg.output.topic)))
+    assert delivered < N_EVENTS, "the crash landed after the end of the stream: it tests nothing"
+    # The restarted process: the same worker slot, so its producer aborts what the
+    # crashed one left open; a new store client on the same data.
+    runner = memory_runner(cfg, settings, broker, store, restart_faults)
+    summary = runner.run(until_idle_s=IDLE_S)
+    return broker, store, runner, summary, delivered
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+def test_a_crash_at_each_checkpoint_step_then_a_restart_delivers_every_event_once(crash, reference):
+    broker, store, runner, summary, _ = _crash_then_restart(crash, _settings())
+    _assert_like_reference(broker, store, runner, reference)
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+def test_at_least_once_a_crash_at_each_step_loses_nothing_and_learns_the_same(crash, reference):
+    broker, store, runner, _, _ = _crash_then_restart(crash, _settings("at_least_once"))
+    _assert_like_reference(broker, store, runner, reference, exactly_once=False)
+
+
+def test_a_crash_then_a_restart_while_the_store_is_down_waits_and_loses_nothing(reference):
+    # The restarted process finds the store down: each partition waits, paused, and is
+    # restored once the store answers again.
+    restart = Faults(StoreDownAt("claim", n=1, seconds=1.0))
+    broker, store, runner, _, _ = _crash_then_restart(CrashAt(3, n=5, after=True), _settings(), restart)
+    assert restart.fired == ["StoreDownAt at claim #1"]
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_fenced_snapshot_write_skips_no_record(reference):
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    faults = Faults(FencedAt(n=3))
+    runner = memory_runner(cfg, _settings(), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["FencedAt at save #3"]
+    assert faulted.faults["fenced"] == 1
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_store_down_for_a_while_loses_nothing(reference):
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    # Down from the third snapshot on for a second; past 80 events without a snapshot a
+    # partition pauses, so the stream cannot simply run past the outage.
+    faults = Faults(StoreDownAt("save", n=3, seconds=1.0))
+    settings = _settings(max_unsnapshotted_events=80)
+    runner = memory_runner(cfg, settings, broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["StoreDownAt at save #3"]
+    assert faulted.snapshot_failures >= 1
+    _assert_like_reference(broker, store, runner, reference)
+
+
+@pytest.mark.parametrize(
+    "guarantee, at",
+    [
+        ("exactly_once", "commit_transaction"),
+        ("exactly_once", "send_offsets"),
+        ("exactly_once", "send"),
+        ("at_least_once", "flush"),
+        ("at_least_once", "commit"),
+    ],
+)
+def test_a_delivery_error_rewinds_and_still_delivers_every_event(guarantee, at, reference):
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    faults = Faults(DeliveryErrorAt(at, n=100 if at == "send" else 4))
+    runner = memory_runner(cfg, _settings(guarantee), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == [f"delivery error at {at} #{100 if at == 'send' else 4}"]
+    assert faulted.faults["commit"] == 1
+    _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
+
+
+def _start(runner: Runner, errors: list[BaseException]) -> threading.Thread:
+    """Runs a worker in a thread, as one process of a group; its error goes to ``errors``."""
+
+    def run() -> None:
+        try:
+            runner.run(until_idle_s=1.0)
+        except BaseException as e:  # noqa: BLE001 - reported to the test, which fails on it
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _join(*threads: threading.Thread) -> None:
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a worker never went idle"
+
+
+def _run_together(*runners: Runner) -> list[BaseException]:
+    """Runs workers side by side until each is idle; returns their errors."""
+    errors: list[BaseException] = []
+    _join(*[_start(r, errors) for r in runners])
+    return errors
+
+
+@pytest.mark.parametrize("stall_at_poll", [3, 6, 10])
+def test_a_zombie_worker_back_after_its_session_expired_writes_nothing_twice(stall_at_poll, reference):
+    # Worker a stops mid-transaction (several polls share one: commit_interval_ms=50)
+    # for longer than its session; the group gives its partition to worker b, which
+    # restores it and goes on. When a comes back it has rejoined the group before its
+    # open work reaches the commit: that work must not commit (b wrote those outputs).
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    settings = _settings()
+    settings.kafka.commit_interval_ms = 50
+    zombie = Faults(StallAt("poll", n=stall_at_poll, seconds=0.5))
+    a = memory_runner(cfg, settings, broker, store, zombie, worker_index=0)
+    b = memory_runner(cfg, settings, broker, store, Faults(), worker_index=1)
+    assert _run_together(a, b) == []
+    assert zombie.fired == [f"stall at poll #{stall_at_poll}"]
+    out = _outputs(broker, cfg.output.topic)
+    counts = Counter(r["id"] for r in out)
+    assert sorted(counts) == list(range(N_EVENTS))
+    repeated = {i: c for i, c in counts.items() if c > 1}
+    assert not repeated, f"{len(repeated)} ids delivered twice, e.g. {sorted(repeated)[:5]}"
+    assert broker.offsets_went_back(cfg.group_id) == []
+    assert [r["id"] for r in out if r["models"] != reference["models"][r["id"]]] == []
+    assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
+
+
+class MissingState(Sensor):
+    def __init__(self) -> None:
+        self.reported: dict[int, str] = {}
+
+    def on_snapshot_missing(self, partition: int, action: str) -> None:
+        self.reported[partition] = action
+
+
+def _lost_store_after_a_crash() -> tuple[MemoryBroker, MemoryStateStore, set[int]]:
+    """A run that crashes after its third snapshot, then a store that loses everything.
+    Returns the partitions whose committed offsets name a snapshot epoch: the ones
+    whose loss the restart can detect."""
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    with pytest.raises(SimulatedCrash):
+        memory_runner(cfg, _settings(), broker, store, Faults(CrashAt(5, n=3, after=True))).run(until_idle_s=IDLE_S)
+    store.flushall()
+    markers = {tp[1]: marker for tp, (_, marker) in broker.group(cfg.group_id).committed.items()}
+    known = {p for p, m in markers.items() if epoch_of_marker(m) > 0}
+    assert known, "no commit named a snapshot epoch: the loss could not be detected"
+    return broker, store, known
+
+
+def test_a_store_that_lost_its_snapshots_is_reported_and_replay_relearns_from_the_start(reference):
+    broker, store, known = _lost_store_after_a_crash()
+    missing = MissingState()
+    runner = memory_runner(_config(), _settings(on_missing="replay"), broker, store, sensors=[missing])
+    runner.run(until_idle_s=IDLE_S)
+    assert missing.reported == {p: "replay" for p in known}
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_store_that_lost_its_snapshots_with_refuse_keeps_those_partitions_paused(reference):
+    cfg = _config()
+    broker, store, known = _lost_store_after_a_crash()
+    before = Counter(r["source"]["partition"] for r in _outputs(broker, cfg.output.topic))
+    missing = MissingState()
+    runner = memory_runner(cfg, _settings(on_missing="refuse"), broker, store, sensors=[missing])
+    worker = threading.Thread(target=runner.run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(missing.reported) < len(known) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # time enough to have processed records, were any let through
+        assert missing.reported == {p: "refuse" for p in known}
+        assert {p: w.reason for p, w in runner.partitions.waiting.items()} == {p: "snapshot missing" for p in known}
+    finally:
+        runner.stop()
+        worker.join(timeout=10)
+    after = Counter(r["source"]["partition"] for r in _outputs(broker, cfg.output.topic))
+    assert {p: after[p] for p in known} == {p: before[p] for p in known}, "a refused partition emitted outputs"
+    # The operator's way out: replay (or restore a backup); then nothing is lost or repeated.
+    runner = memory_runner(cfg, _settings(on_missing="replay"), broker, store)
+    runner.run(until_idle_s=IDLE_S)
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_twelve_crashes_in_a_row_at_random_points_change_no_output_and_no_model(reference):
+    # Each restarted process crashes again soon after it starts (often while it is
+    # still re-learning from its snapshot), at a step or at a restore call.
+    rng = random.Random(20261130)
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    points = [1, 2, 3, 4, 5, "claim", "load_latest", "poll"]
+    crashed = []
+    for _ in range(12):
+        at = rng.choice(points)
+        # Small n: each process gets a little way (a batch or two), so that all twelve
+        # crashes land inside the 400-event stream.
+        crash = CrashAt(at, n=rng.randint(1, 20) if at == 1 else rng.randint(1, 2), after=rng.random() < 0.5)
+        try:
+            memory_runner(cfg, _settings(), broker, store, Faults(crash)).run(until_idle_s=IDLE_S)
+        except SimulatedCrash as e:
+            crashed.append(str(e))
+    assert len(crashed) == 12, crashed
+    runner = memory_runner(cfg, _settings(), broker, store)
+    runner.run(until_idle_s=IDLE_S)
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_producer_that_cannot_abort_is_rebuilt_and_still_every_event_is_delivered_once(reference):
+    # The commit fails, then so does the abort: the producer is left in a fatal state.
+    # The checkpoint closes it and builds another with the same transactional id, which
+    # aborts the transaction the broken one left open.
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    faults = Faults(DeliveryErrorAt("commit_transaction", n=4), DeliveryErrorAt("abort_transaction", n=1))
+    runner = memory_runner(cfg, _settings(), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["delivery error at commit_transaction #4", "delivery error at abort_transaction #1"]
+    assert faulted.faults["commit"] == 1 and faulted.faults["producer"] == 1
+    _assert_like_reference(broker, store, runner, reference)
+
+
+@pytest.mark.parametrize("commit_interval_ms", [0, 50])
+def test_a_worker_joining_then_another_leaving_mid_stream_delivers_every_event_once(commit_interval_ms, reference):
+    # Scale out then in: partition 1 moves from a to b when b joins, then everything
+    # moves to b when a stops. Each move goes through the revocation path (the open
+    # work commits, or is fenced and rewound, then a final snapshot).
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    settings = _settings()
+    settings.kafka.commit_interval_ms = commit_interval_ms
+    a = memory_runner(cfg, settings, broker, store, worker_index=0)
+    b = memory_runner(cfg, settings, broker, store, worker_index=1)
+    errors: list[BaseException] = []
+
+    def wait_committed(at_least: int) -> None:
+        deadline = time.monotonic() + 20
+        while sum(broker.committed(cfg.group_id).values()) < at_least:
+            assert time.monotonic() < deadline, f"no progress to {at_least} committed events"
+            time.sleep(0.002)
+
+    first = _start(a, errors)
+    wait_committed(100)
+    second = _start(b, errors)
+    wait_committed(250)
+    a.stop()
+    _join(first, second)
+    assert errors == []
+    out = _outputs(broker, cfg.output.topic)
+    assert sorted(r["id"] for r in out) == list(range(N_EVENTS)), "every id exactly once"
+    assert broker.offsets_went_back(cfg.group_id) == []
+    assert [r["id"] for r in out if r["models"] != reference["models"][r["id"]]] == []
+    assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
+
+
+def test_a_snapshot_epoch_commit_whose_producer_cannot_abort_rebuilds_it_and_the_worker_goes_on(reference):
+    # After a snapshot, the checkpoint commits the same offsets again with the new epoch
+    # (an empty transaction). If that commit fails and the abort raises the client's own
+    # error (kafka-python's KafkaError from a fatal state), the worker must not exit.
+    cfg = _config()
+    dry = Faults()
+    memory_runner(cfg, _settings(), _broker(), MemoryStateStore(), dry).run(until_idle_s=IDLE_S)
+    after_first_save = dry.log[dry.log.index("save") :]
+    n = dry.log[: dry.log.index("save")].count("commit_transaction") + 1
+    assert "commit_transaction" in after_first_save, "no epoch commit followed the first snapshot"
+    broker, store = _broker(), MemoryStateStore()
+    faulted = Faulted()
+    broken_abort = DeliveryErrorAt("abort_transaction", error=RuntimeError)
+    faults = Faults(DeliveryErrorAt("commit_transaction", n=n), broken_abort)
+    runner = memory_runner(cfg, _settings(), broker, store, faults, sensors=[faulted])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == [f"delivery error at commit_transaction #{n}", "delivery error at abort_transaction #1"]
+    assert faulted.faults["producer"] == 1 and faulted.faults["commit"] == 0  # no batch was lost
+    _assert_like_reference(broker, store, runner, reference)
