@@ -151,6 +151,7 @@ class PartitionStates:
         # How many revocations (or losses) the callbacks have reported, cancelled or
         # not: the checkpoint compares it across a unit of work (streamwise/checkpoint.py).
         self.revocations = 0
+        self._just_revoked: set[TopicPartition] | None = None
         self._lock = threading.Lock()
 
     def processors(self) -> dict[int, PipelineProcessor]:
@@ -173,10 +174,19 @@ class PartitionStates:
         with self._lock:
             self._assigned.extend(tps)
             self._revoked = [tp for tp in self._revoked if tp not in set(tps)]
+            # An eager rebalance (the range assignor) revokes every partition and gives
+            # them back in the next generation: if this assignment returns everything the
+            # revocation just before it took, no other member held them in between, and
+            # that revocation does not fence the open work (kafka-python rebalances like
+            # this once right after a start; the first transaction was refused every time).
+            if self._just_revoked is not None and self._just_revoked <= set(tps):
+                self.revocations -= 1
+            self._just_revoked = None
 
     def on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
             self.revocations += 1
+            self._just_revoked = set(tps)
             self._revoked.extend(tps)
             self._assigned = [tp for tp in self._assigned if tp not in set(tps)]
 
