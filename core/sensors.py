@@ -193,7 +193,7 @@ class CountingSensor(Sensor):
         self.events_in += n
 
     def on_dead_letter(self, topic: str, stage: str) -> None:
-        self.dead_letters[stage] += 1
+        self.dead_letters[str(stage)] += 1  # the stage's name, not the enum's repr, in summaries
 
     def on_prediction(self, latency_s: float) -> None:
         self.predictions += 1
