@@ -357,8 +357,17 @@ class PartitionStates:
             st = self.states.get(p)
             if st is None:
                 continue
-            replay = [r for r in recs if r.offset < st.emit_from.get((r.topic, r.partition), 0)]
-            live = [r for r in recs if r.offset >= st.emit_from.get((r.topic, r.partition), 0)]
+            # One pass: records below the committed offset are re-learned, the rest are
+            # live; the highest offset of each topic-partition gives its new position.
+            emit_from = st.emit_from
+            replay: list[ConsumedRecord] = []
+            live: list[ConsumedRecord] = []
+            last: dict[TopicPartition, int] = {}
+            for r in recs:
+                tp = (r.topic, r.partition)
+                (replay if r.offset < emit_from.get(tp, 0) else live).append(r)
+                if r.offset > last.get(tp, -1):
+                    last[tp] = r.offset
             if replay:
                 st.processor.sensor = self._quiet
                 try:
@@ -368,14 +377,12 @@ class PartitionStates:
                 st.replayed += len(replay)
             if live:
                 out.extend(st.processor.process(live))
-            for r in recs:
-                tp = (r.topic, r.partition)
-                if r.offset + 1 > st.positions.get(tp, 0):
-                    st.positions[tp] = r.offset + 1
+            for tp, offset in last.items():
+                st.positions[tp] = max(st.positions.get(tp, 0), offset + 1)
                 # Never commit below what the group had already committed: a batch of
                 # re-learned records ends below it, and moving the group back would make
                 # a crash emit those records' outputs a second time.
-                offsets[tp] = max(st.positions[tp], st.emit_from.get(tp, 0))
+                offsets[tp] = max(st.positions[tp], emit_from.get(tp, 0))
             st.unsnapshotted += len(recs)
         return out, offsets
 
