@@ -297,7 +297,6 @@ class PartitionStates:
             # longer write its snapshots.
             st.owner = self.store.claim(self.config.name, p)
             snap = self.store.load_latest(self.config.name, p)
-            state = None
             if snap is not None:
                 try:
                     processor.restore_state(decode_state(snap.payload))
