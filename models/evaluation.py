@@ -8,6 +8,7 @@ reader that wants a figure after every label, such as the learning report
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from streamwise.models.prequential import Prediction
@@ -60,6 +61,16 @@ class Evaluation:
     def update(self, y: Any, prediction: Prediction) -> None:
         if self.scores is not None:
             Scoreboard.score(self.scores, y, prediction)
+
+    def adopt_window(self, other: Evaluation) -> None:
+        """Takes a promoted challenger's rolling window, as the service's model does
+        (:meth:`ModelScores.adopt_window`); the cumulative metrics carry on."""
+        if self.scores is not None and other.scores is not None:
+            # A copy: the challenger's own figures stay as they were when it was promoted.
+            taken = copy.deepcopy(other.scores)
+            self.scores.adopt_window(taken)
+            self.scores.rolling_metrics = taken.rolling_metrics
+            self.scores._wire()
 
     def report(self) -> dict[str, dict[str, float]]:
         return self.scores.report(with_metric=True) if self.scores else {"cumulative": {}, "rolling": {}}

@@ -262,11 +262,29 @@ def _delayed_order(
     return scored, delays
 
 
+def _promotions(config: PipelineConfig, alerts: Iterable[ConsumedRecord]) -> dict[tuple[int, Any], list[tuple[str, str]]]:
+    """(model, challenger) pairs promoted, by the (partition, event id) whose label did it."""
+    promoted: dict[tuple[int, Any], list[tuple[str, str]]] = defaultdict(list)
+    for r in alerts:
+        a = json.loads(r.value or b"{}")
+        if (a.get("pipeline") in (None, config.name) and a.get("type") == "challenger"
+                and a.get("action") == "promoted" and a.get("partition") is not None):
+            promoted[a["partition"], a.get("event_id")].append((a["model"], a["challenger"]))
+    return promoted
+
+
 def _score(
-    config: PipelineConfig, scored: dict[int, list[Scored]], parse_key: Any, names: list[str]
+    config: PipelineConfig,
+    scored: dict[int, list[Scored]],
+    parse_key: Any,
+    names: list[str],
+    promotions: dict[tuple[int, Any], list[tuple[str, str]]],
 ) -> tuple[dict[tuple[int, str], Curve], dict[tuple[int, Any], int], list[Reign]]:
     """Test-then-train, replayed: each model's figures after every label, the position
-    of each labelled event on its partition's axis, and the champion's reigns."""
+    of each labelled event on its partition's axis, and the champion's reigns.
+
+    A promoted challenger hands its rolling window to the model it replaces, as in the
+    service: from then on the model's rolling figures are the challenger's estimator's."""
     binary = config.event_schema.label_type == "bool"
     curves: dict[tuple[int, str], Curve] = {}
     evaluations: dict[tuple[int, str], Evaluation] = {}
@@ -292,6 +310,9 @@ def _score(
                 c.x.append(i)
                 c.cumulative.append(ev.cumulative[config.metric].get())
                 c.rolling.append(ev.rolling[config.metric].get())
+            for model, challenger in promotions.get((p, event_id), ()):
+                if (p, model) in evaluations and (p, challenger) in evaluations:
+                    evaluations[p, model].adopt_window(evaluations[p, challenger])
     for key, ev in evaluations.items():
         curves[key].final = ev.report()
     return curves, position, reigns
@@ -351,7 +372,10 @@ def analyse(
                 scored[b["_src"][0]].append((b["id"], y, b))
     else:
         scored, label_delays = _delayed_order(config, rows, labels, event_ts)
-    curves, position, reigns = _score(config, scored, _label_parser(schema.label_type), names)
+    alerts = list(alerts)
+    curves, position, reigns = _score(
+        config, scored, _label_parser(schema.label_type), names, _promotions(config, alerts)
+    )
 
     dl_stage: Counter[str] = Counter()
     dl_times: list[tuple[float, str]] = []
