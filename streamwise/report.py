@@ -132,8 +132,12 @@ class Analysis:
             "champions": {str(p): m for p, m in self.champions.items()},
             "marks": [{"partition": m.partition, "x": m.x, "kind": m.kind, "model": m.model} for m in self.marks],
             "models": {
-                f"{c.model}[{c.partition}]": {"model": c.model, "partition": c.partition, "labelled": c.labelled,
-                                              **c.final}
+                f"{c.model}[{c.partition}]": {
+                    "model": c.model,
+                    "partition": c.partition,
+                    "labelled": c.labelled,
+                    **c.final,
+                }
                 for c in self.curves
             },
         }
@@ -262,13 +266,19 @@ def _delayed_order(
     return scored, delays
 
 
-def _promotions(config: PipelineConfig, alerts: Iterable[ConsumedRecord]) -> dict[tuple[int, Any], list[tuple[str, str]]]:
+def _promotions(
+    config: PipelineConfig, alerts: Iterable[ConsumedRecord]
+) -> dict[tuple[int, Any], list[tuple[str, str]]]:
     """(model, challenger) pairs promoted, by the (partition, event id) whose label did it."""
     promoted: dict[tuple[int, Any], list[tuple[str, str]]] = defaultdict(list)
     for r in alerts:
         a = json.loads(r.value or b"{}")
-        if (a.get("pipeline") in (None, config.name) and a.get("type") == "challenger"
-                and a.get("action") == "promoted" and a.get("partition") is not None):
+        if (
+            a.get("pipeline") in (None, config.name)
+            and a.get("type") == "challenger"
+            and a.get("action") == "promoted"
+            and a.get("partition") is not None
+        ):
             promoted[a["partition"], a.get("event_id")].append((a["model"], a["challenger"]))
     return promoted
 
@@ -451,8 +461,9 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")  # no display; must precede importing pyplot
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
-                         "svg.hashsalt": "streamwise"})  # stable ids: the same run, the same page
+    plt.rcParams.update(
+        {"figure.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "streamwise"}
+    )  # stable ids: the same run, the same page
     return plt
 
 
@@ -462,7 +473,10 @@ def plot_learning(a: Analysis) -> Any:
     plt = _pyplot()
     partitions = sorted({c.partition for c in a.curves}) or [0]
     fig, axes = plt.subplots(
-        2 * len(partitions), 1, figsize=(11, 4.0 * len(partitions)), squeeze=False,
+        2 * len(partitions),
+        1,
+        figsize=(11, 4.0 * len(partitions)),
+        squeeze=False,
         gridspec_kw={"height_ratios": [9, 1] * len(partitions), "hspace": 0.08},
     )
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(a.configured)}
@@ -477,11 +491,17 @@ def plot_learning(a: Analysis) -> Any:
         for c in (c for c in a.curves if c.partition == p):
             if c.model in colours:
                 ax.plot(*_thin(c.x, c.cumulative), color=colour(c.model), lw=1.6, label=f"{c.model} cumulative")
-                ax.plot(*_thin(c.x, c.rolling), color=colour(c.model), lw=1.0, ls="--",
-                        label=f"{c.model} rolling ({a.window})")
+                ax.plot(
+                    *_thin(c.x, c.rolling),
+                    color=colour(c.model),
+                    lw=1.0,
+                    ls="--",
+                    label=f"{c.model} rolling ({a.window})",
+                )
             else:  # a challenger: its rolling figure, thin, in its model's colour
-                ax.plot(*_thin(c.x, c.rolling), color=colour(c.model), lw=0.8, ls=":", alpha=0.8,
-                        label=f"{c.model} rolling")
+                ax.plot(
+                    *_thin(c.x, c.rolling), color=colour(c.model), lw=0.8, ls=":", alpha=0.8, label=f"{c.model} rolling"
+                )
             # A model's first labels swing between 0 and 1: the scale is set by what follows.
             lows += [v for v in c.rolling[50:] + c.cumulative[50:] if not math.isnan(v)]
         if lows:
@@ -542,8 +562,14 @@ def plot_operations(a: Analysis) -> Any:
             if s == stage:
                 counts[min(len(counts) - 1, int(t // a.bucket_s))] += 1
         if any(counts):
-            dead.bar(a.buckets, counts, width=a.bucket_s, bottom=bottom, align="edge",
-                     label=f"{stage} ({a.dead_letters.get(stage, 0)})")
+            dead.bar(
+                a.buckets,
+                counts,
+                width=a.bucket_s,
+                bottom=bottom,
+                align="edge",
+                label=f"{stage} ({a.dead_letters.get(stage, 0)})",
+            )
             bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     dead.set_title(f"Dead letters by stage ({sum(a.dead_letters.values())} in all)")
     dead.set_ylabel(f"records per {a.bucket_s:g} s")
@@ -605,10 +631,13 @@ def _model_table(a: Analysis) -> str:
         )
         rows.append(
             f'<tr class="{"champion" if champion else ""}"><td>{html.escape(c.model)}[{c.partition}]'
-            f'{" ★" if champion else ""}</td>{cells}<td>{c.labelled:,}</td><td>{drifts[c.partition, c.model]}</td></tr>'
+            f"{' ★' if champion else ''}</td>{cells}<td>{c.labelled:,}</td><td>{drifts[c.partition, c.model]}</td></tr>"
         )
-    return (f"<table><tr><th>model[partition]</th>{head}<th>labelled</th><th>drift detections</th></tr>"
-            + "".join(rows) + "</table>")
+    return (
+        f"<table><tr><th>model[partition]</th>{head}<th>labelled</th><th>drift detections</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _run_table(a: Analysis) -> str:
@@ -618,14 +647,19 @@ def _run_table(a: Analysis) -> str:
     items = [
         ("predictions", f"{a.predictions:,}"),
         ("labelled events scored", f"{a.labelled:,}"),
-        ("dead letters", f"{sum(a.dead_letters.values()):,}"
-         + (" (" + ", ".join(f"{s}: {n}" for s, n in a.dead_letters.items()) + ")" if a.dead_letters else "")),
+        (
+            "dead letters",
+            f"{sum(a.dead_letters.values()):,}"
+            + (" (" + ", ".join(f"{s}: {n}" for s, n in a.dead_letters.items()) + ")" if a.dead_letters else ""),
+        ),
         ("drift detections", str(sum(1 for m in a.marks if m.kind == "drift"))),
         ("champion changes", str(sum(1 for m in a.marks if m.kind == "champion"))),
         ("span", f"{a.span_s:,.1f} s from {datetime.fromtimestamp(a.start_s, UTC):%Y-%m-%d %H:%M:%S} UTC"),
         ("throughput", f"{a.predictions / busy:,.0f} predictions/s from the first to the last" if busy else "–"),
-        ("event-to-prediction latency",
-         "–" if math.isnan(p50) else f"p50 {p50 * 1000:,.1f} ms, p99 {p99 * 1000:,.1f} ms"),
+        (
+            "event-to-prediction latency",
+            "–" if math.isnan(p50) else f"p50 {p50 * 1000:,.1f} ms, p99 {p99 * 1000:,.1f} ms",
+        ),
     ]
     return "<table>" + "".join(f"<tr><td>{k}</td><td>{html.escape(v)}</td></tr>" for k, v in items) + "</table>"
 
@@ -708,4 +742,3 @@ def write(a: Analysis, out: Path, figures_dir: Path | None = None) -> list[Path]
             plt.close(fig)
             written.append(path)
     return written
-
