@@ -73,6 +73,8 @@ __all__ = [
     "FeatureSpec",
     "STEP_KINDS",
     "build_event_pipeline",
+    "build_learner_steps",
+    "split_steps",
     "check_stream_steps",
 ]
 
@@ -139,6 +141,17 @@ class _Step(BaseModel):
     # Parameters for the contract suite (streamwise.stream.checks), by variant name,
     # aimed at the fields of its sample rows and with bounds small enough to see hold.
     examples: ClassVar[dict[str, dict[str, Any]]] = {"": {}}
+    # What the step's state depends on (see :meth:`placement`).
+    state: ClassVar[str] = "event"
+
+    def placement(self) -> str:
+        """``event`` (no state: each event on its own), ``key`` (state per key or per
+        event id: every event of a key is on one input partition, so the partition's
+        replica sees all of it) or ``global`` (statistics over the whole stream:
+        running means, quantiles, scales, a vocabulary). With ``scope: global`` the
+        first two run on the input partitions, before the internal topic, and a
+        global step runs with the models (:func:`split_steps`)."""
+        return self.state
 
     def check(self, c: _Checks, loc: Loc) -> None:
         """Records what is wrong with this step given the schema and the steps before it."""
@@ -198,6 +211,7 @@ class CoerceStep(_Step):
 @_kind("cleaners")
 class ImputeStep(_Step):
     kind: Literal["impute"] = "impute"
+    state: ClassVar[str] = "global"
     fields: list[str] | None = None  # default: every optional feature
     strategy: Literal["mean", "median", "mode"] | None = None  # default: mean for numbers, mode otherwise
     indicator: bool = False
@@ -245,6 +259,7 @@ class ImputeStep(_Step):
 @_kind("cleaners")
 class ClipStep(_Step):
     kind: Literal["clip"] = "clip"
+    state: ClassVar[str] = "global"
     fields: list[str] | None = None  # default: every numeric feature
     lower: float = Field(0.01, ge=0, le=1)
     upper: float = Field(0.99, ge=0, le=1)
@@ -267,6 +282,7 @@ class ClipStep(_Step):
 @_kind("cleaners")
 class DedupStep(_Step):
     kind: Literal["dedup"] = "dedup"
+    state: ClassVar[str] = "key"
     window: int = Field(100_000, ge=1)
 
     examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"window": 1000}}
@@ -278,6 +294,7 @@ class DedupStep(_Step):
 @_kind("cleaners")
 class LatenessStep(_Step):
     kind: Literal["lateness"] = "lateness"
+    state: ClassVar[str] = "key"
     allowed: Duration = 0.0
     policy: Literal["accept", "dead_letter", "clamp"] = "dead_letter"
 
@@ -308,6 +325,7 @@ class _ScaleStep(_Step):
 @_kind("features")
 class StandardScaleStep(_ScaleStep):
     kind: Literal["standard_scale"] = "standard_scale"
+    state: ClassVar[str] = "global"
 
     def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
         return [RunningStandardScaler(self.fields, exclude=meta)]
@@ -316,6 +334,7 @@ class StandardScaleStep(_ScaleStep):
 @_kind("features")
 class MinMaxScaleStep(_ScaleStep):
     kind: Literal["minmax_scale"] = "minmax_scale"
+    state: ClassVar[str] = "global"
 
     examples: ClassVar[dict[str, dict[str, Any]]] = {"": {"fields": ["amount", "price", "n"]}}
 
@@ -385,6 +404,7 @@ class HashStep(_Step):
 @_kind("features")
 class WindowAggregatesStep(_Step):
     kind: Literal["window_aggregates"] = "window_aggregates"
+    state: ClassVar[str] = "key"
     by: str | list[str] | None = None  # default: the schema's key
     # Not "on": YAML 1.1 reads a bare on as true.
     fields: list[str] = []
@@ -486,6 +506,10 @@ class TextStep(_Step):
 
     def check(self, c: _Checks, loc: Loc) -> None:
         c.known((*loc, "field"), self.field, c.raw)
+
+    def placement(self) -> str:
+        # TF-IDF weighs by document frequencies over the stream; counts need no state.
+        return "global" if self.mode == "tfidf" else "event"
 
     def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
         return [TextVectorizer(self.field, self.mode, self.n_features)]
@@ -616,6 +640,40 @@ def build_event_pipeline(
     return EventPipeline(schema, coercers, steps)
 
 
+def split_steps(cleaners: Sequence[Any], features: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The steps that run on the input partitions and those that run with the models,
+    for ``scope: global``, in config order.
+
+    The partition stage takes the longest run of leading steps whose state is per event
+    or per key (:meth:`_Step.placement`); from the first step with global statistics
+    on, every step runs with the models, so each of them sees the features the steps
+    before it made, as in one pipeline. Coercion, which needs the raw JSON, always runs
+    on the partitions.
+
+    Examples
+    --------
+    >>> route, learn = split_steps([CoerceStep(), DedupStep(), ImputeStep()],
+    ...                            [WindowAggregatesStep(fields=["amount"], windows=["1h"]), StandardScaleStep()])
+    >>> [s.kind for s in route], [s.kind for s in learn]
+    (['coerce', 'dedup'], ['impute', 'window_aggregates', 'standard_scale'])
+    """
+    route: list[Any] = []
+    learn: list[Any] = []
+    for step in [*cleaners, *features]:
+        if step.before_validation or (not learn and step.placement() != "global"):
+            route.append(step)
+        else:
+            learn.append(step)
+    return route, learn
+
+
+def build_learner_steps(schema: EventSchema, steps: Sequence[Any]) -> EventPipeline:
+    """The steps that run with the models (:func:`split_steps`), as a pipeline that
+    takes rows the partition stage made (:meth:`EventPipeline.process_row`)."""
+    meta = _meta_fields(schema)
+    return EventPipeline(schema, [], [c for step in steps for c in step.build(schema, meta)])
+
+
 def _meta_fields(schema: EventSchema) -> list[str]:
     """Fields the steps can read but the models never see: id, event time, a key that is no feature."""
     meta = [schema.id]
@@ -710,8 +768,7 @@ class EventPipeline:
             try:
                 t = None if schema.event_time is None else event_seconds(event.event_time, schema.event_time)
                 check_not_future(schema.max_future, times[i], t, now)
-                if self.steps:
-                    event.x = self.process_row(self._row(event, t))
+                self.apply_steps(event, t)
             except RejectedEvent as e:
                 results[i] = e
         return results
@@ -730,9 +787,13 @@ class EventPipeline:
         schema = self.schema
         t = None if schema.event_time is None else event_seconds(event.event_time, schema.event_time)
         check_not_future(schema.max_future, record_time_s, t, self.clock())
+        self.apply_steps(event, t)
+        return event
+
+    def apply_steps(self, event: DecodedEvent, t: float | None) -> None:
+        """Runs the steps on a validated event (``t``: its event time in seconds), in place."""
         if self.steps:
             event.x = self.process_row(self._row(event, t))
-        return event
 
     def _row(self, event: DecodedEvent, t: float | None) -> dict[str, Any]:
         schema = self.schema

@@ -37,7 +37,8 @@ class InputConfig(BaseModel):
     # Consumer group; defaults to "streamwise-<pipeline name>".
     group_id: str | None = None
     # Delayed labels, {"<id>": ..., "<label>": ...}, joined to predictions by event id.
-    # Must be co-partitioned with the events topic (same partition count and key).
+    # With scope: partition it must be co-partitioned with the events topic (same
+    # partition count and key); with scope: global labels go through the learn topic.
     labels_topic: str | None = Field(None, min_length=1)
 
 
@@ -79,6 +80,10 @@ class PipelineConfig(BaseModel):
     output: OutputConfig
     event_schema: EventSchema = Field(alias="schema")
     task: Literal["classification", "regression", "anomaly", "forecast"] = "classification"
+    # global: one learning state learns from every partition of the input, in the order
+    # the partition stage writes to the internal topic "<name>.learn" (README, Model
+    # scope). partition: each input partition has its own replica of every model.
+    scope: Literal["global", "partition"] = "global"
     metric: str = "Accuracy"
     models: list[ModelSpec] = Field(min_length=1)
     # Stream steps between validation and the models (stream/pipeline.py); none by default,
@@ -142,6 +147,16 @@ class PipelineConfig(BaseModel):
     @property
     def group_id(self) -> str:
         return self.input.group_id or f"streamwise-{self.name}"
+
+    @property
+    def learn_topic(self) -> str:
+        """The internal 1-partition topic of ``scope: global``: accepted events and labels,
+        in the one order the learner learns them."""
+        return f"{self.name}.learn"
+
+    @property
+    def learn_group_id(self) -> str:
+        return f"{self.group_id}.learn"
 
     @property
     def dead_letter_topic(self) -> str:

@@ -10,7 +10,8 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
@@ -24,12 +25,11 @@ from streamwise.models.labels import LabelRecordError, decode_label_record
 from streamwise.models.model import Model
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import Prediction
-from streamwise.models.state import decode_state, encode_state
+from streamwise.models.state import SnapshotFormatError, decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
-from streamwise.stream.pipeline import build_event_pipeline
-from streamwise.models.state import SnapshotFormatError
 from streamwise.stream.base import to_epoch_seconds
-from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future
+from streamwise.stream.pipeline import EventPipeline, build_event_pipeline, build_learner_steps, split_steps
+from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future, event_seconds
 
 # Header names follow Kafka Connect's dead-letter convention under our own prefix.
 H_STAGE = "streamwise.error.stage"
@@ -80,13 +80,245 @@ def dead_letter(
     )
 
 
-class PipelineProcessor:
+class _GuardedProcessor:
+    """What every stage's processor shares: the input read once per poll (events decoded
+    and validated, labels checked), the last-resort guard around a batch, and snapshots
+    of whatever the subclass learns."""
+
+    config: PipelineConfig
+    sensor: Sensor
+    events: EventPipeline
+    epoch: int
+    # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
+    # the state descends from, shown in every record): not learned, left out of snapshots.
+    _NOT_STATE = frozenset({"config", "sensor", "epoch", "_fields", "forecasting", "stage"})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Everything this processor has learned, as a picklable dict. New learning
+        attributes are included automatically; only what the config rebuilds is left out."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Takes a snapshot's state, after checking it has the shape this code builds: a
+        snapshot written by an older streamwise whose objects lack what the current code
+        reads (the model set was split into one object per model, for one) is refused,
+        as one that cannot be read, instead of failing at the first event."""
+        fresh = self.snapshot_state()
+        missing = sorted(set(fresh) - set(state))
+        for name in sorted(set(fresh) & set(state)):
+            want, got = fresh[name], state[name]
+            if type(want) is not type(got):
+                missing.append(f"{name} ({type(got).__name__} where {type(want).__name__} is built)")
+            elif hasattr(want, "__dict__") and hasattr(got, "__dict__"):
+                missing.extend(f"{name}.{a}" for a in sorted(set(vars(want)) - set(vars(got))))
+        if missing:
+            raise SnapshotFormatError(
+                f"snapshot state lacks what this streamwise builds: {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
+        self.__dict__.update(state)
+
+    def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
+        """Output records (predictions, alerts, dead letters; or the learn topic's records)
+        for one partition's batch.
+
+        The last-resort guard: should anything escape the per-event handling (a model
+        raising in ``end_batch``, a value no writer can encode), the state goes back to
+        a checkpoint taken before the batch, and the batch is retried in halves down to
+        the one record that fails, which is dead-lettered with stage ``process``. No
+        record can stop the stream, so no restart can read it again and crash again.
+        Retrying in parts changes nothing for the good records: a batch's outcome does
+        not depend on how it is cut (models/model_set.py steps torch learners at fixed
+        row counts). The price is one checkpoint per batch (see docs/benchmarks.md).
+        """
+        labels_topic = self.config.input.labels_topic
+        if labels_topic is not None:
+            records = arrival_order(records, labels_topic)
+        checkpoint = encode_state(self.snapshot_state())
+        try:
+            return self._process_batch(records)
+        except Exception as e:
+            log.error("a batch of %d records raised %s: %s; retrying it in parts", len(records), type(e).__name__, e)
+            self.restore_state(decode_state(checkpoint))
+            return self._isolate(records, checkpoint, e)
+
+    def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _isolate(self, records: Sequence[ConsumedRecord], checkpoint: bytes, error: Exception) -> list[OutgoingRecord]:
+        """Processes ``records``, whose processing from ``checkpoint`` (the current state)
+        raised ``error``, dead-lettering only the records that raise on their own."""
+        if len(records) == 1:
+            return [self._guard_dead_letter(records[0], error)]
+        mid = len(records) // 2
+        out: list[OutgoingRecord] = []
+        for i, part in enumerate((records[:mid], records[mid:])):
+            before = checkpoint if i == 0 else encode_state(self.snapshot_state())
+            try:
+                out.extend(self._process_batch(part))
+            except Exception as e:
+                self.restore_state(decode_state(before))
+                out.extend(self._isolate(part, before, e))
+        return out
+
+    def _guard_dead_letter(self, record: ConsumedRecord, error: Exception) -> OutgoingRecord:
+        stage = DeadLetterStage.PROCESS
+        log.error("record %s/%s@%s dead-lettered: %s: %s", record.topic, record.partition, record.offset,
+                  type(error).__name__, error)
+        self.sensor.on_dead_letter(record.topic, stage)
+        limit = self.config.event_schema.max_event_bytes
+        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error), limit)
+
+    def _read_input(
+        self, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]
+    ) -> Iterator[tuple[ConsumedRecord, DecodedEvent | RejectedEvent | Label]]:
+        """Each input record with what it is: an event, a refused event, or a checked label
+        (a label that fails its checks is dead-lettered here, into ``out``)."""
+        sensor = self.sensor
+        labels_topic = self.config.input.labels_topic
+        # The sensors hear about the poll once, not once per event.
+        for (topic, partition), n in _per_partition(records).items():
+            sensor.on_events_in(topic, partition, n)
+        # The whole poll is decoded and validated at once (stream/batch_decode.py).
+        events = [r for r in records if r.topic != labels_topic]
+        decoded = iter(self.events.decode_many([r.value for r in events], [r.timestamp_ms / 1000.0 for r in events]))
+        valid: dict[tuple[str, int], int] = {}
+        for record in records:
+            if record.topic == labels_topic:
+                label = self._decode_label(record, out)
+                if label is not None:
+                    yield record, label
+                continue
+            event = next(decoded)
+            if not isinstance(event, RejectedEvent):
+                where = (record.topic, record.partition)
+                valid[where] = valid.get(where, 0) + 1
+            yield record, event
+        for (topic, partition), n in valid.items():
+            sensor.on_events_valid(topic, partition, n)
+
+    def _decode_label(self, record: ConsumedRecord, out: list[OutgoingRecord]) -> Label | None:
+        cfg = self.config
+        schema = cfg.event_schema
+        try:
+            event_id, y = decode_label_record(
+                record.value,
+                cfg.labels.id_field or schema.id,
+                cfg.labels.label_field,
+                schema.label_type,
+                max_bytes=schema.max_event_bytes,
+                max_id_length=schema.max_id_length,
+            )
+            self.events.decoder.check_label(y)
+            check_not_future(schema.max_future, record.timestamp_ms / 1000.0, None, time.time(), DeadLetterStage.LABEL)
+        except (LabelRecordError, RejectedEvent) as e:
+            self._dead_letter(record, DeadLetterStage.LABEL, e, out)
+            return None
+        return Label(event_id, y, record.timestamp_ms / 1000.0)
+
+    def _dead_letter(self, record: ConsumedRecord, stage: str, error: Exception, out: list[OutgoingRecord]) -> None:
+        message = error.reason if isinstance(error, RejectedEvent) else str(error)
+        error_class = "RejectedEvent" if isinstance(error, RejectedEvent) else type(error).__name__
+        limit = self.config.event_schema.max_event_bytes
+        out.append(dead_letter(record, self.config.dead_letter_topic, stage, error_class, message, limit))
+        self.sensor.on_dead_letter(record.topic, stage)
+
+
+@dataclass(slots=True)
+class Label:
+    """A checked label for an event id, with the time it arrived (seconds)."""
+
+    event_id: Any
+    y: Any
+    t: float
+
+
+class PartitionStageProcessor(_GuardedProcessor):
+    """The partition stage of ``scope: global``: decodes, validates and runs the steps
+    whose state is per event or per key (:func:`~streamwise.stream.pipeline.split_steps`),
+    then writes each accepted event and each checked label to the learn topic, in the
+    order they are processed. Bad records are dead-lettered here, as in one stage."""
+
+    stage = "partition"
+    models: list[Model] = []
+    champion = None
+
     def __init__(self, config: PipelineConfig, sensor: Sensor | None = None) -> None:
         self.config = config
         self.sensor = sensor or Sensor()
+        route, _ = split_steps(config.cleaners, config.features)
+        self.events = build_event_pipeline(config.event_schema, route)
+        self.epoch = 0
+
+    def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
+        out: list[OutgoingRecord] = []
+        topic = self.config.learn_topic
+        for record, item in self._read_input(records, out):
+            if isinstance(item, RejectedEvent):
+                self._dead_letter(record, item.stage, item, out)
+            else:
+                out.append(OutgoingRecord(topic, record.key, encode_learn_record(record, item)))
+        for action, n in self.events.drain_activity().items():
+            self.sensor.on_clean(action, n)
+        return out
+
+
+def encode_learn_record(record: ConsumedRecord, item: DecodedEvent | Label) -> bytes:
+    """A learn-topic record: an event as the partition stage left it (its features, label,
+    id, key and event time) or a label, with the input record's position and timestamp.
+
+    Examples
+    --------
+    >>> r = ConsumedRecord("events", 2, 40, b"k", b"{}", 1_700_000_000_000)
+    >>> value = encode_learn_record(r, DecodedEvent(7, {"amount": 1.5}, True, "k", None))
+    >>> value
+    b'{"e":[7,{"amount":1.5},true,"k",null],"src":["events",2,40],"ts":1700000000000}'
+    >>> origin, item = decode_learn_record(ConsumedRecord("p.learn", 0, 9, b"k", value, 0))
+    >>> origin.topic, origin.offset, item.x
+    ('events', 40, {'amount': 1.5})
+    """
+    body: dict[str, Any] = {}
+    if isinstance(item, Label):
+        body["l"] = [item.event_id, item.y]
+    else:
+        body["e"] = [item.id, item.x, item.y, item.key, item.event_time]
+    body["src"] = [record.topic, record.partition, record.offset]
+    body["ts"] = record.timestamp_ms
+    # Floats are written in their shortest form that reads back to the same double, so
+    # the learner sees the very features the partition stage made.
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+
+
+def decode_learn_record(record: ConsumedRecord) -> tuple[ConsumedRecord, DecodedEvent | Label]:
+    """The input record a learn-topic record stands for (its topic, partition, offset,
+    key and timestamp; its value is the learn record) and the event or label it carries."""
+    body = orjson.loads(record.value or b"")
+    topic, partition, offset = body["src"]
+    origin = ConsumedRecord(topic, partition, offset, record.key, record.value, body["ts"])
+    if "l" in body:
+        event_id, y = body["l"]
+        return origin, Label(event_id, y, body["ts"] / 1000.0)
+    event_id, x, y, key, event_time = body["e"]
+    return origin, DecodedEvent(event_id, x, y, key, event_time)
+
+
+class PipelineProcessor(_GuardedProcessor):
+    """Decode, steps, models, prediction records: the whole pipeline for one partition
+    (``stage="pipeline"``), or, with ``stage="learn"``, the learner of ``scope: global``,
+    which reads the learn topic: events the partition stage accepted, labels it checked,
+    and runs the steps with global statistics before the models."""
+
+    def __init__(self, config: PipelineConfig, sensor: Sensor | None = None, stage: str = "pipeline") -> None:
+        self.config = config
+        self.sensor = sensor or Sensor()
+        self.stage = stage
         # Cleaners and feature extractors (stream/pipeline.py); they learn from every valid
         # event, labelled or not, and without any configured they return the decoded event as is.
-        self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
+        if stage == "learn":
+            _, learn = split_steps(config.cleaners, config.features)
+            self.events = build_learner_steps(config.event_schema, learn)
+        else:
+            self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)
         schema = config.event_schema
         self.epoch = 0
         self._fields = frozenset(config.output.fields)
@@ -118,111 +350,24 @@ class PipelineProcessor:
         """The model whose prediction is the record's ``prediction``."""
         return self.learners.champion
 
-    # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
-    # the state descends from, shown in every record): not learned, left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "epoch", "_fields", "forecasting"})
-
-    def snapshot_state(self) -> dict[str, Any]:
-        """Everything this processor has learned, as a picklable dict. New learning
-        attributes are included automatically; only what the config rebuilds is left out."""
-        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
-
-    def restore_state(self, state: dict[str, Any]) -> None:
-        """Takes a snapshot's state, after checking it has the shape this code builds: a
-        snapshot written by an older streamwise whose objects lack what the current code
-        reads (the model set was split into one object per model, for one) is refused,
-        as one that cannot be read, instead of failing at the first event."""
-        fresh = self.snapshot_state()
-        missing = sorted(set(fresh) - set(state))
-        for name in sorted(set(fresh) & set(state)):
-            want, got = fresh[name], state[name]
-            if type(want) is not type(got):
-                missing.append(f"{name} ({type(got).__name__} where {type(want).__name__} is built)")
-            elif hasattr(want, "__dict__") and hasattr(got, "__dict__"):
-                missing.extend(f"{name}.{a}" for a in sorted(set(vars(want)) - set(vars(got))))
-        if missing:
-            raise SnapshotFormatError(
-                f"snapshot state lacks what this streamwise builds: {', '.join(missing[:5])}"
-                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            )
-        self.__dict__.update(state)
-
-    def process(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
-        """Prediction, alert and dead-letter records for one partition's batch.
-
-        The last-resort guard: should anything escape the per-event handling (a model
-        raising in ``end_batch``, a value no writer can encode), the state goes back to
-        a checkpoint taken before the batch, and the batch is retried in halves down to
-        the one record that fails, which is dead-lettered with stage ``process``. No
-        record can stop the stream, so no restart can read it again and crash again.
-        Retrying in parts changes nothing for the good records: a batch's outcome does
-        not depend on how it is cut (models/model_set.py steps torch learners at fixed
-        row counts). The price is one checkpoint per batch (see docs/benchmarks.md).
-        """
-        labels_topic = self.config.input.labels_topic
-        if labels_topic is not None:
-            records = arrival_order(records, labels_topic)
-        checkpoint = encode_state(self.snapshot_state())
-        try:
-            return self._process_batch(records)
-        except Exception as e:
-            log.error("a batch of %d records raised %s: %s; retrying it in parts", len(records), type(e).__name__, e)
-            self.restore_state(decode_state(checkpoint))
-            return self._isolate(records, checkpoint, e)
-
-    def _isolate(self, records: Sequence[ConsumedRecord], checkpoint: bytes, error: Exception) -> list[OutgoingRecord]:
-        """Processes ``records``, whose processing from ``checkpoint`` (the current state)
-        raised ``error``, dead-lettering only the records that raise on their own."""
-        if len(records) == 1:
-            return [self._guard_dead_letter(records[0], error)]
-        mid = len(records) // 2
-        out: list[OutgoingRecord] = []
-        for i, part in enumerate((records[:mid], records[mid:])):
-            before = checkpoint if i == 0 else encode_state(self.snapshot_state())
-            try:
-                out.extend(self._process_batch(part))
-            except Exception as e:
-                self.restore_state(decode_state(before))
-                out.extend(self._isolate(part, before, e))
-        return out
-
-    def _guard_dead_letter(self, record: ConsumedRecord, error: Exception) -> OutgoingRecord:
-        stage = DeadLetterStage.PROCESS
-        log.error("record %s/%s@%s dead-lettered: %s: %s", record.topic, record.partition, record.offset,
-                  type(error).__name__, error)
-        self.sensor.on_dead_letter(record.topic, stage)
-        limit = self.config.event_schema.max_event_bytes
-        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error), limit)
-
     def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
         sensor = self.sensor
         dlq = self.config.dead_letter_topic
         max_bytes = self.config.event_schema.max_event_bytes
-        labels_topic = self.config.input.labels_topic
-        # The sensors hear about the poll once, not once per event.
-        for (topic, partition), n in _per_partition(records).items():
-            sensor.on_events_in(topic, partition, n)
-        # The whole poll is decoded and validated at once (stream/batch_decode.py).
-        events = [r for r in records if r.topic != labels_topic]
-        decoded = iter(self.events.decode_many([r.value for r in events], [r.timestamp_ms / 1000.0 for r in events]))
-        valid: dict[tuple[str, int], int] = {}
+        items = self._read_learn_topic(records) if self.stage == "learn" else self._read_input(records, out)
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
-        for record in records:
-            if record.topic == labels_topic:
-                self._label(record, out)
+        for record, item in items:
+            if isinstance(item, Label):
+                self.learners.on_label(item.event_id, item.y, item.t)
                 continue
-            event = next(decoded)
-            if isinstance(event, RejectedEvent):
-                out.append(dead_letter(record, dlq, event.stage, "RejectedEvent", event.reason, max_bytes))
-                sensor.on_dead_letter(record.topic, event.stage)
+            if isinstance(item, RejectedEvent):
+                self._dead_letter(record, item.stage, item, out)
                 continue
-            where = (record.topic, record.partition)
-            valid[where] = valid.get(where, 0) + 1
-            key = event.key if event.key is not None else _text(record.key)
+            key = item.key if item.key is not None else _text(record.key)
             if self.forecasting:
                 try:
-                    out.append(self._forecast_record(record, event, key))
+                    out.append(self._forecast_record(record, item, key))
                 except Exception as e:  # a model bug must not stop the stream
                     out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
                     sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
@@ -230,14 +375,12 @@ class PipelineProcessor:
             try:
                 # River models predict (and learn from an inline label) now; torch
                 # learners predict the whole batch in end_batch().
-                outcome = self.learners.on_event(event.id, event.x, event.y, record.timestamp_ms / 1000.0, key)
+                outcome = self.learners.on_event(item.id, item.x, item.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
                 out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
-            predicted.append((record, event, outcome))
-        for (topic, partition), n in valid.items():
-            sensor.on_events_valid(topic, partition, n)
+            predicted.append((record, item, outcome))
         for action, n in self.events.drain_activity().items():
             sensor.on_clean(action, n)
         if isinstance(self.learners, ForecastSet):
@@ -249,27 +392,24 @@ class PipelineProcessor:
         self._report_learning(result, records, out)
         return out
 
-    def _label(self, record: ConsumedRecord, out: list[OutgoingRecord]) -> None:
-        cfg = self.config
-        schema = cfg.event_schema
-        try:
-            event_id, y = decode_label_record(
-                record.value,
-                cfg.labels.id_field or schema.id,
-                cfg.labels.label_field,
-                schema.label_type,
-                max_bytes=schema.max_event_bytes,
-                max_id_length=schema.max_id_length,
-            )
-            self.events.decoder.check_label(y)
-            check_not_future(schema.max_future, record.timestamp_ms / 1000.0, None, time.time(), DeadLetterStage.LABEL)
-        except (LabelRecordError, RejectedEvent) as e:
-            stage = DeadLetterStage.LABEL
-            limit = schema.max_event_bytes
-            out.append(dead_letter(record, cfg.dead_letter_topic, stage, type(e).__name__, str(e), limit))
-            self.sensor.on_dead_letter(record.topic, stage)
-            return
-        self.learners.on_label(event_id, y, record.timestamp_ms / 1000.0)
+    def _read_learn_topic(
+        self, records: Sequence[ConsumedRecord]
+    ) -> Iterator[tuple[ConsumedRecord, DecodedEvent | RejectedEvent | Label]]:
+        """The learn topic's events and labels, each with the input record it stands for;
+        the steps with global statistics run on each event here."""
+        for (topic, partition), n in _per_partition(records).items():
+            self.sensor.on_events_in(topic, partition, n)
+        schema = self.config.event_schema
+        for record in records:
+            origin, item = decode_learn_record(record)
+            if isinstance(item, DecodedEvent) and self.events.steps:
+                try:
+                    t = None if schema.event_time is None else event_seconds(item.event_time, schema.event_time)
+                    self.events.apply_steps(item, t)
+                except RejectedEvent as e:
+                    yield origin, e
+                    continue
+            yield origin, item
 
     def _report_learning(self, result: Any, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]) -> None:
         sensor = self.sensor
