@@ -194,6 +194,13 @@ class PrometheusSensor(Sensor):
             p,
             registry=r,
         )
+        self.stage_partitions = Gauge(
+            "streamwise_stage_partitions",
+            "Partitions whose state a stage holds on this worker (scope: global: learn = 1 on the worker "
+            "that runs the learner, 0 on standbys).",
+            p + ["stage"],
+            registry=r,
+        )
         self.cleaned = Counter("streamwise_cleaner_events_total", "What the cleaners did to events.", p + ["action"], registry=r)
         self.build = Info("streamwise_build", "Versions of streamwise and its main libraries.", p, registry=r)
         # Progress, for the stall alert (streamwise/alerts.py): when a batch was last
@@ -238,7 +245,8 @@ class PrometheusSensor(Sensor):
         # Per-event hooks look their child up here instead of through .labels().
         self._consumed: dict[tuple[str, int], Any] = {}
         self._valid: dict[tuple[str, int], Any] = {}
-        self._lag_seen: set[tuple[str, int]] = set()
+        self._lag_seen: dict[str, set[tuple[str, int]]] = {}
+        self._waiting_by_stage: dict[str, int] = {}
 
     def value(self, name: str, **labels: str) -> float | None:
         """The current value of one sample, ``pipeline`` label implied (for tests and ``top``)."""
@@ -292,13 +300,17 @@ class PrometheusSensor(Sensor):
     def on_report(self) -> None:
         self._last_report.set_to_current_time()
 
-    def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
-        # A partition given away in a rebalance must stop reporting its last lag.
-        for topic, partition in self._lag_seen - set(lag):
+    def on_lag(self, lag: Mapping[tuple[str, int], int], stage: str = "pipeline") -> None:
+        # A partition given away in a rebalance must stop reporting its last lag; each
+        # stage reports its own topics.
+        for topic, partition in self._lag_seen.get(stage, set()) - set(lag):
             self.lag.remove(self.pipeline, topic, str(partition))
         for (topic, partition), n in lag.items():
             self.lag.labels(self.pipeline, topic, str(partition)).set(n)
-        self._lag_seen = set(lag)
+        self._lag_seen[stage] = set(lag)
+
+    def on_stage_partitions(self, stage: str, n: int) -> None:
+        self.stage_partitions.labels(self.pipeline, stage).set(n)
 
     # ---- models ----
     def on_model_metric(
@@ -357,8 +369,9 @@ class PrometheusSensor(Sensor):
     def on_fault(self, kind: str) -> None:
         self._faults[kind].inc()
 
-    def on_partitions_waiting(self, n: int) -> None:
-        self._waiting.set(n)
+    def on_partitions_waiting(self, n: int, stage: str = "pipeline") -> None:
+        self._waiting_by_stage[stage] = n
+        self._waiting.set(sum(self._waiting_by_stage.values()))
 
     # ---- cleaners ----
     def on_clean(self, action: str, n: int = 1) -> None:

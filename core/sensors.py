@@ -83,8 +83,14 @@ class Sensor:
         """The worker's loop came round to report its figures: about once a second, busy
         or idle. It stops while a batch is stuck (a hung model, a blocked call)."""
 
-    def on_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
-        """Records behind the end, per assigned (topic, partition); all of them each time."""
+    def on_lag(self, lag: Mapping[tuple[str, int], int], stage: str = "pipeline") -> None:
+        """Records behind the end, per assigned (topic, partition); all of them each time,
+        for the ``stage`` that consumes them (``pipeline``, or with ``scope: global``
+        ``partition`` for the input topics and ``learn`` for the learn topic)."""
+
+    def on_stage_partitions(self, stage: str, n: int) -> None:
+        """Partitions whose state ``stage`` holds in memory on this worker; with ``scope:
+        global`` the ``learn`` stage reports 1 on the one worker that runs the learner."""
 
     # ---- models ----
     def on_model_metric(
@@ -130,7 +136,7 @@ class Sensor:
     def on_fault(self, kind: str) -> None:
         """A fault the worker survived: ``kind`` is one of :data:`FAULT_KINDS`."""
 
-    def on_partitions_waiting(self, n: int) -> None:
+    def on_partitions_waiting(self, n: int, stage: str = "pipeline") -> None:
         """Partitions assigned to this worker but paused: state not restorable yet,
         fenced, or refused; reported with every lag report."""
 

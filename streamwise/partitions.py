@@ -33,7 +33,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 from streamwise.connectors.base import Source, StateStore, TopicPartition
@@ -131,8 +132,15 @@ class PartitionStates:
         source: Source,
         store: StateStore | None,
         refence_after_s: float,
+        state_name: str | None = None,
+        make_processor: Callable[[Sensor], Any] | None = None,
     ) -> None:
         self.config = config
+        # The name the store keeps this stage's snapshots under (the pipeline's, or
+        # "<name>.partition" and "<name>.learn" for the two stages of scope: global),
+        # and what builds a partition's processor (the whole pipeline by default).
+        self.state_name = state_name or config.name
+        self.make_processor = make_processor or (lambda sensor: PipelineProcessor(config, sensor))
         self.snapshot = snapshot
         self.sensor = sensor
         self.source = source
@@ -288,15 +296,15 @@ class PartitionStates:
         self.states[p] = st
 
     def _restore(self, p: int, tps: list[TopicPartition]) -> PartitionState:
-        processor = PipelineProcessor(self.config, self.sensor)
+        processor = self.make_processor(self.sensor)
         st = PartitionState(p, processor, emit_from={}, positions={})
         committed = self.source.committed(tps)
         offsets: dict[TopicPartition, int] = {}
         if self.store is not None:
             # The claim first: from here on a zombie still holding the partition can no
             # longer write its snapshots.
-            st.owner = self.store.claim(self.config.name, p)
-            snap = self.store.load_latest(self.config.name, p)
+            st.owner = self.store.claim(self.state_name, p)
+            snap = self.store.load_latest(self.state_name, p)
             if snap is not None:
                 try:
                     processor.restore_state(decode_state(snap.payload))
@@ -449,7 +457,7 @@ class PartitionStates:
             return False
         try:
             info = self.store.save(
-                self.config.name,
+                self.state_name,
                 st.partition,
                 payload,
                 st.positions,

@@ -24,7 +24,8 @@ from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
 from streamwise.core.settings import Settings
 from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
-from streamwise.processor import PipelineProcessor
+from streamwise.processor import PartitionStageProcessor, PipelineProcessor
+from streamwise.stream.pipeline import split_steps
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,13 @@ class Runner:
         admin: Admin | None = None,
         store: StateStore | None = None,
         sink_factory: Callable[[str | None], Sink] | None = None,
+        source_factory: Callable[[str], Source] | None = None,
     ) -> None:
         # sink_factory builds a producer for a transactional id (None: not
         # transactional) whenever one is needed: at the start unless ``sink`` is given,
         # and again after a fatal error. Default: the configured Kafka client's.
+        # source_factory builds a consumer for a group id (the learner's, with scope:
+        # global); default: the configured client's. ``source`` is the input stage's.
         self.worker_index = worker_index
         self.config = config
         self.settings = settings
@@ -64,18 +68,21 @@ class Runner:
             from streamwise.connectors.prometheus import PrometheusSensor
 
             self.prometheus = PrometheusSensor(config.name, [m.name for m in config.models], config.input.topic)
-        self.sensor = SensorSet([self.counts, *sensors, *filter(None, [self.prometheus])])
+        self._shared_sensors: list[Sensor] = [*sensors, *filter(None, [self.prometheus])]
+        # The learner's own counts with scope: global (predictions are counted there).
+        self.learner_counts: CountingSensor | None = None
         # Built in run(), with their source and store: until then, nothing is owned.
+        # ``partitions`` is the stage that holds the models (the learner, with scope: global).
         self.partitions: Any = _NoPartitions()
+        self.stages: list[StageLoop] = []
+        self.global_scope = False
         self._source = source
         self._sink = sink
         self._admin = admin
         self._store = store
         self._sink_factory = sink_factory
+        self._source_factory = source_factory
         self._stop = threading.Event()
-        self._next_report = 0.0
-        # The champion last reported for each partition: each has its own.
-        self._champions: dict[int, str] = {}
 
     @property
     def worker_id(self) -> str:
@@ -113,106 +120,125 @@ class Runner:
 
     def run(self, until_idle_s: float | None = None, max_events: int | None = None) -> RunSummary:
         """Runs until :meth:`stop`, or until the input has been drained and stayed idle
-        for ``until_idle_s`` seconds, or until ``max_events`` records were processed."""
+        for ``until_idle_s`` seconds, or until ``max_events`` records were processed.
+
+        With ``scope: global`` on an input of several partitions, two stages run, each in
+        its own thread with its own consumer group and producer: the partition stage
+        (every worker shares the input partitions) and the learner (the learn topic's
+        one partition, so one worker of the group learns and the others stand by)."""
         cfg = self.config
-        topics = self.input_topics
-        kafka = self.settings.kafka.model_copy(
-            update={
-                "group_instance_id": self.worker_id if self.settings.kafka.static_membership else None,
-                "assignor": "range" if len(topics) > 1 else self.settings.kafka.assignor,
-            }
-        )
+        kafka = self.settings.kafka
         store = self._store if self._store is not None else self._state_store()
         admin = self._admin or make_admin(kafka)
         try:
             admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
-            if cfg.input.labels_topic is not None:
+            self.global_scope = cfg.scope == "global" and _partition_count(admin, cfg.input.topic) > 1
+            if self.global_scope:
+                _ensure_learn_topic(admin, cfg.learn_topic)
+                if cfg.input.labels_topic is not None:
+                    # Labels go through the learn topic: no co-partitioning needed.
+                    admin.ensure_topics([cfg.input.labels_topic], partitions=_partition_count(admin, cfg.input.topic))
+            elif cfg.input.labels_topic is not None:
                 _ensure_copartitioned(admin, cfg.input.topic, cfg.input.labels_topic)
         finally:
             admin.close()
-        source = self._source or make_source(kafka, cfg.group_id)
-        transactional_id = self.worker_id if kafka.guarantee == "exactly_once" else None
-        given_sink = self._sink
+        if self.global_scope:
+            log.info("scope: global\n%s", explain_stages(cfg))
+            self.stages = [
+                self._stage("partition", self.input_topics, cfg.group_id, f"{cfg.name}.partition", store, ""),
+                self._stage("learn", [cfg.learn_topic], cfg.learn_group_id, f"{cfg.name}.learn", store, ".learn"),
+            ]
+        else:
+            self.stages = [self._stage("pipeline", self.input_topics, cfg.group_id, cfg.name, store, "")]
+        metrics_server = self._serve_metrics()
+        started = time.perf_counter()
+        try:
+            if len(self.stages) == 1:
+                self.stages[0].run(self._stop, until_idle_s, max_events)
+            else:
+                self._run_stages(until_idle_s, max_events)
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
+        return self.summary(time.perf_counter() - started)
+
+    def _stage(
+        self, kind: str, topics: list[str], group_id: str, state_name: str, store: StateStore | None, suffix: str
+    ) -> StageLoop:
+        worker_id = self.worker_id + suffix
+        kafka = self.settings.kafka.model_copy(
+            update={
+                "group_instance_id": worker_id if self.settings.kafka.static_membership else None,
+                "assignor": "range" if len(topics) > 1 else self.settings.kafka.assignor,
+            }
+        )
+        # The source given to the runner is the first stage's; the learner's is built.
+        source = self._source if kind != "learn" and self._source is not None else None
+        if source is None:
+            source = self._source_factory(group_id) if self._source_factory else make_source(kafka, group_id)
+        transactional_id = worker_id if kafka.guarantee == "exactly_once" else None
+        given_sink = self._sink if kind != "learn" else None
+        sink_factory = self._sink_factory
 
         def make_sink_() -> Sink:
             nonlocal given_sink
             if given_sink is not None:
                 sink, given_sink = given_sink, None
                 return sink
-            if self._sink_factory is not None:
-                return self._sink_factory(transactional_id)
+            if sink_factory is not None:
+                return sink_factory(transactional_id)
             return make_sink(kafka, transactional_id)
 
-        # Collaborators are built whole before the loop starts.
-        self.partitions = PartitionStates(
-            cfg, self.settings.snapshot, self.sensor, source, store, refence_after_s=kafka.session_timeout_ms / 1000.0
+        counts = self.counts
+        if kind == "learn":
+            counts = self.learner_counts = CountingSensor()
+        sensor = SensorSet([counts, *self._shared_sensors])
+
+        def make_processor(s: Sensor) -> Any:
+            if kind == "partition":
+                return PartitionStageProcessor(self.config, s)
+            return PipelineProcessor(self.config, s, stage="learn" if kind == "learn" else "pipeline")
+
+        partitions = PartitionStates(
+            self.config, self.settings.snapshot, sensor, source, store,
+            refence_after_s=kafka.session_timeout_ms / 1000.0, state_name=state_name, make_processor=make_processor,
         )
-        checkpoint = Checkpoint(
-            source,
-            make_sink_,
-            self.partitions,
-            self.sensor,
-            commit_interval_s=kafka.commit_interval_ms / 1000.0,
-            retry_backoff_max_s=kafka.retry_backoff_max_ms / 1000.0,
-        )
-        source.subscribe(topics, on_assigned=self.partitions.on_assigned, on_revoked=self.partitions.on_revoked)
-        metrics_server = self._serve_metrics()
-        started = time.perf_counter()
-        last_activity = started
-        poll_size = kafka.max_poll_records
-        # A batch slower than this shrinks the next poll: the group must hear from this
-        # worker within max.poll.interval.ms, whatever the model costs per event.
-        slow_batch_s = kafka.max_poll_interval_ms / 4000.0
-        backoff = _Backoff(kafka.retry_backoff_max_ms / 1000.0)
-        try:
-            while not self._stop.is_set():
-                self._report(source)
-                try:
-                    records = source.poll(kafka.poll_timeout_ms, poll_size)
-                except ServiceUnavailableError as e:
-                    # A restarting broker, a coordinator move, a timeout: the client
-                    # reconnects by itself; wait a little and poll again.
-                    self.sensor.on_fault("kafka")
-                    backoff.wait(f"poll failed ({type(e).__name__}: {e})")
-                    continue
-                backoff.reset()
-                reset = checkpoint.apply_rebalance()
-                if reset:
-                    # Polled before their seek: fetched again from the restored position.
-                    records = [r for r in records if r.partition not in reset]
-                if not records:
-                    # Every batch is committed by now: a snapshot due by time (or one
-                    # retried after a Redis outage, which may unpause) can go.
-                    checkpoint.commit()
-                    if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
-                        lag = self._lag(source)
-                        if self.partitions.states and not self.partitions.waiting and lag is not None and not any(lag.values()):
-                            break
-                    continue
-                t0 = time.perf_counter()
-                outputs, offsets = self.partitions.process(records)
-                if checkpoint.add(outputs, offsets) and checkpoint.due():
-                    checkpoint.commit()
-                now = time.perf_counter()
-                elapsed = now - t0
-                self.sensor.on_batch(len(records), elapsed)
-                if elapsed > slow_batch_s and poll_size > 1:
-                    poll_size = max(1, len(records) // 2)
-                    log.warning("a batch took %.1f s; polling at most %d records next", elapsed, poll_size)
-                elif elapsed < slow_batch_s / 4 and poll_size < kafka.max_poll_records:
-                    poll_size = min(kafka.max_poll_records, poll_size * 2)
-                last_activity = now
-                if max_events is not None and self.counts.events_in >= max_events:
-                    break
-            self._report(source, force=True)
-            # Graceful stop: the open work commits, then every partition is snapshotted.
-            checkpoint.close()
-        finally:
-            source.close()
-            checkpoint._close_sink()
-            if metrics_server is not None:
-                metrics_server.close()
-        return self.summary(time.perf_counter() - started)
+        if kind != "partition":
+            self.partitions = partitions
+        return StageLoop(kind, kafka, topics, source, make_sink_, partitions, sensor, counts, self)
+
+    def _run_stages(self, until_idle_s: float | None, max_events: int | None) -> None:
+        """Both stages of ``scope: global``, each on its own thread. The learner may go
+        idle only once the partition stage has finished (it writes what the learner reads);
+        an error in either stops both and is raised here."""
+        partition_stage, learner = self.stages
+        errors: list[BaseException] = []
+        done = threading.Event()
+        # With only max_events, the learner stops once it has drained what was written.
+        learner_idle_s = until_idle_s if until_idle_s is not None or max_events is None else 1.0
+
+        def run(stage: StageLoop, **kw: Any) -> None:
+            try:
+                stage.run(self._stop, **kw)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                errors.append(e)
+                self._stop.set()
+            finally:
+                if stage is partition_stage:
+                    done.set()
+
+        threads = [
+            threading.Thread(target=run, args=(partition_stage,), name="streamwise-partition-stage",
+                             kwargs={"until_idle_s": until_idle_s, "max_events": max_events}),
+            threading.Thread(target=run, args=(learner,), name="streamwise-learner",
+                             kwargs={"until_idle_s": learner_idle_s, "may_stop_idle": done.is_set}),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def _serve_metrics(self) -> Any:
         if self.prometheus is None:
@@ -230,43 +256,6 @@ class Runner:
             basic_auth=auth,
         )
 
-    def _lag(self, source: Source) -> dict[TopicPartition, int] | None:
-        """The lag, or None when the broker does not answer: a report, never a reason to stop."""
-        try:
-            return source.lag()
-        except Exception as e:  # noqa: BLE001 - any client error; the loop must go on
-            self.sensor.on_fault("lag")
-            log.debug("lag not read: %s: %s", type(e).__name__, e)
-            return None
-
-    def _report(self, source: Source, force: bool = False) -> None:
-        """Feeds the sensors the figures that are read rather than counted, at most once a
-        second: the lag costs a broker round trip."""
-        now = time.monotonic()
-        if not force and now < self._next_report:
-            return
-        self._next_report = now + 1.0
-        self.sensor.on_report()
-        lag = self._lag(source)
-        if lag is not None:  # all assigned partitions each time: a revoked one's lag goes away
-            self.sensor.on_lag(lag)
-        self.sensor.on_partitions_waiting(len(self.partitions.waiting))
-        for partition, processor in self.processors.items():
-            for m in processor.models:
-                metric = type(m.metric).__name__
-                # The pipeline's metric with River's exact semantics, then the evaluation
-                # set (that metric over the rolling window, and any extra ones).
-                self.sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get(), partition)
-                evaluation = processor.learners.evaluations.get(m.name)
-                for window, values in (evaluation.report() if evaluation else {}).items():
-                    for name, value in values.items():
-                        if not (window == "cumulative" and name == metric):
-                            self.sensor.on_model_metric(m.name, name, window, value, partition)
-            previous = self._champions.get(partition)
-            if processor.champion != previous:
-                self.sensor.on_champion_change(previous, processor.champion, partition)
-                self._champions[partition] = processor.champion
-
     def _model_metrics(self) -> dict[str, dict[str, Any]]:
         """Each model's prequential metric; with several partitions, one entry per
         partition replica, named ``model[p]``."""
@@ -279,15 +268,163 @@ class Runner:
         return out
 
     def summary(self, wall_seconds: float) -> RunSummary:
-        c = self.counts
+        c, learner = self.counts, self.learner_counts
         return RunSummary(
             events_in=c.events_in,
-            predictions=c.predictions,
-            dead_letters=dict(c.dead_letters),
+            predictions=c.predictions + (learner.predictions if learner else 0),
+            dead_letters=dict(c.dead_letters + learner.dead_letters) if learner else dict(c.dead_letters),
             metrics=self._model_metrics(),
             wall_seconds=wall_seconds,
-            busy_seconds=c.busy_seconds,
+            busy_seconds=c.busy_seconds + (learner.busy_seconds if learner else 0.0),
         )
+
+
+class StageLoop:
+    """One stage's consumer, producer, partition states and checkpoint, and its loop:
+    poll → apply rebalance → process → checkpoint."""
+
+    def __init__(
+        self,
+        kind: str,
+        kafka: Any,
+        topics: list[str],
+        source: Source,
+        make_sink: Callable[[], Sink],
+        partitions: PartitionStates,
+        sensor: Sensor,
+        counts: CountingSensor,
+        runner: Runner,
+    ) -> None:
+        self.kind = kind
+        self.kafka = kafka
+        self.topics = topics
+        self.source = source
+        self.make_sink = make_sink
+        self.partitions = partitions
+        self.sensor = sensor
+        self.counts = counts
+        self.runner = runner
+        self._next_report = 0.0
+        # The champion last reported for each partition: each has its own.
+        self._champions: dict[int, str] = {}
+
+    def run(
+        self,
+        stop: threading.Event,
+        until_idle_s: float | None = None,
+        max_events: int | None = None,
+        may_stop_idle: Callable[[], bool] | None = None,
+    ) -> None:
+        kafka, source, sensor = self.kafka, self.source, self.sensor
+        checkpoint = Checkpoint(
+            source,
+            self.make_sink,
+            self.partitions,
+            sensor,
+            commit_interval_s=kafka.commit_interval_ms / 1000.0,
+            retry_backoff_max_s=kafka.retry_backoff_max_ms / 1000.0,
+        )
+        source.subscribe(self.topics, on_assigned=self.partitions.on_assigned, on_revoked=self.partitions.on_revoked)
+        last_activity = time.perf_counter()
+        poll_size = kafka.max_poll_records
+        # A batch slower than this shrinks the next poll: the group must hear from this
+        # worker within max.poll.interval.ms, whatever the model costs per event.
+        slow_batch_s = kafka.max_poll_interval_ms / 4000.0
+        backoff = _Backoff(kafka.retry_backoff_max_ms / 1000.0)
+        try:
+            while not stop.is_set():
+                self._report()
+                try:
+                    records = source.poll(kafka.poll_timeout_ms, poll_size)
+                except ServiceUnavailableError as e:
+                    # A restarting broker, a coordinator move, a timeout: the client
+                    # reconnects by itself; wait a little and poll again.
+                    sensor.on_fault("kafka")
+                    backoff.wait(f"poll failed ({type(e).__name__}: {e})")
+                    continue
+                backoff.reset()
+                reset = checkpoint.apply_rebalance()
+                if reset:
+                    # Polled before their seek: fetched again from the restored position.
+                    records = [r for r in records if r.partition not in reset]
+                if not records:
+                    # Every batch is committed by now: a snapshot due by time (or one
+                    # retried after a Redis outage, which may unpause) can go.
+                    checkpoint.commit()
+                    if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
+                        if self._drained() and (may_stop_idle is None or may_stop_idle()):
+                            break
+                    continue
+                t0 = time.perf_counter()
+                outputs, offsets = self.partitions.process(records)
+                if checkpoint.add(outputs, offsets) and checkpoint.due():
+                    checkpoint.commit()
+                now = time.perf_counter()
+                elapsed = now - t0
+                sensor.on_batch(len(records), elapsed)
+                if elapsed > slow_batch_s and poll_size > 1:
+                    poll_size = max(1, len(records) // 2)
+                    log.warning("a batch took %.1f s; polling at most %d records next", elapsed, poll_size)
+                elif elapsed < slow_batch_s / 4 and poll_size < kafka.max_poll_records:
+                    poll_size = min(kafka.max_poll_records, poll_size * 2)
+                last_activity = now
+                if max_events is not None and self.counts.events_in >= max_events:
+                    break
+            self._report(force=True)
+            # Graceful stop: the open work commits, then every partition is snapshotted.
+            checkpoint.close()
+        finally:
+            source.close()
+            checkpoint._close_sink()
+
+    def _drained(self) -> bool:
+        """Nothing left to read: every assigned partition ready and at the end of its log.
+        A standby learner (no partition assigned) counts as drained."""
+        lag = self._lag()
+        if lag is None or any(lag.values()) or self.partitions.waiting:
+            return False
+        return bool(self.partitions.states) or (self.kind == "learn" and not self.source.assignment())
+
+    def _lag(self) -> dict[TopicPartition, int] | None:
+        """The lag, or None when the broker does not answer: a report, never a reason to stop."""
+        try:
+            return self.source.lag()
+        except Exception as e:  # noqa: BLE001 - any client error; the loop must go on
+            self.sensor.on_fault("lag")
+            log.debug("lag not read: %s: %s", type(e).__name__, e)
+            return None
+
+    def _report(self, force: bool = False) -> None:
+        """Feeds the sensors the figures that are read rather than counted, at most once a
+        second: the lag costs a broker round trip."""
+        now = time.monotonic()
+        if not force and now < self._next_report:
+            return
+        self._next_report = now + 1.0
+        sensor = self.sensor
+        sensor.on_report()
+        lag = self._lag()
+        if lag is not None:  # all assigned partitions each time: a revoked one's lag goes away
+            sensor.on_lag(lag, stage=self.kind)
+        sensor.on_partitions_waiting(len(self.partitions.waiting), stage=self.kind)
+        sensor.on_stage_partitions(self.kind, len(self.partitions.states))
+        for partition, processor in self.partitions.processors().items():
+            for m in processor.models:
+                metric = type(m.metric).__name__
+                # The pipeline's metric with River's exact semantics, then the evaluation
+                # set (that metric over the rolling window, and any extra ones).
+                sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get(), partition)
+                evaluation = processor.learners.evaluations.get(m.name)
+                for window, values in (evaluation.report() if evaluation else {}).items():
+                    for name, value in values.items():
+                        if not (window == "cumulative" and name == metric):
+                            sensor.on_model_metric(m.name, name, window, value, partition)
+            if processor.champion is None:
+                continue
+            previous = self._champions.get(partition)
+            if processor.champion != previous:
+                sensor.on_champion_change(previous, processor.champion, partition)
+                self._champions[partition] = processor.champion
 
 
 def _partition_count(admin: Admin, topic: str) -> int:
@@ -298,6 +435,40 @@ def _partition_count(admin: Admin, topic: str) -> int:
             raise ServiceUnavailableError(f"Kafka: topic {topic} did not show in the metadata within 10 s")
         time.sleep(0.1)
     return count
+
+
+def _ensure_learn_topic(admin: Admin, topic: str) -> None:
+    """The learn topic of ``scope: global`` has one partition: that is what makes its
+    order the one order the learner learns in. Refuses one made otherwise."""
+    admin.ensure_topics([topic], partitions=1)
+    count = _partition_count(admin, topic)
+    if count != 1:
+        raise ConfigError(f"scope: global: the learn topic {topic} has {count} partitions; it must have exactly 1")
+
+
+def explain_stages(config: PipelineConfig) -> str:
+    """Which steps run where, in one line (``streamwise run --explain`` and the start-up log).
+
+    Examples
+    --------
+    >>> from streamwise.pipeline_config import parse_pipeline_config
+    >>> cfg = parse_pipeline_config({"name": "p", "input": {"topic": "in"}, "output": {"topic": "out"},
+    ...     "schema": {"id": "id", "key": "card", "event_time": "ts", "label": "y", "features": {"amount": "float"}},
+    ...     "cleaners": ["dedup", "impute"], "features": [{"kind": "standard_scale"}],
+    ...     "models": [{"name": "lr", "steps": ["linear_model.LogisticRegression"]}]})
+    >>> print(explain_stages(cfg))
+    partition stage (each input partition): decode, validate, dedup
+      -> p.learn (1 partition: the order the learner learns in)
+    learner (one per pipeline): impute, standard_scale, models: lr
+    """
+    route, learn = split_steps(config.cleaners, config.features)
+    first = ", ".join(["decode", "validate", *(s.kind for s in route)])
+    second = ", ".join([*(s.kind for s in learn), "models: " + " ".join(m.name for m in config.models)])
+    return (
+        f"partition stage (each input partition): {first}\n"
+        f"  -> {config.learn_topic} (1 partition: the order the learner learns in)\n"
+        f"learner (one per pipeline): {second}"
+    )
 
 
 def _ensure_copartitioned(admin: Admin, events_topic: str, labels_topic: str) -> None:

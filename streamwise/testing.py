@@ -1184,6 +1184,8 @@ def memory_runner(
         # Made when the run starts and again after a fatal error, with the runner's
         # worker id: each one aborts what the one before it left open.
         sink_factory=lambda transactional_id: MemorySink(broker, transactional_id, faults),
+        # The learner's consumer, with scope: global on an input of several partitions.
+        source_factory=lambda group_id: MemorySource(broker, group_id, faults),
     )
 
 

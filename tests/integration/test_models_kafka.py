@@ -67,6 +67,8 @@ CASES: dict[str, dict[str, Any]] = {
 def _config(prefix: str, case: dict[str, Any], labels_topic: str | None = None, **extra: Any) -> Any:
     data = {
         "name": prefix,
+        # Per-partition replicas, each compared with River on its own partition's events.
+        "scope": "partition",
         "input": {"topic": f"{prefix}.events", **({"labels_topic": labels_topic} if labels_topic else {})},
         "output": {"topic": f"{prefix}.predictions"},
         "schema": {"id": "id", "label": "label", "label_type": case["label_type"], "features": case["features"]},

@@ -44,6 +44,8 @@ def _config(prefix: str, labels_topic: bool) -> Any:
     return parse_pipeline_config(
         {
             "name": prefix,
+            # Each partition's replica is compared with its own reference run.
+            "scope": "partition",
             "input": {"topic": f"{prefix}.events", **({"labels_topic": f"{prefix}.labels"} if labels_topic else {})},
             "output": {"topic": f"{prefix}.predictions"},
             "schema": {

@@ -41,6 +41,9 @@ def _config(prefix: str, input_topic: str):
     cfg.name = prefix
     cfg.input.topic = input_topic
     cfg.output.topic = f"{prefix}.predictions"
+    # These tests prove the per-partition recovery rules, which both stages of scope:
+    # global rest on; tests/integration/test_global_scope.py crashes a global pipeline.
+    cfg.scope = "partition"
     return cfg
 
 
@@ -225,7 +228,7 @@ def test_stopping_in_the_middle_of_a_replay_never_moves_the_group_back(settings,
     from streamwise.core.sensors import Sensor
     from support import phishing_pipeline
 
-    cfg = phishing_pipeline(unique)
+    cfg = phishing_pipeline(unique, scope="partition")
     produce(bootstrap, cfg.input.topic, iter_events("Phishing"))
     settings.kafka.max_poll_records = 100
     settings.snapshot.enabled = False
@@ -371,7 +374,7 @@ def test_a_model_slower_than_the_poll_interval_still_makes_progress(settings, bo
     from support import phishing_pipeline
 
     n = 1250
-    cfg = phishing_pipeline(unique)
+    cfg = phishing_pipeline(unique, scope="partition")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(cfg.input.topic, num_partitions=PARTITIONS, replication_factor=1)])
     admin.close()

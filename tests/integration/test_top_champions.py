@@ -43,6 +43,8 @@ def two_stream_pipeline(prefix: str) -> PipelineConfig:
         evaluation={"window": 200, "metrics": "standard"},
         # Hysteresis short enough for 600 events, still well above noise.
         champion={"min_samples": 100, "patience": 20, "margin": 0.05},
+        # Each partition has its own champion: two streams, two replicas.
+        scope="partition",
     )
 
 
