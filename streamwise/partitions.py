@@ -34,8 +34,8 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamwise.connectors.base import Source, StateStore, TopicPartition
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord

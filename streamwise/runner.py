@@ -217,11 +217,17 @@ class Runner:
         # With only max_events, the learner stops once it has drained what was written.
         learner_idle_s = until_idle_s if until_idle_s is not None or max_events is None else 1.0
 
+        # A stage that dies of something no ``except Exception`` catches (the process is
+        # going down) takes the other with it, without a last commit or snapshot.
+        abort = threading.Event()
+
         def run(stage: StageLoop, **kw: Any) -> None:
             try:
-                stage.run(self._stop, **kw)
+                stage.run(self._stop, abort=abort, **kw)
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 errors.append(e)
+                if not isinstance(e, Exception):
+                    abort.set()
                 self._stop.set()
             finally:
                 if stage is partition_stage:
@@ -314,6 +320,7 @@ class StageLoop:
         until_idle_s: float | None = None,
         max_events: int | None = None,
         may_stop_idle: Callable[[], bool] | None = None,
+        abort: threading.Event | None = None,
     ) -> None:
         kafka, source, sensor = self.kafka, self.source, self.sensor
         checkpoint = Checkpoint(
@@ -370,6 +377,8 @@ class StageLoop:
                 last_activity = now
                 if max_events is not None and self.counts.events_in >= max_events:
                     break
+            if abort is not None and abort.is_set():
+                return
             self._report(force=True)
             # Graceful stop: the open work commits, then every partition is snapshotted.
             checkpoint.close()

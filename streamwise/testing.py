@@ -555,6 +555,20 @@ class MemoryBroker:
         with self._lock:
             return sorted(t for t, (_, txn) in self._producers.items() if txn is not None and txn.state == "open")
 
+    def time_out_transactions(self, prefix: str = "") -> list[str]:
+        """Aborts the open transactions of the transactional ids starting with ``prefix``,
+        as Kafka does once ``transaction.timeout.ms`` passes with no word from a producer
+        that died (when no new producer with its id comes to abort them sooner).
+        Returns the ids whose transaction was aborted."""
+        with self._lock:
+            aborted = []
+            for tid, (_, txn) in sorted(self._producers.items()):
+                if tid.startswith(prefix) and txn is not None and txn.state == "open":
+                    txn.state = "aborted"
+                    aborted.append(tid)
+            self._arrived.notify_all()
+            return aborted
+
     # ----- groups -----------------------------------------------------------------
 
     def group(self, group_id: str) -> _Group:
@@ -1201,3 +1215,59 @@ def output_ids(broker: MemoryBroker, topic: str, id_field: str = "id") -> Counte
     Counter({2: 2, 1: 1})
     """
     return Counter(json.loads(r.value)[id_field] for r in broker.read(topic))
+
+
+def river_on_learn_order(config: PipelineConfig, records: Iterable[ConsumedRecord]) -> dict[str, float]:
+    """Each model's metric from ``river.evaluate.progressive_val_score``, run in memory on
+    the order a ``scope: global`` pipeline wrote to its learn topic: the check that the
+    service's metric equals River's on the order it learned in.
+
+    The learn topic's events and labels become River's questions and answers: event
+    ``k`` (its position in the topic) is asked at moment ``k``; its answer comes at the
+    position of its label record, or right after the question for an inline label or a
+    label that arrived before its event (the service learns such a label as soon as the
+    event is predicted). Events never labelled are left out (they teach nothing), as are
+    repeated labels (learned once). The models see the features the learn records
+    carry, so the pipeline must have no step that runs with the models.
+    """
+    from river import evaluate
+
+    from streamwise.models.catalog import build_estimator
+    from streamwise.models.prequential import make_metric
+    from streamwise.processor import Label, decode_learn_record
+    from streamwise.stream.pipeline import split_steps
+
+    if split_steps(config.cleaners, config.features)[1]:
+        raise ValueError("river_on_learn_order: the pipeline has steps that run with the models")
+    events: dict[Any, tuple[int, dict[str, Any]]] = {}
+    answers: dict[Any, tuple[float, Any]] = {}
+    early: dict[Any, Any] = {}
+    for k, record in enumerate(records):
+        _, item = decode_learn_record(record)
+        if isinstance(item, Label):
+            if item.event_id in answers or item.event_id in early:
+                continue
+            if item.event_id in events:
+                answers[item.event_id] = (float(k), item.y)
+            else:
+                early[item.event_id] = item.y
+            continue
+        if item.id in events:
+            continue
+        events[item.id] = (k, item.x)
+        if item.y is not None:
+            answers[item.id] = (k + 0.5, item.y)
+        elif item.id in early:
+            answers[item.id] = (k + 0.5, early.pop(item.id))
+    dataset = [(x, answers[i][1]) for i, (k, x) in events.items() if i in answers]
+    moment = {id(x): float(k) for i, (k, x) in events.items() if i in answers}
+    due = {id(x): answers[i][0] for i, (k, x) in events.items() if i in answers}
+    out = {}
+    for spec in config.models:
+        metric = make_metric(config.metric)
+        evaluate.progressive_val_score(
+            dataset, build_estimator(spec.steps), metric,
+            moment=lambda x: moment[id(x)], delay=lambda x, _y: due[id(x)] - moment[id(x)],
+        )
+        out[spec.name] = metric.get()
+    return out
