@@ -54,7 +54,7 @@ def _broker(cfg: Any, partitions: int, labels_delay: int | None = None) -> Memor
         return broker
     broker.create_topic(cfg.input.labels_topic, partitions=partitions)
     bodies = [json.loads(v) for _, v in events]
-    for j, (key, value) in enumerate(events):
+    for j, (key, _value) in enumerate(events):
         if j >= labels_delay:
             old = bodies[j - labels_delay]
             broker.produce(cfg.input.labels_topic, json.dumps({"id": old["id"], "label": old["label"]}).encode(),
