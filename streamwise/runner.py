@@ -67,7 +67,10 @@ class Runner:
         if settings.metrics.port:  # 0: no /metrics
             from streamwise.connectors.prometheus import PrometheusSensor
 
-            self.prometheus = PrometheusSensor(config.name, [m.name for m in config.models], config.input.topic)
+            self.prometheus = PrometheusSensor(
+                config.name, [m.name for m in config.models], config.input.topic,
+                rules={r.name: r.decision or "override" for r in config.rules},
+            )
         self._shared_sensors: list[Sensor] = [*sensors, *filter(None, [self.prometheus])]
         # The learner's own counts with scope: global (predictions are counted there).
         self.learner_counts: CountingSensor | None = None
