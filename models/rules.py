@@ -65,7 +65,7 @@ True
 >>> RuleSet.compile([RuleSpec(name="typo", when="agee < 18", decision="refuse")], {"age": "int"})
 Traceback (most recent call last):
 ...
-ValueError: rule 'typo': column 1 at 'agee': unknown name 'agee'; did you mean 'age'? ...
+streamwise.models.rules.RuleError: rule 'typo': column 1 at 'agee': unknown name 'agee'; did you mean 'age'? ...
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DECISIONS", "RuleSet", "RuleSpec", "RuleSyntaxError", "Verdict", "parse_condition"]
+__all__ = ["DECISIONS", "RuleError", "RuleSet", "RuleSpec", "RuleSyntaxError", "Verdict", "parse_condition"]
 
 # Most severe first: the order in which a fired rule decides.
 DECISIONS = ("refuse", "review", "approve")
@@ -93,6 +93,15 @@ _LABEL_TYPES = {"bool": BOOL, "int": NUMBER, "float": NUMBER, "category": STRING
 
 # A compiled node: (features, prediction, probabilities) -> value; None means unknown.
 Fn = Callable[[Mapping[str, Any], Any, "Mapping[Any, float] | None"], Any]
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled; ``field`` is the rule's key at fault (``when``,
+    ``prediction``), or None for the rule as a whole."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RuleSyntaxError(ValueError):
@@ -392,7 +401,8 @@ class _Parser:
         if ANY in (a.type, b.type):
             return
         if a.type != b.type:
-            raise RuleSyntaxError(f"cannot compare {a.text} (a {a.type}) with {b.text} (a {b.type})", op.column, op.text)
+            message = f"cannot compare {a.text} (a {a.type}) with {b.text} (a {b.type})"
+            raise RuleSyntaxError(message, op.column, op.text)
         if a.type == BOOL and op.text not in ("==", "!="):
             raise RuleSyntaxError(f"'{op.text}' does not order booleans; use == or !=", op.column, op.text)
 
@@ -494,7 +504,8 @@ class _Parser:
             cls, _, ctok = self._literal()
             self._expect("op", "]", "']' to close proba[...]")
             if self.label_type == "float":
-                raise RuleSyntaxError("proba[...] needs a classifier; this pipeline's label is a float", tok.column, tok.text)
+                message = "proba[...] needs a classifier; this pipeline's label is a float"
+                raise RuleSyntaxError(message, tok.column, tok.text)
 
             def proba_of(x: Mapping[str, Any], p: Any, proba: Mapping[Any, float] | None) -> Any:
                 return None if proba is None else proba.get(cls, 0.0)
@@ -573,11 +584,6 @@ class RuleSpec(BaseModel):
     # Written in every record the rule decides; defaults to "when: <condition>".
     reason: str | None = None
 
-    @model_validator(mode="after")
-    def _has_outcome(self) -> RuleSpec:
-        if self.decision is None and self.prediction is None:
-            raise ValueError(f"rule {self.name!r} has no outcome: give it a decision (refuse, review, approve), a prediction, or both")
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,22 +630,32 @@ class RuleSet:
     def compile(
         cls, specs: Sequence[RuleSpec], features: Mapping[str, str], label_type: str = "bool"
     ) -> RuleSet:
-        """Parses every rule; a ``ValueError`` naming the rule, the column and the token otherwise."""
+        """Parses every rule; a :class:`RuleError` naming the rule (and, for a condition,
+        the column and the token) otherwise."""
         names = [s.name for s in specs]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"rule names must be unique, repeated: {', '.join(dupes)}")
+            raise RuleError(f"rule names must be unique, repeated: {', '.join(dupes)}")
         severity = {d: i for i, d in enumerate(DECISIONS)}
         rules = []
         for i, spec in enumerate(specs):
+            if spec.decision is None and spec.prediction is None:
+                raise RuleError(
+                    f"rule {spec.name!r} has no outcome: give it a decision (refuse, review, approve), a prediction,"
+                    " or both"
+                )
             try:
                 condition = parse_condition(spec.when, features, label_type)
             except RuleSyntaxError as e:
-                raise ValueError(f"rule {spec.name!r}: {e}") from None
-            override = _check_override(spec, label_type)
+                raise RuleError(f"rule {spec.name!r}: {e}", "when") from None
+            try:
+                override = _check_override(spec, label_type)
+            except ValueError as e:
+                raise RuleError(str(e), "prediction") from None
             rank = severity.get(spec.decision or "", len(DECISIONS)) * len(specs) + i
             reason = spec.reason or f"when: {spec.when}"
-            rules.append(_Rule(spec.name, condition, spec.decision, spec.prediction is not None, override, reason, rank))
+            overrides = spec.prediction is not None
+            rules.append(_Rule(spec.name, condition, spec.decision, overrides, override, reason, rank))
         return cls(rules)
 
     def __bool__(self) -> bool:

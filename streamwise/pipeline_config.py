@@ -26,7 +26,7 @@ from streamwise.models.config import (
 )
 from streamwise.models.forecast import ForecastConfig
 from streamwise.models.prequential import make_metric
-from streamwise.models.rules import RuleSet, RuleSpec
+from streamwise.models.rules import RuleError, RuleSet, RuleSpec
 from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema
 
@@ -142,12 +142,12 @@ class PipelineConfig(BaseModel):
         for i, spec in enumerate(self.rules):
             try:
                 RuleSet.compile([spec], features, label)
-            except ValueError as e:
-                problems.append((("rules", i, "when" if "column" in str(e) else "prediction"), str(e)))
+            except RuleError as e:
+                problems.append((("rules", i, *([e.field] if e.field else [])), str(e)))
         if not problems:
             try:
                 RuleSet.compile(self.rules, features, label)
-            except ValueError as e:
+            except RuleError as e:
                 problems.append((("rules",), str(e)))
         return problems
 
