@@ -14,10 +14,11 @@ import random
 from pathlib import Path
 
 from streamwise.connectors.prometheus import PrometheusSensor
+from support import consume, produce, values
+
 from streamwise.pipeline_config import load_pipeline_config
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
-from support import consume, produce, values
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "credit_rules.yaml"
 N_EVENTS = 10_000
@@ -41,7 +42,8 @@ def test_the_hard_rule_is_never_overridden_and_the_review_rule_fires_on_exactly_
     cfg.output.topic = f"{unique}.predictions"
     events = _applications()
     n = produce(bootstrap, cfg.input.topic, events)
-    prometheus = PrometheusSensor(unique, [m.name for m in cfg.models], rules={"minor": "refuse", "large_loan": "review"})
+    outcomes = {"minor": "refuse", "large_loan": "review"}
+    prometheus = PrometheusSensor(unique, [m.name for m in cfg.models], rules=outcomes)
     summary = Runner(cfg, settings, sensors=[prometheus]).run(until_idle_s=1.0)
     assert summary.events_in == n == N_EVENTS and summary.dead_letters == {}
 
@@ -76,4 +78,5 @@ def test_the_hard_rule_is_never_overridden_and_the_review_rule_fires_on_exactly_
     assert prometheus.value("streamwise_rule_fired_total", rule="minor", outcome="refuse") == len(minors)
     assert prometheus.value("streamwise_rule_fired_total", rule="large_loan", outcome="review") == len(large)
     assert prometheus.value("streamwise_rule_decisions_total", rule="minor", decision="refuse") == len(minors)
-    assert prometheus.value("streamwise_rule_decisions_total", rule="large_loan", decision="review") == len(large - minors)
+    reviewed = prometheus.value("streamwise_rule_decisions_total", rule="large_loan", decision="review")
+    assert reviewed == len(large - minors)
