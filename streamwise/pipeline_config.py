@@ -112,6 +112,9 @@ class PipelineConfig(BaseModel):
             make_metric(self.champion.metric)
         if self.input.labels_topic is not None and self.input.labels_topic == self.input.topic:
             raise ValueError("input.labels_topic must differ from input.topic")
+        for spec in self.models:
+            if spec.init_from is not None and spec.init_from.pipeline == self.name:
+                raise ValueError(f"models: {spec.name!r} init_from names this pipeline; name another one")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
