@@ -143,3 +143,18 @@ def test_a_missing_source_or_model_stops_the_start():
         memory_runner(no_model, _settings(), broker, store).run(until_idle_s=0.2)
     with pytest.raises(ConfigError, match="init_from names this pipeline"):
         _config("north", init_from={"pipeline": "north", "model": "logreg"})
+
+
+def test_the_transfer_example_fits_the_credit_example():
+    from pathlib import Path
+
+    from streamwise.pipeline_config import load_pipeline_config
+    from streamwise.transfer import pipeline_signature, steps_key
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    source, target = (load_pipeline_config(examples / f) for f in ("credit_scoring.yaml", "transfer.yaml"))
+    assert pipeline_signature(source) == pipeline_signature(target)
+    steps = {m.name: steps_key(m.steps) for m in source.models}
+    for m in target.models:
+        assert m.init_from is not None and m.init_from.pipeline == source.name
+        assert steps[m.init_from.model] == steps_key(m.steps)
