@@ -302,52 +302,36 @@ class _Parser:
             )
 
     def or_(self) -> _Node:
-        first = self.and_()
-        parts = [first]
-        while self._at("keyword", "or"):
-            self._take()
-            parts.append(self.and_())
-        if len(parts) == 1:
-            return first
-        for p in parts:
-            self._boolean(p, "each side of 'or'")
-        fns = [p.fn for p in parts]
-
-        def either(x: Mapping[str, Any], pr: Any, proba: Mapping[Any, float] | None) -> Any:
-            unknown = False
-            for fn in fns:
-                v = fn(x, pr, proba)
-                if v is True:
-                    return True
-                if v is None:
-                    unknown = True
-            return None if unknown else False
-
-        return _Node(either, BOOL, first.column, "(... or ...)")
+        return self._joined("or", self.and_, decisive=True)
 
     def and_(self) -> _Node:
-        first = self.not_()
+        return self._joined("and", self.not_, decisive=False)
+
+    def _joined(self, word: str, operand: Callable[[], _Node], decisive: bool) -> _Node:
+        """``operand (word operand)*``, with Kleene's logic: one ``decisive`` value (True for
+        'or', False for 'and') settles it, else any unknown makes it unknown."""
+        first = operand()
         parts = [first]
-        while self._at("keyword", "and"):
+        while self._at("keyword", word):
             self._take()
-            parts.append(self.not_())
+            parts.append(operand())
         if len(parts) == 1:
             return first
         for p in parts:
-            self._boolean(p, "each side of 'and'")
+            self._boolean(p, f"each side of '{word}'")
         fns = [p.fn for p in parts]
 
-        def both(x: Mapping[str, Any], pr: Any, proba: Mapping[Any, float] | None) -> Any:
+        def joined(x: Mapping[str, Any], pr: Any, proba: Mapping[Any, float] | None) -> Any:
             unknown = False
             for fn in fns:
                 v = fn(x, pr, proba)
-                if v is False:
-                    return False
+                if v is decisive:
+                    return decisive
                 if v is None:
                     unknown = True
-            return None if unknown else True
+            return None if unknown else not decisive
 
-        return _Node(both, BOOL, first.column, "(... and ...)")
+        return _Node(joined, BOOL, first.column, f"(... {word} ...)")
 
     def not_(self) -> _Node:
         if self._at("keyword", "not"):
