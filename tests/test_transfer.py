@@ -158,3 +158,24 @@ def test_the_transfer_example_fits_the_credit_example():
     for m in target.models:
         assert m.init_from is not None and m.init_from.pipeline == source.name
         assert steps[m.init_from.model] == steps_key(m.steps)
+
+
+def test_a_torch_learner_starts_from_the_sources_weights():
+    pytest.importorskip("torch")
+    torch_steps = [{"streamwise.TorchMiniBatchClassifier": {"hidden_layers": [8], "device": "cpu", "batch_size": 16}}]
+    broker, store = MemoryBroker(), MemoryStateStore()
+    broker.create_topic("north.events", partitions=1)
+    broker.produce_many("north.events", iter_events("synth.Agrawal", {"seed": 1}, limit=200))
+    memory_runner(_config("north", models__0__steps=torch_steps), _settings(), broker, store).run(until_idle_s=0.2)
+    source = decode_state(store.load_latest("north", 0).payload)["learners"].model("logreg")
+    assert source.estimator.n_steps > 0  # it trained: the weights moved
+
+    broker.create_topic("south.events", partitions=1)
+    cfg = _config("south", init_from={"pipeline": "north", "model": "logreg"}, models__0__steps=torch_steps)
+    runner = memory_runner(cfg, _settings(), broker, store)
+    runner.run(until_idle_s=0.2)
+    (processor,) = runner.partitions.all_processors().values()
+    started = processor.learners.model("logreg").estimator
+    assert fingerprint(started) == fingerprint(source.estimator) and started.n_steps == source.estimator.n_steps
+    cold = PipelineProcessor(_config("south", models__0__steps=torch_steps)).learners.model("logreg").estimator
+    assert fingerprint(cold) != fingerprint(source.estimator)
