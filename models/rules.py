@@ -28,8 +28,9 @@ The language
       extractor changed them: a rule reads what the applicant declared), a feature whose
       name is not a plain word in backquotes (```1```), and the champion's answer:
       ``prediction`` (its class or number), ``probability`` (the probability it gives its
-      own prediction) and ``proba[c]`` (the probability of class ``c``; 0 for a class it
-      has not seen).
+      own prediction), ``proba[c]`` (the probability of class ``c``; 0 for a class it
+      has not seen) and, for an anomaly detector or a regressor, ``score`` (the number
+      it answered, the same as ``prediction``).
 
     A name that is neither a feature nor one of those is an error at start, as is a
     comparison between a number and a string, or a condition that is not a test (``when:
@@ -84,7 +85,7 @@ __all__ = ["DECISIONS", "RuleError", "RuleSet", "RuleSpec", "RuleSyntaxError", "
 # Most severe first: the order in which a fired rule decides.
 DECISIONS = ("refuse", "review", "approve")
 KEYWORDS = frozenset({"and", "or", "not", "in", "between", "true", "false"})
-ANSWER_NAMES = ("prediction", "probability", "proba")
+ANSWER_NAMES = ("prediction", "probability", "proba", "score")
 
 # Static types of values: what a feature's schema type, a literal or the answer is.
 NUMBER, STRING, BOOL, ANY = "number", "string", "bool", "any"
@@ -501,6 +502,11 @@ class _Parser:
                 return max(proba.values()) if proba else None
 
             return _Node(confidence, NUMBER, tok.column, "probability")
+        if not quoted and name == "score":
+            if self.label_type != "float":
+                message = "score is the number an anomaly detector or a regressor answers; use prediction, probability"
+                raise RuleSyntaxError(message, tok.column, tok.text)
+            return _Node(lambda x, p, proba: p, NUMBER, tok.column, "score")
         if not quoted and name == "prediction":
             return _Node(lambda x, p, proba: p, _LABEL_TYPES.get(self.label_type, ANY), tok.column, "prediction")
         if name not in self.features:

@@ -139,8 +139,7 @@ class PipelineConfig(BaseModel):
             return []
         if self.task == "forecast":
             return [(("rules",), "rules apply to predictions of events; a forecast has none")]
-        features = {name: f.type for name, f in self.event_schema.features.items()}
-        label = self.event_schema.label_type
+        features, label = self._rule_inputs()
         problems: list[tuple[tuple[str | int, ...], str]] = []
         for i, spec in enumerate(self.rules):
             try:
@@ -154,10 +153,15 @@ class PipelineConfig(BaseModel):
                 problems.append((("rules",), str(e)))
         return problems
 
+    def _rule_inputs(self) -> tuple[dict[str, str], str]:
+        """The features' types, and the type of the answer the rules read: an anomaly
+        detector answers a score, whatever the label's type."""
+        features = {name: f.type for name, f in self.event_schema.features.items()}
+        return features, "float" if self.task == "anomaly" else self.event_schema.label_type
+
     def build_rules(self) -> RuleSet:
         """The compiled rules (checked at load, so this does not fail)."""
-        features = {name: f.type for name, f in self.event_schema.features.items()}
-        return RuleSet.compile(self.rules, features, self.event_schema.label_type)
+        return RuleSet.compile(self.rules, *self._rule_inputs())
 
     def _check_forecast(self) -> None:
         if (self.task == "forecast") != (self.forecast is not None):

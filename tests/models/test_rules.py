@@ -156,6 +156,9 @@ def test_answer_names_read_the_champions_answer():
     assert _c("probability > 0.5")({}, None, None) is None  # the champion failed
     assert parse_condition("prediction", {}, "bool")({}, True, None) is True
     assert parse_condition("prediction in ['gold', 'silver']", {}, "category")({}, "gold", None) is True
+    assert parse_condition("score > 0.8 and prediction > 0.8", {}, "float")({}, 0.9, None) is True
+    with pytest.raises(RuleSyntaxError, match="score is the number an anomaly detector or a regressor answers"):
+        parse_condition("score > 0.8", {}, "int")
     with pytest.raises(RuleSyntaxError, match=r"proba\[\.\.\.\] needs a classifier"):
         parse_condition("proba[1] > 0", {}, "float")
 
