@@ -85,3 +85,27 @@ def test_without_rules_nothing_changes_and_the_decision_field_can_be_left_out():
     (record,) = [json.loads(r.value) for r in processor.process(_records([{"id": 0, "age": 16, "loan": 1.0}]))]
     # The override goes with the prediction; the verdict's fields with "decision".
     assert set(record) == {"id", "prediction", "model_prediction"} and record["prediction"] == 0
+
+
+def test_with_scope_global_the_learner_reads_the_declared_features_through_the_learn_topic():
+    """One-hot on the partitions replaces city with indicator columns; the learn record
+    carries the declared city, so a rule on it still fires in the learner."""
+    from streamwise.processor import PartitionStageProcessor
+
+    cfg = parse_pipeline_config({
+        "name": "g", "scope": "global",
+        "input": {"topic": "g.events"}, "output": {"topic": "g.out"},
+        "schema": {"id": "id", "label": "label", "label_type": "int",
+                   "features": {"city": {"type": "category", "categories": ["Oslo", "Lyon"]}, "loan": "float"}},
+        "models": [{"name": "lr", "steps": ["linear_model.LogisticRegression"]}],
+        "features": [{"kind": "one_hot", "fields": ["city"]}],
+        "rules": [{"name": "oslo", "when": "city == 'Oslo'", "decision": "review"}],
+    })
+    events = [{"id": 0, "city": "Oslo", "loan": 1.0, "label": 1}, {"id": 1, "city": "Lyon", "loan": 1.0, "label": 0}]
+    learn = PartitionStageProcessor(cfg).process(_records(events))
+    assert all("city" not in json.loads(r.value)["e"][1] for r in learn)  # the models see indicators only
+    learner = PipelineProcessor(cfg, stage="learn")
+    t0 = 1_700_000_000_000
+    consumed = [ConsumedRecord(cfg.learn_topic, 0, i, r.key, r.value, t0 + i) for i, r in enumerate(learn)]
+    out = [json.loads(r.value) for r in learner.process(consumed)]
+    assert [(r["id"], r["decision"], r["fired"]) for r in out] == [(0, "review", ["oslo"]), (1, None, [])]

@@ -25,9 +25,10 @@ FEATURES = {
 LOGREG = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
 
 
-def _config(name: str, init_from: dict[str, str] | None = None, **changes: Any) -> Any:
+def _config(name: str, init_from: dict[str, str] | None = None, scope: str = "partition", **changes: Any) -> Any:
     data: dict[str, Any] = {
         "name": name,
+        "scope": scope,
         "input": {"topic": f"{name}.events"},
         "output": {"topic": f"{name}.predictions"},
         "schema": {"id": "id", "label": "label", "label_type": "int", "features": dict(FEATURES)},
@@ -55,12 +56,13 @@ def _settings() -> Settings:
     return s
 
 
-def _services(source_events: int = 600) -> tuple[MemoryBroker, MemoryStateStore]:
-    """A store holding the snapshots of pipeline "north" (3 partitions, Agrawal seed 1)."""
+def _services(source_events: int = 600, scope: str = "partition") -> tuple[MemoryBroker, MemoryStateStore]:
+    """A store holding the snapshots of pipeline "north" (3 partitions, Agrawal seed 1):
+    one replica per partition with scope: partition, the learner's one with scope: global."""
     broker, store = MemoryBroker(), MemoryStateStore()
     broker.create_topic("north.events", partitions=3)
     broker.produce_many("north.events", iter_events("synth.Agrawal", {"seed": 1}, limit=source_events))
-    memory_runner(_config("north"), _settings(), broker, store).run(until_idle_s=0.2)
+    memory_runner(_config("north", scope=scope), _settings(), broker, store).run(until_idle_s=0.5)
     return broker, store
 
 
@@ -179,3 +181,17 @@ def test_a_torch_learner_starts_from_the_sources_weights():
     assert fingerprint(started) == fingerprint(source.estimator) and started.n_steps == source.estimator.n_steps
     cold = PipelineProcessor(_config("south", models__0__steps=torch_steps)).learners.model("logreg").estimator
     assert fingerprint(cold) != fingerprint(source.estimator)
+
+
+def test_a_global_scope_source_gives_its_learners_model(caplog):
+    """With scope: global, the source's models are in one series, "<name>.learn"."""
+    broker, store = _services(source_events=300, scope="global")
+    assert store.partitions("north") == [] and store.partitions("north.learn") == [0]
+    learned = decode_state(store.load_latest("north.learn", 0).payload)["learners"].model("logreg")
+    assert learned.n_learned == 300
+    broker.create_topic("south.events", partitions=1)
+    cfg = _config("south", init_from={"pipeline": "north", "model": "logreg"})
+    runner = memory_runner(cfg, _settings(), broker, store)
+    runner.run(until_idle_s=0.2)
+    (processor,) = runner.partitions.all_processors().values()
+    assert fingerprint(processor.learners.model("logreg").estimator) == fingerprint(learned.estimator)
