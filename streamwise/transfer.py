@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamwise.connectors.base import StateStore
-from streamwise.core.errors import ConfigError
+from streamwise.connectors.redis_state import SnapshotUnavailableError
+from streamwise.core.errors import ConfigError, ServiceUnavailableError
 from streamwise.models.state import SnapshotFormatError, decode_state, encode_state, fingerprint
 from streamwise.pipeline_config import PipelineConfig
 
@@ -179,9 +180,13 @@ def resolve_transfers(config: PipelineConfig, store: StateStore | None) -> dict[
         source = spec.init_from
         assert source is not None
         where = f"models[{i}].init_from: model {spec.name!r} cannot start from pipeline {source.pipeline!r}"
-        candidates = _source_models(store, source.pipeline, source.model)
+        try:
+            candidates = _source_models(store, source.pipeline, source.model)
+            own = bool(_series(store, config.name))
+        except SnapshotUnavailableError as e:
+            raise ServiceUnavailableError(f"{where}: the state store cannot be read ({e})") from None
         if not candidates:
-            if _series(store, config.name):
+            if own:
                 log.warning("%s: it has no snapshot; this pipeline restores its own snapshots", where)
                 continue
             raise ConfigError(f"{where}: that pipeline has no snapshot in the state store")

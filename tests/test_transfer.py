@@ -195,3 +195,14 @@ def test_a_global_scope_source_gives_its_learners_model(caplog):
     runner.run(until_idle_s=0.2)
     (processor,) = runner.partitions.all_processors().values()
     assert fingerprint(processor.learners.model("logreg").estimator) == fingerprint(learned.estimator)
+
+
+def test_a_store_that_cannot_be_read_stops_the_start_in_one_line():
+    from streamwise.core.errors import ServiceUnavailableError
+
+    broker, store = _services(source_events=150)
+    broker.create_topic("south.events", partitions=1)
+    store.go_down(30)
+    cfg = _config("south", init_from={"pipeline": "north", "model": "logreg"})
+    with pytest.raises(ServiceUnavailableError, match=r"^models\[0\]\.init_from: .*: the state store cannot be read"):
+        memory_runner(cfg, _settings(), broker, store).run(until_idle_s=0.2)
