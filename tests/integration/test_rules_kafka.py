@@ -13,6 +13,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
 from streamwise.connectors.prometheus import PrometheusSensor
 from support import consume, produce, values
 
@@ -35,11 +37,20 @@ def _applications(seed: int = 7) -> list[tuple[bytes | None, bytes]]:
     return out
 
 
-def test_the_hard_rule_is_never_overridden_and_the_review_rule_fires_on_exactly_its_events(settings, bootstrap, unique):
+# One input partition: one stage. Three with scope: global: the partition stage writes
+# each event to the learn topic and the rules run in the learner, after the models.
+@pytest.mark.parametrize("partitions", [1, 3], ids=["one-stage", "global-3-partitions"])
+def test_the_hard_rule_is_never_overridden_and_the_review_rule_fires_on_exactly_its_events(
+    settings, bootstrap, unique, partitions
+):
     cfg = load_pipeline_config(EXAMPLE)
+    assert cfg.scope == "global"
     cfg.name = unique
     cfg.input.topic = f"{unique}.events"
     cfg.output.topic = f"{unique}.predictions"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(cfg.input.topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
     events = _applications()
     n = produce(bootstrap, cfg.input.topic, events)
     outcomes = {"minor": "refuse", "large_loan": "review"}
