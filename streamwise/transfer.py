@@ -17,16 +17,19 @@ Which snapshot
     A pipeline keeps one snapshot series per input partition, each with its own replica
     of every model (``scope: partition``), or one series for its learner
     (``<name>.learn``, ``scope: global``), whose one replica learns from every event. The
-    source is the newest valid snapshot of the partition whose
-    replica of the model has learned the most labels (ties: the lowest partition): the
-    replica that has seen the most of the world. Replicas are not averaged: River's
+    source is the newest valid snapshot of the series whose replica of the model has
+    learned the most labels (ties: the first found, partitions in order): the replica
+    that has seen the most of the world. Replicas are not averaged: River's
     estimators have no merge.
 
 When
     Only for a partition of this pipeline that has never had a snapshot of its own (no
     snapshot, and no snapshot epoch in Kafka's committed offsets). A restart restores its
     own state and never re-initialises; a partition whose store lost its snapshots
-    re-learns as ``snapshot.on_missing`` says, from zero.
+    re-learns as ``snapshot.on_missing`` says, from zero. A crash before this pipeline's
+    first snapshot starts from the source again and re-learns its own events from the
+    start, as any restart without a snapshot does: the same state as before the crash,
+    unless the source has written a newer snapshot meanwhile.
 
 What moves
     The estimator alone, with everything inside its steps (a ``StandardScaler`` step's
