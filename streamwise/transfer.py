@@ -18,7 +18,7 @@ Which snapshot
     of every model (``scope: partition``), or one series for its learner
     (``<name>.learn``, ``scope: global``), whose one replica learns from every event. The
     source is the newest valid snapshot of the series whose replica of the model has
-    learned the most labels (ties: the first found, partitions in order): the replica
+    learned the most labels (ties: the lowest partition): the replica
     that has seen the most of the world. Replicas are not averaged: River's
     estimators have no merge.
 
