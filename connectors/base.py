@@ -104,6 +104,9 @@ class StateStore(Protocol):
     def load_latest(self, pipeline: str, partition: int) -> Any:
         """The newest snapshot that passes its check (``.info``, ``.payload``), or None."""
 
+    def partitions(self, pipeline: str) -> list[int]:
+        """The partitions of ``pipeline`` that have snapshots (a model's ``init_from`` reads them)."""
+
     def close(self) -> None: ...
 
 

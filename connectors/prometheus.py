@@ -151,6 +151,7 @@ class PrometheusSensor(Sensor):
         models: Sequence[str] = (),
         topic: str | None = None,
         registry: CollectorRegistry | None = None,
+        rules: Mapping[str, str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -202,6 +203,14 @@ class PrometheusSensor(Sensor):
             registry=r,
         )
         self.cleaned = Counter("streamwise_cleaner_events_total", "What the cleaners did to events.", p + ["action"], registry=r)
+        self.rule_fired = Counter(
+            "streamwise_rule_fired_total",
+            "Events on which a business rule's condition held, by rule and the rule's outcome (refuse, review, approve, override).",
+            p + ["rule", "outcome"], registry=r)
+        self.rule_decided = Counter(
+            "streamwise_rule_decisions_total",
+            "Records whose decision (or prediction override) a business rule gave: the most severe rule that fired.",
+            p + ["rule", "decision"], registry=r)
         self.build = Info("streamwise_build", "Versions of streamwise and its main libraries.", p, registry=r)
         # Progress, for the stall alert (streamwise/alerts.py): when a batch was last
         # committed, and when the loop last came round to report (about once a second
@@ -239,6 +248,10 @@ class PrometheusSensor(Sensor):
             self.drifts.labels(pipeline, m)
             for kind in ModelFault:
                 self.model_faults.labels(pipeline, m, kind.value)
+        # Every rule's series exist from the start, at zero, so that rate() sees its first firing.
+        for rule, outcome in (rules or {}).items():
+            self.rule_fired.labels(pipeline, rule, outcome)
+            self.rule_decided.labels(pipeline, rule, outcome)
         if topic is not None:
             for stage in DeadLetterStage:
                 self.dead_lettered.labels(pipeline, topic, stage)
@@ -350,6 +363,13 @@ class PrometheusSensor(Sensor):
         self.torch_step.labels(self.pipeline, model, device).observe(seconds)
         self.torch_rows.labels(self.pipeline, model, device).inc(batch_size)
         self.torch_device.labels(self.pipeline, model, device).set(1)
+
+    # ---- business rules ----
+    def on_rule_fired(self, rule: str, outcome: str, n: int = 1) -> None:
+        self.rule_fired.labels(self.pipeline, rule, outcome).inc(n)
+
+    def on_rule_decided(self, rule: str, decision: str, n: int = 1) -> None:
+        self.rule_decided.labels(self.pipeline, rule, decision).inc(n)
 
     # ---- state ----
     def on_snapshot(self, partition: int, size_bytes: int, seconds: float) -> None:

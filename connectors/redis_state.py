@@ -381,7 +381,10 @@ class RedisStateStore:
         return [SnapshotInfo.from_json(s) for s in manifest["snapshots"]]
 
     def partitions(self, pipeline: str) -> list[int]:
-        keys = self._redis.scan_iter(match=f"streamwise:{pipeline}:*:manifest", count=1000)
+        try:
+            keys = list(self._redis.scan_iter(match=f"streamwise:{pipeline}:*:manifest", count=1000))
+        except redis.RedisError as e:
+            raise SnapshotUnavailableError(f"Redis at {self.where}: {type(e).__name__}: {e}") from None
         return sorted(int(k.decode().split(":")[-2]) for k in keys)
 
     def load(self, pipeline: str, partition: int, info: SnapshotInfo) -> Snapshot | None:

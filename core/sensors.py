@@ -121,6 +121,14 @@ class Sensor:
     def on_torch_step(self, model: str, seconds: float, batch_size: int, device: str) -> None:
         """One optimiser step of a torch learner on ``device`` (``cpu``, ``cuda:0``)."""
 
+    # ---- business rules (models/rules.py) ----
+    def on_rule_fired(self, rule: str, outcome: str, n: int = 1) -> None:
+        """``rule``'s condition held on ``n`` events; ``outcome`` is what the rule does
+        (``refuse``, ``review``, ``approve`` or ``override``), whether or not it decided."""
+
+    def on_rule_decided(self, rule: str, decision: str, n: int = 1) -> None:
+        """``rule`` decided ``n`` records: its ``decision`` (or ``override``) is theirs."""
+
     # ---- state ----
     def on_snapshot(self, partition: int, size_bytes: int, seconds: float) -> None:
         """A snapshot of ``partition`` was written and is now the newest valid one."""

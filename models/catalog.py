@@ -28,6 +28,16 @@ from streamwise.models.learner import is_batch_learner
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
+class InitFrom(BaseModel):
+    """Where a model's first state comes from: another pipeline's model, as its newest
+    snapshot holds it (streamwise/transfer.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+
+
 class ModelSpec(BaseModel):
     """One model of a pipeline: a name that appears in predictions and metrics, and its steps."""
 
@@ -35,6 +45,9 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     steps: list[str | dict[str, Any]] = Field(min_length=1)
+    # Start from what another pipeline's model learned instead of from zero; used only
+    # while this pipeline has no snapshot of its own (a restart restores its own state).
+    init_from: InitFrom | None = None
 
     @field_validator("steps")
     @classmethod

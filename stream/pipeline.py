@@ -793,6 +793,10 @@ class EventPipeline:
     def apply_steps(self, event: DecodedEvent, t: float | None) -> None:
         """Runs the steps on a validated event (``t``: its event time in seconds), in place."""
         if self.steps:
+            # Kept once: the learner of scope: global steps an event the partition stage
+            # already stepped, and the rules read the features as declared.
+            if event.validated is None:
+                event.validated = event.x
             event.x = self.process_row(self._row(event, t))
 
     def _row(self, event: DecodedEvent, t: float | None) -> dict[str, Any]:

@@ -158,6 +158,9 @@ class DecodedEvent:
     y: Any | None
     key: str | None
     event_time: Any | None
+    # The features as validated, kept when cleaners or extractors replace ``x``: business
+    # rules (models/rules.py) read what the event declared, not a scaled or imputed value.
+    validated: dict[str, Any] | None = None
 
 
 def to_epoch_seconds(value: Any) -> float:

@@ -13,7 +13,7 @@ Three boards, each with a ``pipeline`` variable (every pipeline that reports
 - **overview**: throughput, latency p50/p99, consumer lag, dead-letter rate, snapshot age,
   and the Prometheus alerts (streamwise/alerts.py) firing for the pipeline;
 - **models**: each model's prequential metric, the champion, learning rate, drift
-  detections (also as annotations);
+  detections (also as annotations), and the business rules' firings and decisions;
 - **data**: valid and dead-lettered events, what the cleaners did (imputed, clipped,
   deduplicated, late), pending labels and label delay.
 """
@@ -206,6 +206,14 @@ def models() -> db.Dashboard:
                      width=24, description="Test-then-train score of each model replica (one per input partition); cumulative since start, rolling over the last window."))
         .add(_series("Learned per second", "ops", (f"sum by (pipeline, model) (rate(streamwise_model_learned_total{SEL}{RATE}))", "{{pipeline}} {{model}}")))
         .add(_series("Drift detections", "short", (drift, "{{pipeline}} {{model}}")))
+        .add(_series("Business rules fired", "ops",
+                     (f"sum by (pipeline, rule, outcome) (rate(streamwise_rule_fired_total{SEL}{RATE}))",
+                      "{{pipeline}} {{rule}} ({{outcome}})"),
+                     (f"sum by (pipeline, decision) (rate(streamwise_rule_decisions_total{SEL}{RATE}))",
+                      "{{pipeline}} decided: {{decision}}"),
+                     width=24,
+                     description="Events on which each rule's condition held, and the decisions the rules gave "
+                                 "(the most severe rule that fired decides; models/rules.py)."))
     )
     return board.builder
 

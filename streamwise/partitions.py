@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ from streamwise.core.settings import SnapshotSettings
 from streamwise.models.state import SnapshotFormatError, decode_state, encode_state, fingerprint
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PipelineProcessor
+from streamwise.transfer import Transfer, pipeline_signature
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class PartitionStates:
         refence_after_s: float,
         state_name: str | None = None,
         make_processor: Callable[[Sensor], Any] | None = None,
+        transfers: Mapping[str, Transfer] | None = None,
     ) -> None:
         self.config = config
         # The name the store keeps this stage's snapshots under (the pipeline's, or
@@ -141,6 +143,11 @@ class PartitionStates:
         # and what builds a partition's processor (the whole pipeline by default).
         self.state_name = state_name or config.name
         self.make_processor = make_processor or (lambda sensor: PipelineProcessor(config, sensor))
+        # Models that start from another pipeline's snapshot where a partition has no state
+        # of its own yet (streamwise/transfer.py), and what each snapshot says about this
+        # pipeline's inputs, so that another pipeline can check it before starting from it.
+        self.transfers = dict(transfers or {})
+        self.signature = pipeline_signature(config)
         self.snapshot = snapshot
         self.sensor = sensor
         self.source = source
@@ -315,6 +322,8 @@ class PartitionStates:
             expected = max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
             if snap is None and expected > 0:
                 self._state_lost(p, expected)
+            elif snap is None and self.transfers:
+                self._warm_start(p, processor)
             if snap is not None:
                 offsets = snap.info.offsets_by_tp()
                 st.epoch = processor.epoch = snap.info.epoch
@@ -327,6 +336,12 @@ class PartitionStates:
         self.source.seek({tp: st.positions[tp] for tp in tps})
         self.source.resume(tps)
         return st
+
+    def _warm_start(self, p: int, processor: PipelineProcessor) -> None:
+        """A partition that never had a snapshot: its ``init_from`` models take the source's estimator."""
+        for name, transfer in self.transfers.items():
+            processor.learners.model(name).estimator = transfer.estimator()
+            log.info("partition %s: model %r starts from %s", p, name, transfer.describe())
 
     def _state_lost(self, p: int, expected: int) -> None:
         message = (
@@ -462,7 +477,8 @@ class PartitionStates:
                 payload,
                 st.positions,
                 owner=st.owner,
-                meta={"fingerprint": fingerprint(state), "replayed": st.replayed},
+                meta={"fingerprint": fingerprint(state), "replayed": st.replayed,
+                      "signature": self.signature},
             )
         except SnapshotUnavailableError as e:
             log.warning(

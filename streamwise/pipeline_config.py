@@ -26,6 +26,7 @@ from streamwise.models.config import (
 )
 from streamwise.models.forecast import ForecastConfig
 from streamwise.models.prequential import make_metric
+from streamwise.models.rules import RuleError, RuleSet, RuleSpec
 from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema
 
@@ -46,7 +47,7 @@ class InputConfig(BaseModel):
 # for the champion's answer: its prediction and probabilities, or its error.
 RecordField = Literal[
     "id", "key", "prediction", "champion", "models", "epoch", "source", "event_timestamp_ms", "latency_s",
-    "event_time", "explanation",
+    "event_time", "explanation", "decision",
 ]
 RECORD_FIELDS: tuple[str, ...] = RecordField.__args__  # type: ignore[attr-defined]
 
@@ -99,6 +100,9 @@ class PipelineConfig(BaseModel):
     explain: ExplainConfig = ExplainConfig()
     # With task: forecast, what to forecast and how far (models/forecast.py).
     forecast: ForecastConfig | None = None
+    # Business rules applied to every record after the models (models/rules.py): each
+    # a name, a condition, a decision and/or a prediction override, and a reason.
+    rules: list[RuleSpec] = []
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -108,11 +112,14 @@ class PipelineConfig(BaseModel):
             make_metric(self.champion.metric)
         if self.input.labels_topic is not None and self.input.labels_topic == self.input.topic:
             raise ValueError("input.labels_topic must differ from input.topic")
+        for spec in self.models:
+            if spec.init_from is not None and spec.init_from.pipeline == self.name:
+                raise ValueError(f"models: {spec.name!r} init_from names this pipeline; name another one")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
-        problems = check_stream_steps(self.event_schema, self.cleaners, self.features)
+        problems = check_stream_steps(self.event_schema, self.cleaners, self.features) + self._check_rules()
         if problems:
             # Raised as a ValidationError so each problem keeps its own key path.
             raise pydantic.ValidationError.from_exception_data(
@@ -124,6 +131,37 @@ class PipelineConfig(BaseModel):
                 ],
             )
         return self
+
+    def _check_rules(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """(key path, reason) for each rule whose condition or outcome is wrong: every rule
+        is checked, so one start shows every mistake, each with its column and token."""
+        if not self.rules:
+            return []
+        if self.task == "forecast":
+            return [(("rules",), "rules apply to predictions of events; a forecast has none")]
+        features, label = self._rule_inputs()
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, spec in enumerate(self.rules):
+            try:
+                RuleSet.compile([spec], features, label)
+            except RuleError as e:
+                problems.append((("rules", i, *([e.field] if e.field else [])), str(e)))
+        if not problems:
+            try:
+                RuleSet.compile(self.rules, features, label)
+            except RuleError as e:
+                problems.append((("rules",), str(e)))
+        return problems
+
+    def _rule_inputs(self) -> tuple[dict[str, str], str]:
+        """The features' types, and the type of the answer the rules read: an anomaly
+        detector answers a score, whatever the label's type."""
+        features = {name: f.type for name, f in self.event_schema.features.items()}
+        return features, "float" if self.task == "anomaly" else self.event_schema.label_type
+
+    def build_rules(self) -> RuleSet:
+        """The compiled rules (checked at load, so this does not fail)."""
+        return RuleSet.compile(self.rules, *self._rule_inputs())
 
     def _check_forecast(self) -> None:
         if (self.task == "forecast") != (self.forecast is not None):

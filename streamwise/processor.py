@@ -10,6 +10,7 @@ import heapq
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -25,6 +26,7 @@ from streamwise.models.labels import LabelRecordError, decode_label_record
 from streamwise.models.model import Model
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import Prediction
+from streamwise.models.rules import Verdict
 from streamwise.models.state import SnapshotFormatError, decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.base import to_epoch_seconds
@@ -91,7 +93,7 @@ class _GuardedProcessor:
     epoch: int
     # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
     # the state descends from, shown in every record): not learned, left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "epoch", "_fields", "forecasting", "stage"})
+    _NOT_STATE = frozenset({"config", "sensor", "epoch", "_fields", "forecasting", "stage", "rules"})
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything this processor has learned, as a picklable dict. New learning
@@ -249,6 +251,9 @@ class PartitionStageProcessor(_GuardedProcessor):
         route, _ = split_steps(config.cleaners, config.features)
         self.events = build_event_pipeline(config.event_schema, route)
         self.epoch = 0
+        # The rules run in the learner, on the features as the event declared them: those
+        # travel with the event when this stage's steps changed them.
+        self._declared = bool(config.rules)
 
     def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
@@ -257,15 +262,17 @@ class PartitionStageProcessor(_GuardedProcessor):
             if isinstance(item, RejectedEvent):
                 self._dead_letter(record, item.stage, item, out)
             else:
-                out.append(OutgoingRecord(topic, record.key, encode_learn_record(record, item)))
+                out.append(OutgoingRecord(topic, record.key, encode_learn_record(record, item, self._declared)))
         for action, n in self.events.drain_activity().items():
             self.sensor.on_clean(action, n)
         return out
 
 
-def encode_learn_record(record: ConsumedRecord, item: DecodedEvent | Label) -> bytes:
+def encode_learn_record(record: ConsumedRecord, item: DecodedEvent | Label, declared: bool = False) -> bytes:
     """A learn-topic record: an event as the partition stage left it (its features, label,
     id, key and event time) or a label, with the input record's position and timestamp.
+    With ``declared``, an event whose features the steps changed also carries them as
+    validated (``"v"``), for the business rules.
 
     Examples
     --------
@@ -282,6 +289,8 @@ def encode_learn_record(record: ConsumedRecord, item: DecodedEvent | Label) -> b
         body["l"] = [item.event_id, item.y]
     else:
         body["e"] = [item.id, item.x, item.y, item.key, item.event_time]
+        if declared and item.validated is not None:
+            body["v"] = item.validated
     body["src"] = [record.topic, record.partition, record.offset]
     body["ts"] = record.timestamp_ms
     # Floats are written in their shortest form that reads back to the same double, so
@@ -299,7 +308,7 @@ def decode_learn_record(record: ConsumedRecord) -> tuple[ConsumedRecord, Decoded
         event_id, y = body["l"]
         return origin, Label(event_id, y, body["ts"] / 1000.0)
     event_id, x, y, key, event_time = body["e"]
-    return origin, DecodedEvent(event_id, x, y, key, event_time)
+    return origin, DecodedEvent(event_id, x, y, key, event_time, body.get("v"))
 
 
 class PipelineProcessor(_GuardedProcessor):
@@ -322,6 +331,8 @@ class PipelineProcessor(_GuardedProcessor):
         schema = config.event_schema
         self.epoch = 0
         self._fields = frozenset(config.output.fields)
+        # Applied to every record after the models (models/rules.py); rebuilt from the config.
+        self.rules = config.build_rules()
         self.forecasting = config.forecast is not None
         if config.forecast is not None:  # task: forecast, driven by models/forecast.py
             self.learners: ModelSet | ForecastSet = ForecastSet(config.models, config.forecast)
@@ -473,6 +484,11 @@ class PipelineProcessor(_GuardedProcessor):
         topic = self.config.output.topic
         epoch = self.epoch
         dumps, options = orjson.dumps, orjson.OPT_NON_STR_KEYS
+        rules = self.rules
+        with_decision = "decision" in fields
+        # Per poll, not per event: firings of each rule, and decisions by (rule, decision).
+        fired: Counter[str] = Counter()
+        decided: Counter[tuple[str, str]] = Counter()
         # One clock read for the poll: its records are all written now.
         now_ms = time.time() * 1000.0
         latencies = []
@@ -487,10 +503,22 @@ class PipelineProcessor(_GuardedProcessor):
             predictions = outcome.predictions
             if with_models:
                 entries = {name: _entry(p) for name, p in predictions.items()}
-                if with_prediction:
-                    body.update(entries[outcome.champion])
-            elif with_prediction:
-                body.update(_entry(predictions[outcome.champion]))
+                answer = entries[outcome.champion] if with_prediction else None
+            else:
+                answer = _entry(predictions[outcome.champion]) if with_prediction else None
+            verdict = self._judge(event, predictions[outcome.champion], fired, decided) if rules else None
+            if answer is not None:
+                if verdict is not None and verdict.overrides:
+                    # The rule's answer is the record's; the champion's stays beside it.
+                    body["prediction"] = verdict.prediction
+                    body["model_prediction"] = answer
+                else:
+                    body.update(answer)
+            if verdict is not None and with_decision:
+                body["decision"] = verdict.decision
+                body["rule"] = verdict.rule
+                body["reason"] = verdict.reason
+                body["fired"] = verdict.fired
             if with_champion:
                 body["champion"] = outcome.champion
             if with_models:
@@ -512,6 +540,27 @@ class PipelineProcessor(_GuardedProcessor):
             # written as its str(), as an id of an unusual type may be.
             out.append(OutgoingRecord(topic, record.key, dumps(body, default=str, option=options)))
         self.sensor.on_predictions(latencies)
+        if fired:
+            outcomes = rules.outcomes()
+            for rule, n in fired.items():
+                self.sensor.on_rule_fired(rule, outcomes[rule], n)
+            for (rule, decision), n in decided.items():
+                self.sensor.on_rule_decided(rule, decision, n)
+
+    def _judge(
+        self, event: DecodedEvent, answer: Prediction, fired: Counter[str], decided: Counter[tuple[str, str]]
+    ) -> Verdict:
+        """The rules' verdict on one event, given the champion's answer (unknown to the
+        rules when the champion failed or answered NaN); counts what fired."""
+        x = event.validated if event.validated is not None else event.x
+        if answer.scorable:
+            verdict = self.rules.apply(x, answer.value, answer.proba)
+        else:
+            verdict = self.rules.apply(x, None, None)
+        if verdict.rule is not None:
+            fired.update(verdict.fired)
+            decided[verdict.rule, verdict.decision or "override"] += 1
+        return verdict
 
 
 def _entry(p: Prediction) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PartitionStageProcessor, PipelineProcessor
 from streamwise.stream.pipeline import split_steps
+from streamwise.transfer import resolve_transfers
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,10 @@ class Runner:
         if settings.metrics.port:  # 0: no /metrics
             from streamwise.connectors.prometheus import PrometheusSensor
 
-            self.prometheus = PrometheusSensor(config.name, [m.name for m in config.models], config.input.topic)
+            self.prometheus = PrometheusSensor(
+                config.name, [m.name for m in config.models], config.input.topic,
+                rules={r.name: r.decision or "override" for r in config.rules},
+            )
         self._shared_sensors: list[Sensor] = [*sensors, *filter(None, [self.prometheus])]
         # The learner's own counts with scope: global (predictions are counted there).
         self.learner_counts: CountingSensor | None = None
@@ -75,6 +79,8 @@ class Runner:
         # ``partitions`` is the stage that holds the models (the learner, with scope: global).
         self.partitions: Any = _NoPartitions()
         self.stages: list[StageLoop] = []
+        # Where init_from models start from (streamwise/transfer.py); read in run().
+        self._transfers: dict[str, Any] = {}
         self.global_scope = False
         self._source = source
         self._sink = sink
@@ -129,6 +135,9 @@ class Runner:
         cfg = self.config
         kafka = self.settings.kafka
         store = self._store if self._store is not None else self._state_store()
+        # A model's init_from source is read and checked first: a bad one stops the start
+        # in one line, before anything is created or joined.
+        self._transfers = resolve_transfers(cfg, store)
         admin = self._admin or make_admin(kafka)
         try:
             admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
@@ -202,6 +211,8 @@ class Runner:
         partitions = PartitionStates(
             self.config, self.settings.snapshot, sensor, source, store,
             refence_after_s=kafka.session_timeout_ms / 1000.0, state_name=state_name, make_processor=make_processor,
+            # The models' stage (not the partition stage) starts init_from models.
+            transfers=self._transfers if kind != "partition" else None,
         )
         if kind != "partition":
             self.partitions = partitions

@@ -1159,6 +1159,7 @@ class MemoryStateStore:
             return [s.info for s in self._data.snapshots.get((pipeline, partition), [])]
 
     def partitions(self, pipeline: str) -> list[int]:
+        self._enter("partitions")
         with self._data.lock:
             return sorted(p for (name, p), kept in self._data.snapshots.items() if name == pipeline and kept)
 

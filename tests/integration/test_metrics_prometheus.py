@@ -19,6 +19,7 @@ from streamwise.connectors.prometheus import bucket_quantile, scrape
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
 from streamwise.core.settings import MetricsSettings
+from streamwise.models.rules import RuleSpec
 from promsupport import free_port, prom_get, prom_scalar, promql, running_in_thread, scraped, wait_for
 from support import consume, phishing_pipeline, produce
 
@@ -27,8 +28,9 @@ MALFORMED = [(None, b"not json"), (None, b"\xff\xfe"), (None, b'{"id": "x1", "po
 
 @pytest.fixture
 def running(settings, unique) -> Iterator[tuple[Any, Runner, str]]:
-    """The Phishing pipeline, running in a thread with /metrics on a free port."""
-    cfg = phishing_pipeline(unique)
+    """The Phishing pipeline, running in a thread with /metrics on a free port, with one
+    business rule so that the rules panel has its series."""
+    cfg = phishing_pipeline(unique, rules=[RuleSpec(name="no_https", when="https < 0.5", decision="review")])
     port = free_port()
     settings.metrics = MetricsSettings(host="127.0.0.1", port=port)
     runner = Runner(cfg, settings)
@@ -61,6 +63,10 @@ def test_prometheus_scrapes_a_replay_and_every_dashboard_query_has_data(services
             assert len(found) == 1 and math.isclose(float(found[0]["value"][1]), m.metric.get(), abs_tol=1e-12)
         assert prom_scalar(prom, f'streamwise_model_champion{{pipeline="{cfg.name}", model="logreg"}}') == 1.0
         assert cfg.name in _label_values(prom, "pipeline", "streamwise_build_info")
+        no_https = sum(json.loads(v)["https"] < 0.5 for _, v in events)
+        assert 0 < no_https < 1250
+        fired = f'streamwise_rule_fired_total{{pipeline="{cfg.name}", rule="no_https", outcome="review"}}'
+        assert prom_scalar(prom, fired) == no_https
 
         variables = {"pipeline": cfg.name, "__rate_interval": "1m", "__range": "5m"}
         checked = 0
