@@ -31,13 +31,13 @@ for _p in (ROOT / "tests", ROOT / "bench"):
         sys.path.insert(0, str(_p))
 
 import yaml  # noqa: E402
-
 from streamwise.connectors import make_admin  # noqa: E402
+from streamwise.core.sensors import Sensor  # noqa: E402
+from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings  # noqa: E402
+
 from streamwise.devservices import ensure_dev_services  # noqa: E402
 from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config  # noqa: E402
 from streamwise.replay import iter_events  # noqa: E402
-from streamwise.core.sensors import Sensor  # noqa: E402
-from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings  # noqa: E402
 
 Event = tuple[bytes, bytes]
 LOGREG = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
@@ -356,3 +356,15 @@ def profile_summary(p: Profiled, top: int = 12) -> str:
     for tottime, ncalls, name in sorted(rows, reverse=True)[:top]:
         out.append(f"| `{name}` | {ncalls:,} | {tottime * us:.1f} |")
     return "\n".join(out)
+
+
+def write_section(section: str, text: str, path: Path) -> None:
+    """Replaces ``section`` (a ``## `` heading line) of ``path`` with ``text``, or appends
+    it, leaving the other sections as they are: each bench owns its own sections."""
+    import re
+
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{section}\n\n{text.strip()}\n\n"
+    doc = pattern.sub(lambda _m: block, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + block
+    path.write_text(doc.rstrip("\n") + "\n")

@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 from common import ROOT, bootstrap, machine, produce, settings, table, unique
 from support import consume, values
 
@@ -168,11 +168,7 @@ def _verdict(reached: list[tuple[int | None, int | None]], target_events: int) -
 
 def write_section(text: str, path: Path) -> None:
     """Replaces this bench's section of ``path`` (or appends it), leaving the others as they are."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{text.strip()}\n\n"
-    doc = pattern.sub(lambda _m: block, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + block
-    path.write_text(doc.rstrip("\n") + "\n")
+    common.write_section(SECTION, text, path)
 
 
 def main() -> None:

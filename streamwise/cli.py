@@ -128,6 +128,7 @@ def run(
     max_events: Annotated[int | None, typer.Option(help="Exit after this many records.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes in this consumer group, on this host.")] = 1,
     worker_index: Annotated[int, typer.Option(min=0, envvar="STREAMWISE_WORKER_INDEX", show_envvar=True, help="This worker's slot on this host; names its transactional and static member id.")] = 0,
+    explain: Annotated[bool, typer.Option("--explain", help="Print which steps run in which stage (scope) and exit.")] = False,
     bootstrap_servers: BootstrapOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -137,6 +138,19 @@ def run(
     from streamwise.runner import Runner
 
     _logging(verbose)
+    if explain:
+        from streamwise.runner import explain_stages
+
+        try:
+            pipeline = load_pipeline_config(config)
+        except StreamwiseError as e:
+            raise _fail(e) from None
+        if pipeline.scope == "global":
+            typer.echo("scope: global (on an input of one partition, one stage runs all of it)")
+            typer.echo(explain_stages(pipeline))
+        else:
+            typer.echo("scope: partition: each input partition runs every step and its own replica of every model")
+        return
     if workers > 1:
         raise typer.Exit(_run_workers(workers, sys.argv[1:]))
     try:
