@@ -40,6 +40,10 @@ DATASOURCE_NAME = "Prometheus"
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
 
 SEL = '{pipeline=~"$pipeline"}'
+# The input topics only: with scope: global the learner's reads of "<name>.learn" are
+# counted too (events per stage), and must not count twice as events in.
+INPUT = '{pipeline=~"$pipeline", topic!~".+[.]learn"}'
+LEARN = '{pipeline=~"$pipeline", topic=~".+[.]learn"}'
 RATE = "[$__rate_interval]"
 
 
@@ -138,7 +142,7 @@ def _quantile(q: float, metric: str) -> str:
 
 
 def overview() -> db.Dashboard:
-    consumed = f"sum by (pipeline) (rate(streamwise_events_consumed_total{SEL}{RATE}))"
+    consumed = f"sum by (pipeline) (rate(streamwise_events_consumed_total{INPUT}{RATE}))"
     predicted = f"sum by (pipeline) (rate(streamwise_predictions_total{SEL}{RATE}))"
     dead = f"sum by (pipeline, stage) (rate(streamwise_events_dead_lettered_total{SEL}{RATE}))"
     lat = "streamwise_event_to_prediction_latency_seconds"
@@ -175,6 +179,21 @@ def overview() -> db.Dashboard:
                      (f"max by (pipeline) (streamwise_snapshot_age_seconds{SEL})", "{{pipeline}} age"),
                      (_quantile(0.99, "streamwise_snapshot_duration_seconds"), "{{pipeline}} write p99"),
                      (f"sum by (pipeline) (increase(streamwise_snapshot_failures_total{SEL}{RATE}))", "{{pipeline}} failures")))
+        .add(_series("Events per stage", "ops",
+                     (f"sum by (pipeline, topic) (rate(streamwise_events_consumed_total{SEL}{RATE}))",
+                      "{{pipeline}} {{topic}}"),
+                     description="scope: global: the input topics feed the partition stage, <name>.learn the learner."))
+        .add(_series("Learn topic lag", "short",
+                     (f"sum by (pipeline) (streamwise_consumer_lag_records{LEARN})"
+                      f" or 0 * max by (pipeline) (streamwise_build_info{SEL})", "{{pipeline}}"),
+                     description="scope: global: records the partition stage wrote that the learner has not read"
+                                 " (0 for a pipeline of one stage)."))
+        .add(_stat("Models held by", "short",
+                   'max by (pipeline, instance, stage) '
+                   '(streamwise_stage_partitions{pipeline=~"$pipeline", stage=~"learn|pipeline"}) > 0',
+                   "{{pipeline}} {{instance}} ({{stage}})",
+                   "The workers whose memory holds the models: with scope: global the one that runs the learner"
+                   " (the others stand by to take it over), else each worker with partitions."))
         .add(_stat("Firing alerts", "short", firing, "{{pipeline}}",
                    "Prometheus alerting rules (deploy/prometheus/alerts.yml) firing now for the pipeline."))
         .add(_AlertList("Alerts", "Pending and firing alerts of the pipelines on show, from Prometheus' rules."))
@@ -223,7 +242,7 @@ def data() -> db.Dashboard:
     cleaned = f"sum by (pipeline, action) (rate(streamwise_cleaner_events_total{SEL}{RATE}))"
     (
         board.add(_stat("Valid share", "percentunit",
-                        f"sum by (pipeline) (rate(streamwise_events_valid_total{SEL}{RATE})) / sum by (pipeline) (rate(streamwise_events_consumed_total{SEL}{RATE}))",
+                        f"sum by (pipeline) (rate(streamwise_events_valid_total{SEL}{RATE})) / sum by (pipeline) (rate(streamwise_events_consumed_total{INPUT}{RATE}))",
                         "{{pipeline}}"))
         .add(_stat("Pending labels", "short", f"sum by (pipeline) (streamwise_pending_labels{SEL})", "{{pipeline}}"))
         .add(_stat("Imputed + clipped", "short",
