@@ -57,7 +57,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from river import time_series
 from streamwise.models.catalog import ModelSpec, build_estimator
-from streamwise.models.prequential import make_metric
+from streamwise.models.prequential import make_metric, peek
 
 __all__ = ["ForecastConfig", "ForecastModel", "ForecastSet"]
 
@@ -289,8 +289,8 @@ class ForecastSet:
         return {
             "champion": self.champion,
             "models": {
-                m.name: {"metric": type(m.metric).__name__, "value": m.metric.get(), "learned": m.n_learned,
-                         "horizon": m.horizon_metric.get()}
+                m.name: {"metric": type(m.metric).__name__, "value": peek(m.metric), "learned": m.n_learned,
+                         "horizon": peek(m.horizon_metric)}
                 for m in self.models
             },
             "keys": len(self._series),

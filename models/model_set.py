@@ -46,7 +46,7 @@ from streamwise.models.config import (
 )
 from streamwise.models.labels import PendingLabels
 from streamwise.models.model import Model, linear_contributions
-from streamwise.models.prequential import Prediction, make_metric
+from streamwise.models.prequential import Prediction, make_metric, peek
 from streamwise.models.scoreboard import MetricPlan, ModelScores, Scoreboard, metric_names
 
 __all__ = ["ModelSet", "Outcome", "BatchResult", "linear_contributions"]
@@ -470,7 +470,7 @@ class ModelSet:
             assert scores is not None
             models[m.name] = {
                 "metric": type(scores.metric).__name__,
-                "value": scores.metric.get(),
+                "value": peek(scores.metric),
                 "learned": m.n_learned,
                 "drifts": m.drift.n_detections,
                 "faults": dict(m.faults),

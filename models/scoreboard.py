@@ -31,7 +31,7 @@ from typing import Any
 
 from river import metrics, utils
 from streamwise.models.model import Model
-from streamwise.models.prequential import Prediction, make_metric
+from streamwise.models.prequential import Prediction, make_metric, peek
 
 __all__ = ["MetricPlan", "ModelScores", "Scoreboard", "metric_names"]
 
@@ -197,7 +197,7 @@ class ModelScores:
             rolling = {name: self._replay(make_metric(name), name, window).get() for name in self.rolling_names}
             self._rolling_cache = (self.n, rolling)
         return {
-            "cumulative": {n: m.get() for n, m in self.cumulative.items() if with_metric or m is not self.metric},
+            "cumulative": {n: peek(m) for n, m in self.cumulative.items() if with_metric or m is not self.metric},
             "rolling": dict(self._rolling_cache[1]),
         }
 

@@ -153,6 +153,47 @@ class _Step(BaseModel):
         global step runs with the models (:func:`split_steps`)."""
         return self.state
 
+    # Whether the step reads the event time / the id (beyond the fields it names).
+    reads_time: ClassVar[bool] = False
+    reads_id: ClassVar[bool] = False
+
+    def reads(self, schema: EventSchema) -> set[str]:
+        """Every field this step may read: each name among its parameters (a superset:
+        a parameter that is no field name matches nothing), the event time or the id when
+        it uses them, and, for a step that defaults to many fields, all of them."""
+        names: set[str] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                names.add(value)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    walk(v)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    walk(k)
+                    walk(v)
+
+        walk(self.model_dump())
+        if self.reads_time and schema.event_time is not None:
+            names.add(schema.event_time)
+        if self.reads_id:
+            names.add(schema.id)
+        if "fields" in type(self).model_fields and getattr(self, "fields", None) is None:
+            names.update(schema.features)  # the default: every (numeric, or optional) feature
+        return names
+
+    def writes(self, c: _Checks) -> set[str]:
+        """Every field this step may change or add: its outputs, and for a step with
+        global statistics the fields it transforms in place."""
+        out = set(self.outputs(c))
+        if self.placement() == "global":
+            fields = getattr(self, "fields", None)
+            out.update(fields if fields is not None else c.schema.features)
+            if isinstance(getattr(self, "field", None), str):
+                out.add(self.field)  # type: ignore[attr-defined]
+        return out
+
     def check(self, c: _Checks, loc: Loc) -> None:
         """Records what is wrong with this step given the schema and the steps before it."""
 
@@ -282,6 +323,7 @@ class ClipStep(_Step):
 @_kind("cleaners")
 class DedupStep(_Step):
     kind: Literal["dedup"] = "dedup"
+    reads_id: ClassVar[bool] = True
     state: ClassVar[str] = "key"
     window: int = Field(100_000, ge=1)
 
@@ -294,6 +336,7 @@ class DedupStep(_Step):
 @_kind("cleaners")
 class LatenessStep(_Step):
     kind: Literal["lateness"] = "lateness"
+    reads_time: ClassVar[bool] = True
     state: ClassVar[str] = "key"
     allowed: Duration = 0.0
     policy: Literal["accept", "dead_letter", "clamp"] = "dead_letter"
@@ -306,6 +349,9 @@ class LatenessStep(_Step):
     def check(self, c: _Checks, loc: Loc) -> None:
         c.needs_time((*loc, "kind"))
 
+    def writes(self, c: _Checks) -> set[str]:
+        return {c.schema.event_time} if self.policy == "clamp" and c.schema.event_time else set()
+
     def build(self, schema: EventSchema, meta: list[str]) -> list[StreamComponent]:
         assert schema.event_time is not None
         return [LatenessPolicy(schema.event_time, self.allowed, self.policy)]
@@ -316,6 +362,11 @@ class LatenessStep(_Step):
 
 class _ScaleStep(_Step):
     fields: list[str] | None = None  # default: every number in the event but the id and time
+
+    def reads(self, schema: EventSchema) -> set[str]:
+        # By default it scales whatever numbers the event carries at its turn, so no step
+        # that adds a feature may move before it.
+        return super().reads(schema) | ({ANY_FIELD} if self.fields is None else set())
 
     def check(self, c: _Checks, loc: Loc) -> None:
         for j, name in enumerate(self.fields or []):
@@ -373,6 +424,9 @@ class OneHotStep(_Step):
                     f"{n + 1} features; use kind hash",
                 )
 
+    def writes(self, c: _Checks) -> set[str]:
+        return self.outputs(c) | set(self.fields)  # the source fields leave the event
+
     def outputs(self, c: _Checks) -> set[str]:
         return {f"{n}={v}" for n in self.fields for v in [*self._categories(c.schema, n), "__other__"]}
 
@@ -394,6 +448,9 @@ class HashStep(_Step):
         for j, name in enumerate(self.fields):
             c.known((*loc, "fields", j), name, c.raw)
 
+    def writes(self, c: _Checks) -> set[str]:
+        return self.outputs(c) | set(self.fields)  # the source fields leave the event
+
     def outputs(self, c: _Checks) -> set[str]:
         return {f"{self.prefix}#{i}" for i in range(self.n_features)}
 
@@ -404,6 +461,7 @@ class HashStep(_Step):
 @_kind("features")
 class WindowAggregatesStep(_Step):
     kind: Literal["window_aggregates"] = "window_aggregates"
+    reads_time: ClassVar[bool] = True
     state: ClassVar[str] = "key"
     by: str | list[str] | None = None  # default: the schema's key
     # Not "on": YAML 1.1 reads a bare on as true.
@@ -475,6 +533,7 @@ class WindowAggregatesStep(_Step):
 @_kind("features")
 class CyclicTimeStep(_Step):
     kind: Literal["cyclic_time"] = "cyclic_time"
+    reads_time: ClassVar[bool] = True
     field: str | None = None  # default: the event time
     utc_offset_hours: float = Field(0.0, ge=-24, le=24)
 
@@ -506,6 +565,9 @@ class TextStep(_Step):
 
     def check(self, c: _Checks, loc: Loc) -> None:
         c.known((*loc, "field"), self.field, c.raw)
+
+    def writes(self, c: _Checks) -> set[str]:
+        return {self.field}  # it leaves the event; the hashed buckets are named at run time
 
     def placement(self) -> str:
         # TF-IDF weighs by document frequencies over the stream; counts need no state.
@@ -640,30 +702,56 @@ def build_event_pipeline(
     return EventPipeline(schema, coercers, steps)
 
 
-def split_steps(cleaners: Sequence[Any], features: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """The steps that run on the input partitions and those that run with the models,
-    for ``scope: global``, in config order.
+# In a step's reads: it reads every field the event has when its turn comes.
+ANY_FIELD = "*"
 
-    The partition stage takes the longest run of leading steps whose state is per event
-    or per key (:meth:`_Step.placement`); from the first step with global statistics
-    on, every step runs with the models, so each of them sees the features the steps
-    before it made, as in one pipeline. Coercion, which needs the raw JSON, always runs
-    on the partitions.
+
+def split_steps(
+    cleaners: Sequence[Any], features: Sequence[Any], schema: EventSchema | None = None
+) -> tuple[list[Any], list[Any]]:
+    """The steps that run on the input partitions and those that run with the models,
+    for ``scope: global``, each list in config order.
+
+    A step whose state is per event or per key (:meth:`_Step.placement`) runs on the
+    partitions, unless a step with global statistics before it writes a field it reads,
+    or reads a field it writes: then it runs with the models, after them, as in one
+    pipeline. Every step with global statistics runs with the models, so they see
+    features computed over every event. Coercion, which needs the raw JSON, always runs
+    on the partitions. Without a schema, the partitions take only the leading run of
+    per-event and per-key steps.
 
     Examples
     --------
-    >>> route, learn = split_steps([CoerceStep(), DedupStep(), ImputeStep()],
-    ...                            [WindowAggregatesStep(fields=["amount"], windows=["1h"]), StandardScaleStep()])
+    >>> schema = EventSchema(id="id", key="card", event_time="ts", label="y",
+    ...                      features={"amount": "float", "channel": {"type": "category", "required": False}})
+    >>> route, learn = split_steps(
+    ...     [CoerceStep(), ImputeStep(fields=["channel"]), DedupStep(), ClipStep(fields=["amount"])],
+    ...     [WindowAggregatesStep(fields=["amount"], windows=["1h"]), CyclicTimeStep()], schema)
     >>> [s.kind for s in route], [s.kind for s in learn]
-    (['coerce', 'dedup'], ['impute', 'window_aggregates', 'standard_scale'])
+    (['coerce', 'dedup', 'cyclic_time'], ['impute', 'clip', 'window_aggregates'])
     """
+    c = _Checks(schema) if schema is not None else None
     route: list[Any] = []
     learn: list[Any] = []
+    later_reads: set[str] = set()
+    later_writes: set[str] = set()
     for step in [*cleaners, *features]:
-        if step.before_validation or (not learn and step.placement() != "global"):
+        local = step.before_validation or step.placement() != "global"
+        if local and learn:
+            writes = step.writes(c) if c is not None else set()
+            if c is None or step.reads(c.schema) & later_writes or writes & later_reads:
+                local = False
+            elif writes and ANY_FIELD in later_reads:
+                local = False
+        if local:
             route.append(step)
         else:
             learn.append(step)
+            if c is not None:
+                later_reads |= step.reads(c.schema)
+                later_writes |= step.writes(c)
+        if c is not None:
+            c.available.update(step.outputs(c))
     return route, learn
 
 

@@ -317,7 +317,7 @@ def panel_queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
     Examples
     --------
     >>> [q for _, q in panel_queries(to_json(overview()))][0]
-    'sum by (pipeline) (rate(streamwise_events_consumed_total{pipeline=~"$pipeline"}[$__rate_interval]))'
+    'sum by (pipeline) (rate(streamwise_events_consumed_total{pipeline=~"$pipeline", topic!~".+[.]learn"}[$__rate_interval]))'
     """
     for panel in board.get("panels", []):
         for target in panel.get("targets", []):

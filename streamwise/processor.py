@@ -248,7 +248,7 @@ class PartitionStageProcessor(_GuardedProcessor):
     def __init__(self, config: PipelineConfig, sensor: Sensor | None = None) -> None:
         self.config = config
         self.sensor = sensor or Sensor()
-        route, _ = split_steps(config.cleaners, config.features)
+        route, _ = split_steps(config.cleaners, config.features, config.event_schema)
         self.events = build_event_pipeline(config.event_schema, route)
         self.epoch = 0
         # The rules run in the learner, on the features as the event declared them: those
@@ -324,7 +324,7 @@ class PipelineProcessor(_GuardedProcessor):
         # Cleaners and feature extractors (stream/pipeline.py); they learn from every valid
         # event, labelled or not, and without any configured they return the decoded event as is.
         if stage == "learn":
-            _, learn = split_steps(config.cleaners, config.features)
+            _, learn = split_steps(config.cleaners, config.features, config.event_schema)
             self.events = build_learner_steps(config.event_schema, learn)
         else:
             self.events = build_event_pipeline(config.event_schema, config.cleaners, config.features)

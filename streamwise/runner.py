@@ -22,6 +22,7 @@ from streamwise.connectors.redis_state import open_state_store
 from streamwise.core.errors import ConfigError, ServiceUnavailableError
 from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
 from streamwise.core.settings import Settings
+from streamwise.models.prequential import peek
 from streamwise.partitions import PartitionStates
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.processor import PartitionStageProcessor, PipelineProcessor
@@ -281,7 +282,7 @@ class Runner:
         for p, processor in seen.items():
             for m in processor.models:
                 name = m.name if len(seen) == 1 else f"{m.name}[{p}]"
-                out[name] = {"metric": type(m.metric).__name__, "value": m.metric.get(), "learned": m.n_learned}
+                out[name] = {"metric": type(m.metric).__name__, "value": peek(m.metric), "learned": m.n_learned}
         return out
 
     def summary(self, wall_seconds: float) -> RunSummary:
@@ -433,7 +434,7 @@ class StageLoop:
                 metric = type(m.metric).__name__
                 # The pipeline's metric with River's exact semantics, then the evaluation
                 # set (that metric over the rolling window, and any extra ones).
-                sensor.on_model_metric(m.name, metric, "cumulative", m.metric.get(), partition)
+                sensor.on_model_metric(m.name, metric, "cumulative", peek(m.metric), partition)
                 evaluation = processor.learners.evaluations.get(m.name)
                 for window, values in (evaluation.report() if evaluation else {}).items():
                     for name, value in values.items():
@@ -481,7 +482,7 @@ def explain_stages(config: PipelineConfig) -> str:
       -> p.learn (1 partition: the order the learner learns in)
     learner (one per pipeline): impute, standard_scale, models: lr
     """
-    route, learn = split_steps(config.cleaners, config.features)
+    route, learn = split_steps(config.cleaners, config.features, config.event_schema)
     first = ", ".join(["decode", "validate", *(s.kind for s in route)])
     second = ", ".join([*(s.kind for s in learn), "models: " + " ".join(m.name for m in config.models)])
     return (

@@ -1238,7 +1238,7 @@ def river_on_learn_order(config: PipelineConfig, records: Iterable[ConsumedRecor
     from streamwise.processor import Label, decode_learn_record
     from streamwise.stream.pipeline import split_steps
 
-    if split_steps(config.cleaners, config.features)[1]:
+    if split_steps(config.cleaners, config.features, config.event_schema)[1]:
         raise ValueError("river_on_learn_order: the pipeline has steps that run with the models")
     events: dict[Any, tuple[int, dict[str, Any]]] = {}
     answers: dict[Any, tuple[float, Any]] = {}

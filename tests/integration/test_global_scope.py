@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,3 +218,55 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
+def test_fraud_example_on_six_partitions_keeps_per_card_windows_and_the_one_partition_auc(
+    settings, bootstrap, unique
+):
+    from streamwise.models.state import fingerprint
+    from streamwise.stream.datasets import CardTransactions
+    from streamwise.stream.pipeline import build_event_pipeline, split_steps
+
+    from streamwise.pipeline_config import load_pipeline_config
+    from streamwise.processor import decode_learn_record
+
+    root = Path(__file__).resolve().parents[2]
+    events = list(CardTransactions(n_events=3000, seed=7))
+    records = [(e["card_id"].encode(), json.dumps(e).encode()) for e in events]
+    runs = {}
+    for partitions in (6, 1):
+        cfg = load_pipeline_config(root / "examples" / "fraud.yaml")
+        cfg.name = f"{unique}-p{partitions}"
+        cfg.input.topic = f"{cfg.name}.transactions"
+        cfg.output.topic = f"{cfg.name}.scores"
+        _topics(bootstrap, partitions, cfg.input.topic)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        for key, value in records:
+            producer.send(cfg.input.topic, key=key, value=value)
+        producer.close()
+        runner = Runner(cfg, settings)
+        summary = runner.run(until_idle_s=2.0)
+        out = [json.loads(r.value) for r in consume(bootstrap, cfg.output.topic, len(events))]
+        assert sorted(r["id"] for r in out) == sorted(e["id"] for e in events), "every transaction scored once"
+        runs[partitions] = (cfg, runner, summary)
+    cfg, runner, summary = runs[6]
+    assert runner.global_scope
+    learn = _as_consumed(consume_to_end(bootstrap, cfg.learn_topic))
+    # Exact on its own order: the learner is what one learner builds from the learn topic.
+    (processor,) = runner.partitions.all_processors().values()
+    uncrashed = PipelineProcessor(cfg, stage="learn")
+    uncrashed.process(learn)
+    assert fingerprint(processor.snapshot_state()) == fingerprint(uncrashed.snapshot_state())
+    # Per-card (and per card-and-merchant) windows ran on the partitions, per card: each
+    # event's window features equal those of the same steps over the whole stream in order.
+    route, _ = split_steps(cfg.cleaners, cfg.features, cfg.event_schema)
+    assert "window_aggregates" in [s.kind for s in route]
+    whole = build_event_pipeline(cfg.event_schema, route)
+    expected = {e.id: e.x for e in whole.decode_many([v for _, v in records]) if hasattr(e, "x")}
+    written = {item.id: item.x for _, item in map(decode_learn_record, learn)}
+    assert written == expected
+    # The order is the only difference from the one-partition run: ROC AUC close to it.
+    auc = {p: s.metrics["logreg"]["value"] for p, (_, _, s) in runs.items()}
+    print(f"fraud.yaml ROC AUC: 6 partitions, global {auc[6]:.4f}; 1 partition {auc[1]:.4f}")
+    assert abs(auc[6] - auc[1]) < 0.02, auc
