@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from streamwise.models.learner import is_batch_learner
+from streamwise.models.state import ensure_deep_recursion
 
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -146,6 +147,9 @@ def build_estimator(steps: list[str | dict[str, Any]]) -> Any:
     ...
     ValueError: unknown River estimator 'linear_model.LogistcRegression'
     """
+    # River's trees read the recursion limit into their max_depth when built: it must be
+    # the one value every estimator of the process sees (models/state.py).
+    ensure_deep_recursion()
     built = [_build_one(copy.deepcopy(s)) for s in steps]
     if len(built) > 1 and any(is_batch_learner(b) for b in built):
         raise ValueError("a streamwise torch learner must be the only step of its model")

@@ -23,7 +23,6 @@ gives equal digests across processes and restarts.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -73,8 +72,8 @@ def encode_state(state: Any) -> bytes:
     {'seen': Counter({'a': 2, 'b': 1, 'c': 1})}
     """
     header = json.dumps({"format": PAYLOAD_FORMAT, "versions": library_versions()}, separators=(",", ":"))
-    with _deep_recursion():
-        return _MAGIC + header.encode() + b"\n" + pickle.dumps(state, protocol=5)
+    ensure_deep_recursion()
+    return _MAGIC + header.encode() + b"\n" + pickle.dumps(state, protocol=5)
 
 
 def payload_header(payload: bytes) -> dict[str, Any]:
@@ -116,9 +115,9 @@ def decode_state(payload: bytes) -> Any:
     written = (header.get("versions") or {}).get("river", river.__version__)  # format 1 ran on this River
     migrate = _river_migration(written, river.__version__)
     body = payload.partition(b"\n")[2] if fmt >= 2 else payload
+    ensure_deep_recursion()
     try:
-        with _deep_recursion():
-            state = _AllowListUnpickler(io.BytesIO(body)).load()
+        state = _AllowListUnpickler(io.BytesIO(body)).load()
     except SnapshotFormatError:
         raise
     except Exception as e:  # a class renamed or changed by a library upgrade, or corrupt bytes
@@ -199,17 +198,39 @@ def _river_025_to_026(state: Any) -> None:
 _RIVER_MIGRATIONS = {((0, 25), (0, 26)): _river_025_to_026}
 
 
-@contextlib.contextmanager
-def _deep_recursion(limit: int = 50_000) -> Iterator[None]:
-    """River's trees are nested node objects whose depth grows with the data (a Hoeffding
-    tree regressor on a steadily increasing feature goes past Python's default limit of
-    1,000), so pickling and unpickling them needs more than the default recursion."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(before, limit))
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
+# River's trees are nested node objects whose depth grows with the data (a Hoeffding
+# tree regressor on a steadily increasing feature goes past Python's default limit of
+# 1,000), so pickling and unpickling them needs more than the default recursion.
+DEEP_RECURSION_LIMIT = 50_000
+
+
+def ensure_deep_recursion() -> None:
+    """Raises the interpreter's recursion limit to :data:`DEEP_RECURSION_LIMIT`, for good.
+
+    Never lowered again, and never raised only around a pickle: the limit is one value
+    for the whole process, and River reads it into learned state. A Hoeffding tree (and
+    a stochastic gradient tree) without ``max_depth`` takes ``recursionlimit - 20`` when
+    it is built, which happens while learning too (a forest's new trees, an ensemble's
+    reset members), in any thread. Raised only around each pickle, a tree built in one
+    thread while another pickled a checkpoint got a ``max_depth`` of 49,980 instead of
+    980, and two pickles overlapping in two threads restored each other's "before" and
+    left the limit raised for good: equal learning gave different states (about one
+    taken-over learner in five, tests/test_global_scope.py). Called when this module is
+    imported (every streamwise process that builds or snapshots a model imports it), by
+    :func:`~streamwise.models.catalog.build_estimator`, and before each pickle, in case
+    something lowered the limit since.
+
+    Examples
+    --------
+    >>> ensure_deep_recursion()
+    >>> sys.getrecursionlimit() >= DEEP_RECURSION_LIMIT
+    True
+    """
+    if sys.getrecursionlimit() < DEEP_RECURSION_LIMIT:
+        sys.setrecursionlimit(DEEP_RECURSION_LIMIT)
+
+
+ensure_deep_recursion()
 
 
 # ---- the allow-list ----------------------------------------------------------------

@@ -112,12 +112,14 @@ def _state(runner: Runner, store: MemoryStateStore, pipeline: str) -> dict[str, 
 def reference() -> dict[str, Any]:
     """The uncrashed run: its predictions per id and its final fingerprints.
 
-    Made again for each test, just before it: in one process, after some of the
+    Made again for each test, just before it. In one process, after some of the
     multi-worker tests, an uncrashed run's final fingerprints were seen to change
-    (113c5039... -> de6571fb... for partition 0) with every prediction unchanged, as if
-    some learning state outlived its pipeline; not explained yet (see the report of
-    issue 12's harness work). Each test compares with an uncrashed run made in the same
-    conditions."""
+    (113c5039... -> de6571fb... for partition 0) with every prediction unchanged: two
+    workers' threads pickling checkpoints at once each saved and restored the
+    interpreter's recursion limit, left it raised, and every Hoeffding tree built after
+    that took a max_depth of 49,980 instead of 980. The limit is now raised once for the
+    process (models/state.py: ensure_deep_recursion); a fresh reference per test is kept
+    as the cheaper guard against any other state a test might leave behind."""
     cfg = _config()
     broker, store = _broker(), MemoryStateStore()
     runner = memory_runner(cfg, _settings(), broker, store)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from river import datasets, naive_bayes, preprocessing, linear_model
-
-from streamwise.models.state import fingerprint
+from river import datasets, linear_model, naive_bayes, preprocessing, tree
+from streamwise.models.state import encode_state, fingerprint
 from streamwise.stream.schema import EventSchema
 
 _TRAIN = """
@@ -57,3 +56,26 @@ def test_shared_references_and_temporaries_are_not_confused():
     shared = {"a": [1.0]}
     assert fingerprint({"p": shared, "q": shared}) != fingerprint({"p": {"a": [1.0]}, "q": {"a": [2.0]}})
     assert fingerprint(model) == fingerprint(preprocessing.StandardScaler() | linear_model.LogisticRegression())
+
+
+class _BuildsATreeWhenPickled:
+    """Builds a tree while it is being pickled: what a second thread may do at any moment
+    while this one writes a checkpoint (a worker's other stage starting a learner, a
+    forest growing a tree)."""
+
+    def __init__(self) -> None:
+        self.built: tree.HoeffdingTreeClassifier | None = None
+
+    def __getstate__(self) -> dict[str, str]:
+        self.built = tree.HoeffdingTreeClassifier()
+        return {}
+
+
+def test_a_tree_built_while_a_state_is_pickled_equals_one_built_outside():
+    # River sets a tree's max_depth from the recursion limit when the tree is built; a
+    # limit raised only around pickles gave trees built meanwhile another max_depth.
+    probe = _BuildsATreeWhenPickled()
+    encode_state({"probe": probe})
+    outside = tree.HoeffdingTreeClassifier()
+    assert probe.built is not None and probe.built.max_depth == outside.max_depth
+    assert fingerprint(probe.built) == fingerprint(outside)
