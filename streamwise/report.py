@@ -283,6 +283,54 @@ def _promotions(
     return promoted
 
 
+def _learn_order(
+    rows: list[dict[str, Any]],
+    learn: list[ConsumedRecord],
+    event_label: dict[tuple[int, int], Any],
+    event_ts: dict[tuple[int, int], int],
+    inline: bool,
+) -> tuple[dict[int, list[Scored]], list[float]]:
+    """The labelled events in the order the learner of ``scope: global`` learned them,
+    from its learn topic: an inline label with its event, a delayed one at its label
+    record (or at its event, for a label that came first). Each row's ``_src`` becomes
+    (0, its position in the learn topic): one learner, one axis."""
+    from streamwise.processor import Label, decode_learn_record
+
+    by_src = {b["_src"]: b for b in rows}
+    event_at: dict[Any, tuple[int, dict[str, Any]]] = {}
+    labels: list[tuple[int, Any, Any, int]] = []
+    for k, record in enumerate(learn):
+        origin, item = decode_learn_record(record)
+        if isinstance(item, Label):
+            labels.append((k, item.event_id, item.y, origin.timestamp_ms))
+            continue
+        b = by_src.get((origin.partition, origin.offset))
+        if b is not None and item.id not in event_at:
+            event_at[item.id] = (k, b)
+    scored: dict[int, list[Scored]] = defaultdict(list)
+    delays: list[float] = []
+    if inline:
+        for _k, b in sorted(event_at.values(), key=lambda kb: kb[0]):
+            y = event_label.get(b["_src"])
+            if y is not None:
+                scored[0].append((b["id"], y, b))
+    else:
+        arrivals = []
+        learned: set[Any] = set()
+        for k, event_id, y, t_ms in labels:
+            if event_id not in event_at or event_id in learned:
+                continue
+            learned.add(event_id)
+            k_event, b = event_at[event_id]
+            delays.append(max(0.0, (t_ms - event_ts.get(b["_src"], t_ms)) / 1000.0))
+            arrivals.append((max(k, k_event), event_id, y, b))
+        for _, event_id, y, b in sorted(arrivals, key=lambda a: a[0]):
+            scored[0].append((event_id, y, b))
+    for k, b in event_at.values():
+        b["_src"] = (0, k)
+    return scored, delays
+
+
 def _score(
     config: PipelineConfig,
     scored: dict[int, list[Scored]],
@@ -359,11 +407,14 @@ def analyse(
     labels: Iterable[ConsumedRecord] = (),
     alerts: Iterable[ConsumedRecord] = (),
     dead_letters: Iterable[ConsumedRecord] = (),
+    learn: Iterable[ConsumedRecord] = (),
 ) -> Analysis:
     """Recomputes every model's prequential figures from the records a pipeline wrote.
 
     ``events`` are the input topic's records (their labels, when inline, and their
-    timestamps); ``labels`` the labels topic's, when the pipeline has one.
+    timestamps); ``labels`` the labels topic's, when the pipeline has one. ``learn`` is
+    the learn topic of ``scope: global`` on several partitions: the one order its one
+    learner learned in, which the figures then follow (as partition 0, the learner's).
     """
     schema = config.event_schema
     inline = config.input.labels_topic is None
@@ -374,7 +425,10 @@ def analyse(
     event_label, event_ts = _labels_and_times(events, EventDecoder(schema), inline)
     rows = _prediction_rows(predictions)
     label_delays: list[float] = []
-    if inline:
+    learn = list(learn)
+    if learn:
+        scored, label_delays = _learn_order(rows, learn, event_label, event_ts, inline)
+    elif inline:
         scored: dict[int, list[Scored]] = defaultdict(list)
         for b in rows:
             y = event_label.get(b["_src"])
@@ -718,6 +772,17 @@ def collect(
     def read(topic: str | None) -> list[ConsumedRecord]:
         return [] if topic is None else read_topic(settings.kafka, topic, since_ms, until_ms)
 
+    learn: list[ConsumedRecord] = []
+    if config.scope == "global":
+        from streamwise.connectors import make_admin
+
+        admin = make_admin(settings.kafka)
+        try:
+            counts = admin.partition_counts([config.input.topic, config.learn_topic])
+        finally:
+            admin.close()
+        if counts.get(config.input.topic, 1) > 1 and config.learn_topic in counts:
+            learn = read(config.learn_topic)
     return analyse(
         config,
         predictions=read(config.output.topic),
@@ -725,6 +790,7 @@ def collect(
         labels=read(config.input.labels_topic),
         alerts=read(config.alerts_topic),
         dead_letters=read(config.dead_letter_topic),
+        learn=learn,
     )
 
 

@@ -171,3 +171,26 @@ def test_explain_says_which_steps_run_where():
     cfg = phishing_pipeline("explain")
     text = explain_stages(cfg)
     assert "explain.learn" in text and "models: " + " ".join(m.name for m in cfg.models) in text
+
+
+@pytest.mark.parametrize("labels_delay", [None, 50])
+def test_the_learning_report_follows_the_learn_topic_order(labels_delay):
+    from streamwise.report import analyse
+
+    cfg = phishing_pipeline(f"report{labels_delay}")
+    if labels_delay is not None:
+        cfg.input.labels_topic = f"report{labels_delay}.labels"
+        cfg.event_schema.label = None
+    broker = _broker(cfg, partitions=3, labels_delay=labels_delay)
+    runner = memory_runner(cfg, _settings(), broker, MemoryStateStore())
+    runner.run(until_idle_s=IDLE_S)
+    (processor,) = runner.partitions.all_processors().values()
+    a = analyse(cfg, broker.read(cfg.output.topic), broker.read(cfg.input.topic),
+                broker.read(cfg.input.labels_topic) if labels_delay else (),
+                broker.read(cfg.alerts_topic), (), learn=broker.read(cfg.learn_topic))
+    # One learner: one curve per model, on the learner's axis, ending at the service's figure.
+    assert sorted((c.partition, c.model) for c in a.curves) == sorted((0, m.name) for m in cfg.models)
+    for c in a.curves:
+        model = next(m for m in processor.models if m.name == c.model)
+        assert c.labelled == N_EVENTS
+        assert c.final["cumulative"][cfg.metric] == pytest.approx(model.metric.get(), abs=1e-12)
