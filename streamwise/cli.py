@@ -146,7 +146,7 @@ def run(
         except StreamwiseError as e:
             raise _fail(e) from None
         if pipeline.scope == "global":
-            typer.echo("scope: global (on an input of one partition, one stage runs all of it)")
+            typer.echo("scope: global (one input partition and no labels topic: one stage runs all of it)")
             typer.echo(explain_stages(pipeline))
         else:
             typer.echo("scope: partition: each input partition runs every step and its own replica of every model")

@@ -142,7 +142,11 @@ class Runner:
         admin = self._admin or make_admin(kafka)
         try:
             admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
-            self.global_scope = cfg.scope == "global" and _partition_count(admin, cfg.input.topic) > 1
+            # A labels topic is a second input: its merge with the events is written down
+            # too, so even one partition of each goes through the learn topic.
+            self.global_scope = cfg.scope == "global" and (
+                cfg.input.labels_topic is not None or _partition_count(admin, cfg.input.topic) > 1
+            )
             if self.global_scope:
                 _ensure_learn_topic(admin, cfg.learn_topic)
                 if cfg.input.labels_topic is not None:

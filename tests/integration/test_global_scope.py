@@ -86,6 +86,8 @@ CASES = {
     "phishing-3": {"partitions": 3, "n": 1250, "delay": None},
     # Labels on their own topic, published by one producer while the service runs.
     "agrawal-12-delayed": {"partitions": 12, "n": 3000, "delay": 50},
+    # One partition of each: the merge of events and labels is written down too.
+    "agrawal-1-delayed": {"partitions": 1, "n": 2000, "delay": 50},
 }
 
 
