@@ -173,6 +173,11 @@ class PrometheusSensor(Sensor):
         self.drifts = Counter("streamwise_drift_detections_total", "Drifts flagged by a model's detector.", p + ["model"], registry=r)
         self.champion = Gauge("streamwise_model_champion", "1 for the model whose prediction a partition's records carry, else 0.", p + ["model", "partition"], registry=r)
         self.champion_changes = Counter("streamwise_champion_changes_total", "Times a partition's champion model changed.", p + ["partition"], registry=r)
+        self.search_metric = Gauge("streamwise_search_candidate_metric", "Prequential metric of each candidate of a searched model, labelled by its parameters.", p + ["model", "partition", "metric", "candidate"], registry=r)
+        self.search_best = Gauge("streamwise_search_best", "1 for the candidate whose prediction a searched model gives, else 0.", p + ["model", "partition", "candidate"], registry=r)
+        self.search_running = Gauge("streamwise_search_running_candidates", "Candidates of a searched model still learning (halving drops losers).", p + ["model", "partition"], registry=r)
+        self.pseudo_labels = Counter("streamwise_self_training_pseudo_labels_total", "Unlabelled events a model learned from its own confident prediction; never among streamwise_model_learned_total.", p + ["model"], registry=r)
+        self.self_training = Gauge("streamwise_self_training_active", "1 while a model's self-training is on, 0 once its guard switched it off.", p + ["model", "partition"], registry=r)
         self.label_delay = Histogram("streamwise_label_delay_seconds", "From an event's arrival to its label's.", p, buckets=LABEL_DELAY_BUCKETS, registry=r)
         self.pending_labels = Gauge("streamwise_pending_labels", "Events waiting for their label.", p, registry=r)
         self.torch_step = Histogram("streamwise_torch_step_duration_seconds", "One optimiser step of a torch learner.", p + ["model", "device"], buckets=STEP_BUCKETS, registry=r)
@@ -334,6 +339,24 @@ class PrometheusSensor(Sensor):
 
     def on_model_fault(self, model: str, kind: str, n: int = 1) -> None:
         self.model_faults.labels(self.pipeline, model, kind).inc(n)
+
+    def on_search(
+        self, model: str, metric: str, candidates: Mapping[str, float | None], best: str, running: int,
+        partition: int | None = None,
+    ) -> None:
+        part = "" if partition is None else str(partition)
+        for label, value in candidates.items():
+            if value is not None:
+                self.search_metric.labels(self.pipeline, model, part, metric, label).set(value)
+            self.search_best.labels(self.pipeline, model, part, label).set(1.0 if label == best else 0.0)
+        self.search_running.labels(self.pipeline, model, part).set(running)
+
+    def on_pseudo_labels(self, model: str, n: int) -> None:
+        self.pseudo_labels.labels(self.pipeline, model).inc(n)
+
+    def on_self_training(self, model: str, active: bool, partition: int | None = None) -> None:
+        part = "" if partition is None else str(partition)
+        self.self_training.labels(self.pipeline, model, part).set(1.0 if active else 0.0)
 
     def on_drift(self, model: str, detector: str) -> None:
         # No detector label: one series per model, created at zero, keeps rate() honest.

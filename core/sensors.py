@@ -103,6 +103,20 @@ class Sensor:
         """``model`` failed on ``n`` events in the way ``kind`` names (a
         :class:`~streamwise.core.stages.ModelFault`); the other models were not affected."""
 
+    def on_search(
+        self, model: str, metric: str, candidates: Mapping[str, float | None], best: str, running: int,
+        partition: int | None = None,
+    ) -> None:
+        """A searched model's state (models/search.py): each candidate's ``metric`` by its
+        compact label (None before it scored), the one that answers, and how many still learn."""
+
+    def on_pseudo_labels(self, model: str, n: int) -> None:
+        """``model`` learned ``n`` unlabelled events from its own confident predictions
+        (self-training); never counted by :meth:`on_learn`."""
+
+    def on_self_training(self, model: str, active: bool, partition: int | None = None) -> None:
+        """Whether ``model``'s self-training is on, or was switched off by its guard."""
+
     def on_drift(self, model: str, detector: str) -> None:
         """``detector`` (e.g. ``ADWIN``) flagged a drift in ``model``'s errors."""
 

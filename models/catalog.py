@@ -22,9 +22,12 @@ import inspect
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from streamwise.models.learner import is_batch_learner
 from streamwise.models.state import ensure_deep_recursion
+from streamwise.models.prequential import final_step
+from streamwise.models.search import SearchConfig, accepts_weight, search_candidates
+from streamwise.models.self_training import SelfTrainingConfig
 
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -49,12 +52,34 @@ class ModelSpec(BaseModel):
     # Start from what another pipeline's model learned instead of from zero; used only
     # while this pipeline has no snapshot of its own (a restart restores its own state).
     init_from: InitFrom | None = None
+    # Hyperparameter search over clones of the steps (models/search.py); none by default.
+    search: SearchConfig | None = None
+    # Learning from confident predictions of unlabelled events (models/self_training.py); off by default.
+    self_training: SelfTrainingConfig | None = None
 
     @field_validator("steps")
     @classmethod
     def _buildable(cls, steps: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
         build_estimator(steps)  # fail at start, not at the first event
         return steps
+
+    @model_validator(mode="after")
+    def _searchable(self) -> ModelSpec:
+        from river import base
+
+        estimator = build_estimator(self.steps)
+        if self.search is not None:
+            search_candidates(estimator, self.search)
+        st = self.self_training
+        if st is not None:
+            if is_batch_learner(estimator) or not isinstance(final_step(estimator), base.Classifier):
+                raise ValueError("self_training: needs a River classifier (it learns from confident probabilities)")
+            if st.weight < 0.5 and not accepts_weight(estimator):
+                raise ValueError(
+                    f"self_training.weight: {st.weight} is below 0.5 and this estimator's learn_one takes no sample"
+                    " weight, so no pseudo-label would ever be learned"
+                )
+        return self
 
 
 # Learners of our own, by the step name a config gives them. Their modules are
@@ -102,11 +127,11 @@ def _is_spec(value: Any) -> bool:
     )
 
 
-def _build_value(value: Any) -> Any:
+def build_value(value: Any) -> Any:
     if _is_spec(value):
         return _build_one(value)
     if isinstance(value, list):
-        return [_build_value(v) for v in value]
+        return [build_value(v) for v in value]
     return value
 
 
@@ -121,7 +146,7 @@ def _build_one(step: str | dict[str, Any]) -> Any:
     else:
         raise ValueError(f"a step is a dotted River name or a one-key mapping, got {step!r}")
     cls = _resolve(name)
-    kwargs = {k: _build_value(v) for k, v in params.items()}
+    kwargs = {k: build_value(v) for k, v in params.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:

@@ -29,6 +29,8 @@ from streamwise.models.catalog import build_estimator
 from streamwise.models.drift import DriftMonitor, prediction_error
 from streamwise.models.learner import is_batch_learner
 from streamwise.models.prequential import Prediction, final_step
+from streamwise.models.search import SearchConfig, build_search
+from streamwise.models.self_training import SelfTraining, SelfTrainingConfig
 
 if TYPE_CHECKING:
     from streamwise.models.scoreboard import ModelScores
@@ -105,6 +107,13 @@ class Model:
     {'predict': 1}
     """
 
+    # Defaults for models unpickled from snapshots written before search and
+    # self-training existed (issue 18): such a model has neither.
+    search: SearchConfig | None = None
+    self_training: SelfTraining | None = None
+    metric_name = "Accuracy"
+    n_pseudo = 0
+
     def __init__(
         self,
         name: str,
@@ -114,12 +123,22 @@ class Model:
         numeric_features: Sequence[str] = (),
         drift_detector: str | dict[str, Any] = "ADWIN",
         parent: str | None = None,
+        search: SearchConfig | None = None,
+        self_training: SelfTrainingConfig | None = None,
+        metric: str = "Accuracy",
     ) -> None:
         self.name = name
         self.steps = steps
         self.numeric_features = list(numeric_features)
         self.estimator = estimator
         self.parent = parent
+        # The search config (the estimator is then a SearchClassifier/Regressor), and the
+        # metric it and self-training score with: kept to rebuild the model on a drift reset.
+        self.search = search
+        self.metric_name = metric
+        self.self_training = SelfTraining(self_training, estimator, metric) if self_training is not None else None
+        # Pseudo-labels learned (self-training), since the start and since the last batch.
+        self.n_pseudo = 0
         # Set by the scoreboard the model is added to.
         self.scores: ModelScores | None = None
         self.drift = DriftMonitor(drift_detector)
@@ -155,15 +174,22 @@ class Model:
         numeric_features: Sequence[str] = (),
         drift_detector: str | dict[str, Any] = "ADWIN",
         parent: str | None = None,
+        search: SearchConfig | None = None,
+        self_training: SelfTrainingConfig | None = None,
+        metric: str = "Accuracy",
     ) -> Model:
-        """A model with a fresh estimator built from a pipeline config's steps."""
+        """A model with a fresh estimator built from a pipeline config's steps (a search
+        over clones of them when ``search`` is given)."""
         return cls(
             name,
-            _build(steps, numeric_features),
+            _build(steps, numeric_features, search, metric),
             steps=steps,
             numeric_features=numeric_features,
             drift_detector=drift_detector,
             parent=parent,
+            search=search,
+            self_training=self_training,
+            metric=metric,
         )
 
     @property
@@ -237,7 +263,8 @@ class Model:
         return out
 
     def explain_one(self, x: dict[str, Any], k: int) -> dict[str, float] | None:
-        return linear_contributions(self.estimator, x, k)
+        # A search explains with the candidate that answered.
+        return linear_contributions(getattr(self.estimator, "answering", self.estimator), x, k)
 
     def explain_many(
         self, xs: list[dict[str, Any]], k: int, keys: list[Any] | None = None, ids: list[Any] | None = None
@@ -275,6 +302,47 @@ class Model:
         self.n_learned += 1
         return True
 
+    def learn_pseudo(self, x: dict[str, Any], prediction: Prediction | None) -> bool:
+        """Learns an unlabelled event from its own confident ``prediction`` (self-training,
+        models/self_training.py); True when it did. A search's candidates learn it without
+        scoring it."""
+        st = self.self_training
+        if st is None:
+            return False
+        label = st.pseudo_label(prediction)
+        if label is None:
+            return False
+        est = self.estimator
+        learn = getattr(est, "learn_unscored", est.learn_one)
+        try:
+            if st.weighted:
+                learn(x, label, w=st.config.weight)
+            else:  # weight >= 0.5 here (checked at start): learned once
+                learn(x, label)
+        except Exception as e:
+            self.last_error = describe_error(e)
+            self._fault(ModelFault.LEARN)
+            return False
+        self.n_pseudo += 1
+        return True
+
+    def guard_self_training(self, x: dict[str, Any], y: Any, prediction: Prediction | None) -> bool:
+        """Feeds a real label to the self-training guard before the model learns it; True
+        when the guard switched self-training off, and then the shadow copy, which learned
+        only real labels, takes the estimator's place."""
+        st = self.self_training
+        if st is None or not st.active:
+            return False
+        try:
+            off = st.on_label(x, y, prediction)
+        except Exception as e:
+            self.last_error = describe_error(e)
+            self._fault(ModelFault.LEARN)
+            return False
+        if off:
+            self.estimator, st.shadow = st.shadow, None
+        return off
+
     def flush(self, t: float) -> None:
         """Lets a batch learner step on a partial mini-batch that has waited long enough."""
         if self.predicts_in_batches:
@@ -296,17 +364,21 @@ class Model:
         """A fresh, untrained estimator in this model's place (the drift policy ``reset``);
         its metrics and counters carry on."""
         if self.steps is not None:
-            self.estimator = _build(self.steps, self.numeric_features)
+            self.estimator = _build(self.steps, self.numeric_features, self.search, self.metric_name)
         else:
             self.estimator = self.estimator.clone()
+        if self.self_training is not None and self.self_training.active:
+            self.self_training.reset(self.estimator)
         self.drift.reset()
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.estimator!r})"
 
 
-def _build(steps: list[Any], numeric_features: Sequence[str]) -> Any:
+def _build(steps: list[Any], numeric_features: Sequence[str], search: SearchConfig | None, metric: str) -> Any:
     estimator = build_estimator(steps)
+    if search is not None:
+        return build_search(estimator, search, metric)
     if is_batch_learner(estimator) and numeric_features:
         estimator.declare_features(numeric_features)
     return estimator

@@ -63,6 +63,10 @@ class Outcome:
     predictions: dict[str, Prediction] = field(default_factory=dict)
     explanation: dict[str, float] | None = None
     key: Any = None  # the entity whose history a sequence learner follows
+    # Each searched model's best candidate and candidates' metrics when it predicted.
+    search: dict[str, dict[str, Any]] | None = None
+    # The models that learned this unlabelled event from their own prediction (self-training).
+    pseudo: list[str] | None = None
 
     @property
     def prediction(self) -> Prediction:
@@ -81,6 +85,8 @@ class BatchResult:
     label_delays: list[float]
     torch_steps: list[tuple[str, float, int, str]]
     faults: dict[str, Counter[str]] = field(default_factory=dict)
+    # Pseudo-labels each model learned (self-training), never among ``learned``.
+    pseudo_learned: Counter[str] = field(default_factory=Counter)
 
 
 def _number(value: float) -> float | None:
@@ -148,7 +154,12 @@ class ModelSet:
         self.models: list[Model] = []
         self._by_name: dict[str, Model] = {}
         for spec in specs:
-            self._add(Model.from_steps(spec.name, spec.steps, **self._model_options()))
+            self._add(
+                Model.from_steps(
+                    spec.name, spec.steps, search=spec.search, self_training=spec.self_training,
+                    **self._model_options(),
+                )
+            )
         self.selector = ChampionSelector(
             self.models[0].name,
             bigger_is_better=make_metric(self.champion_metric).bigger_is_better,
@@ -164,12 +175,24 @@ class ModelSet:
         self._deferred: list[tuple[Model, Outcome, Any, float]] = []
         self._alerts: list[dict[str, Any]] = []
         self._learned: Counter[str] = Counter()
+        self._pseudo: Counter[str] = Counter()
         self._delays: list[float] = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Snapshots written before search and self-training (issue 18) lack these.
+        self.__dict__.setdefault("_pseudo", Counter())
+        self._searches = [m for m in self.models if m.search is not None]
+        self._self_trained = [m for m in self.models if m.self_training is not None]
 
     # -- membership -------------------------------------------------------------------
 
     def _model_options(self) -> dict[str, Any]:
-        return {"numeric_features": self.numeric_features, "drift_detector": self.drift_config.detector}
+        return {
+            "numeric_features": self.numeric_features,
+            "drift_detector": self.drift_config.detector,
+            "metric": self.metric_name,
+        }
 
     def _add(self, model: Model) -> Model:
         self.scoreboard.add(model)
@@ -189,6 +212,8 @@ class ModelSet:
         self._by_name = {m.name: m for m in self.models}
         self._per_event = [m for m in self.models if not m.predicts_in_batches]
         self._batched = [m for m in self.models if m.predicts_in_batches]
+        self._searches = [m for m in self.models if m.search is not None]
+        self._self_trained = [m for m in self.models if m.self_training is not None]
         # A champion is chosen only between two models or more: only then must each
         # model's champion metric be current on every label.
         for m in self.models:
@@ -242,9 +267,20 @@ class ModelSet:
             answer = predictions.get(champion)
             if answer is not None and answer.error is None:
                 outcome.explanation = self._by_name[champion].explain_one(x, self.top_k)
+        if self._searches:
+            # Shared dicts, rebuilt by a search only after a label: no cost per event.
+            outcome.search = {m.name: m.estimator.summary() for m in self._searches}
         self._batch.append(outcome)
         if y is not None:
             self._learn(outcome, y, t)
+        elif self._self_trained and not self.delayed_labels:
+            # Inline labels: an event without one will never have one (self_training.py).
+            for m in self._self_trained:
+                if m.learn_pseudo(x, predictions.get(m.name)):
+                    self._pseudo[m.name] += 1
+                    if outcome.pseudo is None:
+                        outcome.pseudo = []
+                    outcome.pseudo.append(m.name)
         elif self.delayed_labels:
             if self.pending.already_learned(event_id):
                 return outcome
@@ -292,8 +328,8 @@ class ModelSet:
         for m in self.models:
             if m.new_faults:
                 m.new_faults = Counter()
-        result = BatchResult(batch, self._alerts, self._learned, self._delays, torch_steps, faults)
-        self._alerts, self._learned, self._delays = [], Counter(), []
+        result = BatchResult(batch, self._alerts, self._learned, self._delays, torch_steps, faults, self._pseudo)
+        self._alerts, self._learned, self._delays, self._pseudo = [], Counter(), [], Counter()
         return result
 
     def _run_batch_learners(
@@ -372,6 +408,9 @@ class ModelSet:
             self.scoreboard.score(m.scores, y, prediction)  # type: ignore[arg-type]
             self._update_champion(outcome.id)
             return
+        if m.self_training is not None and m.guard_self_training(outcome.x, y, prediction):
+            self._alerts.append({"type": "self_training", "model": m.name, "event_id": outcome.id,
+                                 "action": "switched off", **(m.self_training.switched_off or {})})
         if not m.learn_one(outcome.x, y, t, key=outcome.key, event_id=outcome.id):
             return
         self._learned[m.name] += 1
@@ -415,7 +454,9 @@ class ModelSet:
             else:
                 self._n_challengers += 1
                 name = f"{m.name}.challenger{self._n_challengers}"
-                self._add(Model.from_steps(name, m.steps or [], parent=m.name, **self._model_options()))
+                st = m.self_training.config if m.self_training is not None else None
+                self._add(Model.from_steps(name, m.steps or [], parent=m.name, search=m.search, self_training=st,
+                                           **self._model_options()))
                 action = f"started {name}"
         self._alerts.append(
             {
@@ -479,6 +520,19 @@ class ModelSet:
                 "not_finite_labels": scores.n_not_finite,
                 **scores.report(),
             }
+            if m.search is not None:
+                est = m.estimator
+                models[m.name]["search"] = {
+                    "policy": est.policy, "best": est.best_label, "spent": est.spent,
+                    "running": [est.labels[i] for i in est.running],
+                    "metrics": dict(zip(est.labels, est.summary()["metrics"], strict=True)),
+                }
+            st = m.self_training
+            if st is not None:
+                models[m.name]["self_training"] = {
+                    "active": st.active, "pseudo_labels": st.n_pseudo, "real_labels": st.n_labelled,
+                    "below_threshold": st.n_below_threshold, "capped": st.n_capped, "switched_off": st.switched_off,
+                }
         return {
             "champion": self.selector.champion,
             "models": models,

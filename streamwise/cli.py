@@ -90,6 +90,7 @@ def replay(
     label_field: Annotated[str, typer.Option(help="Name of the label field.")] = "label",
     key_field: Annotated[str | None, typer.Option(help="Field whose value is the record key (default: the id).")] = None,
     partitions: Annotated[int, typer.Option(help="Partitions of the topic if it has to be created.")] = 1,
+    label_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep the label on this share of a River dataset's events (seeded); the rest go unlabelled.")] = 1.0,
     bootstrap_servers: BootstrapOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -103,7 +104,7 @@ def replay(
     try:
         settings = _settings(bootstrap_servers)
         params = _parse_params(param)
-        events = iter_events(source, params, limit, id_field, label_field, key_field)
+        events = iter_events(source, params, limit, id_field, label_field, key_field, label_share)
         total = dataset_size(source, params)
         total = min(total, limit) if total and limit else (total or limit)
         admin = make_admin(settings.kafka)

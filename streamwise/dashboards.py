@@ -204,6 +204,8 @@ def overview() -> db.Dashboard:
 def models() -> db.Dashboard:
     board = _Board("streamwise-models", "streamwise / models", "Every model's prequential metric, the champion and drift.")
     drift = f"sum by (pipeline, model) (increase(streamwise_drift_detections_total{SEL}{RATE}))"
+    # A pipeline without a search or self-training shows 0, not "no data".
+    none = f" or 0 * max by (pipeline) (streamwise_build_info{SEL})"
     board.builder.annotation(
         db.AnnotationQuery()
         .name("Drift")
@@ -233,6 +235,21 @@ def models() -> db.Dashboard:
                      width=24,
                      description="Events on which each rule's condition held, and the decisions the rules gave "
                                  "(the most severe rule that fired decides; models/rules.py)."))
+        .add(_series("Hyperparameter search", "none",
+                     (f"max by (pipeline, model, candidate) (streamwise_search_candidate_metric{SEL}){none}",
+                      "{{pipeline}} {{model}} {{candidate}}"),
+                     (f"max by (pipeline, model) (streamwise_search_running_candidates{SEL}){none}",
+                      "{{pipeline}} {{model}} candidates learning"),
+                     width=24, description="Each candidate's prequential metric (its parameters in the legend) and how "
+                     "many still learn; 0 for a pipeline without a search."))
+        .add(_stat("Search winner", "none", f"max by (pipeline, model, candidate) (streamwise_search_best{SEL}) == 1{none}",
+                   "{{pipeline}} {{model}}: {{candidate}}", "The candidate whose prediction a searched model gives."))
+        .add(_series("Self-training", "ops",
+                     (f"sum by (pipeline, model) (rate(streamwise_self_training_pseudo_labels_total{SEL}{RATE})){none}",
+                      "{{pipeline}} {{model}} pseudo-labels"),
+                     (f"max by (pipeline, model) (streamwise_self_training_active{SEL}){none}",
+                      "{{pipeline}} {{model}} on (1) / switched off by the guard (0)"),
+                     description="Unlabelled events learned from confident predictions, never counted as labels."))
     )
     return board.builder
 

@@ -47,7 +47,7 @@ class InputConfig(BaseModel):
 # for the champion's answer: its prediction and probabilities, or its error.
 RecordField = Literal[
     "id", "key", "prediction", "champion", "models", "epoch", "source", "event_timestamp_ms", "latency_s",
-    "event_time", "explanation", "decision",
+    "event_time", "explanation", "decision", "search", "pseudo_labels",
 ]
 RECORD_FIELDS: tuple[str, ...] = RecordField.__args__  # type: ignore[attr-defined]
 
@@ -119,6 +119,7 @@ class PipelineConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        self._check_learning_extras()
         problems = check_stream_steps(self.event_schema, self.cleaners, self.features) + self._check_rules()
         if problems:
             # Raised as a ValidationError so each problem keeps its own key path.
@@ -162,6 +163,30 @@ class PipelineConfig(BaseModel):
     def build_rules(self) -> RuleSet:
         """The compiled rules (checked at load, so this does not fail)."""
         return RuleSet.compile(self.rules, *self._rule_inputs())
+
+    def _check_learning_extras(self) -> None:
+        """``search`` and ``self_training`` where they can work (models/search.py,
+        models/self_training.py); the error names the model's key."""
+        for i, spec in enumerate(self.models):
+            where = f"models[{i}]"
+            if spec.search is not None:
+                if self.task not in ("classification", "regression"):
+                    raise ValueError(f"{where}.search: only for task classification or regression")
+                from streamwise.models.catalog import build_estimator
+                from streamwise.models.search import build_search
+
+                try:
+                    build_search(build_estimator(spec.steps), spec.search, self.metric)
+                except ValueError as e:
+                    raise ValueError(f"{where}.{e}") from None
+            if spec.self_training is not None:
+                if self.task != "classification":
+                    raise ValueError(f"{where}.self_training: only for task classification")
+                if self.input.labels_topic is not None:
+                    raise ValueError(
+                        f"{where}.self_training: needs inline labels; with input.labels_topic any event's label may"
+                        " still come (models/self_training.py)"
+                    )
 
     def _check_forecast(self) -> None:
         if (self.task == "forecast") != (self.forecast is not None):

@@ -426,6 +426,8 @@ class PipelineProcessor(_GuardedProcessor):
         sensor = self.sensor
         for model, n in result.learned.items():
             sensor.on_learn(model, n)
+        for model, n in result.pseudo_learned.items():
+            sensor.on_pseudo_labels(model, n)
         for model, faults in result.faults.items():
             for kind, n in faults.items():
                 sensor.on_model_fault(model, kind, n)
@@ -481,6 +483,7 @@ class PipelineProcessor(_GuardedProcessor):
         with_prediction, with_latency = "prediction" in fields, "latency_s" in fields
         with_ts = "event_timestamp_ms" in fields
         with_time, with_explanation = "event_time" in fields, "explanation" in fields
+        with_search, with_pseudo = "search" in fields, "pseudo_labels" in fields
         topic = self.config.output.topic
         epoch = self.epoch
         dumps, options = orjson.dumps, orjson.OPT_NON_STR_KEYS
@@ -535,6 +538,10 @@ class PipelineProcessor(_GuardedProcessor):
                 body["event_time"] = event.event_time
             if with_explanation and outcome.explanation is not None:
                 body["explanation"] = outcome.explanation
+            if with_search and outcome.search is not None:
+                body["search"] = outcome.search
+            if with_pseudo and outcome.pseudo is not None:
+                body["pseudo_labels"] = outcome.pseudo
             # orjson writes the record in a tenth of json's time (measured); the class keys
             # of probabilities (True, 3) become "true", "3"; a value it cannot encode is
             # written as its str(), as an id of an unusual type may be.

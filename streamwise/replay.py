@@ -117,9 +117,18 @@ def iter_events(
     id_field: str = "id",
     label_field: str = "label",
     key_field: str | None = None,
+    label_share: float = 1.0,
 ) -> Iterator[Event]:
-    """Yields ``(key, value)`` pairs of the events to publish, in dataset order."""
+    """Yields ``(key, value)`` pairs of the events to publish, in dataset order.
+
+    ``label_share`` below 1 keeps the label of a River dataset's event with that
+    probability (seeded, so the same events keep it on every replay) and publishes the
+    others unlabelled: a stream where most events never get a label (self-training).
+    """
+    import random
+
     params = params or {}
+    keep_label = random.Random(0).random if label_share < 1.0 else None
     path = Path(source)
     n = 0
 
@@ -174,7 +183,7 @@ def iter_events(
         if limit is not None and n >= limit:
             return
         obj = {id_field: n, **{str(k): _jsonable(v) for k, v in x.items()}}
-        if y is not None:
+        if y is not None and (keep_label is None or keep_label() < label_share):
             obj[label_field] = _jsonable(y)
         yield encode(obj)
         n += 1

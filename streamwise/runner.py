@@ -444,6 +444,12 @@ class StageLoop:
                     for name, value in values.items():
                         if not (window == "cumulative" and name == metric):
                             sensor.on_model_metric(m.name, name, window, value, partition)
+                if m.search is not None:
+                    est = m.estimator
+                    values = dict(zip(est.labels, est.summary()["metrics"], strict=True))
+                    sensor.on_search(m.name, metric, values, est.best_label, len(est.running), partition)
+                if m.self_training is not None:
+                    sensor.on_self_training(m.name, m.self_training.active, partition)
             if processor.champion is None:
                 continue
             previous = self._champions.get(partition)
