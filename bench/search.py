@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from common import Clock, bootstrap, create_topic, machine, settings, table, unique
+from common import Clock, bootstrap, create_topic, machine, settings, table, unique, write_section
 from support import consume_to_end, produce, values
 
 from streamwise.pipeline_config import parse_pipeline_config
@@ -218,15 +217,6 @@ never reach it); "no guard" is the same self-training whose guard never has enou
 to show what the guard prevents or costs."""
 
 
-def write_section(path: Path, body: str) -> None:
-    """Adds or replaces this benchmark's own section of ``path``, leaving the rest as it is."""
-    text = path.read_text() if path.exists() else ""
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _m: block, text) if SECTION in text else text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=15000, help="Agrawal and Hyperplane events")
@@ -238,7 +228,7 @@ def main() -> None:
     text = "\n".join(parts)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(SECTION, text, args.write)
 
 
 if __name__ == "__main__":
