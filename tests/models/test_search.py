@@ -265,3 +265,21 @@ def test_a_bad_self_training_fails_at_start(extra, message):
     with pytest.raises(ConfigError) as e:
         parse_pipeline_config(data)
     assert message in str(e.value)
+
+
+def test_a_regression_search_answers_with_its_best_candidate_by_mae():
+    events = list(datasets.TrumpApproval())
+    space = {"LinearRegression__optimizer__lr": [0.001, 0.01, 0.1]}
+    steps = ["preprocessing.StandardScaler", "linear_model.LinearRegression"]
+    models = ModelSet([ModelSpec(name="s", steps=steps, search={"space": space}),
+                       ModelSpec(name="d", steps=steps)], task="regression", metric="MAE")
+    for i, (x, y) in enumerate(events):
+        models.on_event(i, x, y, float(i))
+    models.end_batch()
+    search = models.model("s").estimator
+    assert search.labels == ["lr=0.001", "lr=0.01", "lr=0.1"] and search.summary()["best"] == search.best_label
+    # The configured lr (0.01) scores as the plain model does; MAE: smaller is better.
+    assert search.metrics[1].get() == pytest.approx(models.model("d").metric.get())
+    # lr=0.1 diverges (an MAE in the billions): the search never answered with it.
+    assert search.metrics[2].get() > 1e6 and search.best_label == "lr=0.01"
+    assert models.model("s").metric.get() == min(m.get() for m in search.metrics)
