@@ -24,10 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from streamwise.models.learner import is_batch_learner
-from streamwise.models.state import ensure_deep_recursion
 from streamwise.models.prequential import final_step
 from streamwise.models.search import SearchConfig, accepts_weight, search_candidates
 from streamwise.models.self_training import SelfTrainingConfig
+from streamwise.models.state import ensure_deep_recursion
 
 _DOTTED = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
