@@ -32,14 +32,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from streamwise.runner import Runner  # noqa: E402
 from streamwise.core.settings import KafkaSettings  # noqa: E402
+
+from streamwise.runner import Runner  # noqa: E402
 
 WARMUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 20.0
@@ -92,7 +94,6 @@ def echo_kafka_python(settings: KafkaSettings, source: str, target: str, stop: t
 
 def echo_confluent(settings: KafkaSettings, source: str, target: str, stop: threading.Event) -> None:
     from confluent_kafka import Consumer, Producer, TopicPartition
-
     from streamwise.connectors.confluent import consumer_config, producer_config
 
     group = common.unique("echo")
@@ -159,9 +160,12 @@ class Reader(threading.Thread):
         self.consumer.close()
 
 
-def offer(servers: str, topic: str, rate: float, seconds: float, reader: Reader) -> dict[bytes, float]:
+def offer(
+    servers: str, topic: str, rate: float, seconds: float, reader: Reader, on_warm: Callable[[], None] = lambda: None
+) -> dict[bytes, float]:
     """Warms the pipe up until an output comes back, then sends ``rate × seconds`` events
-    on an open-loop schedule. Returns each measured event's send time (by key)."""
+    on an open-loop schedule (``on_warm`` is called just before the first). Returns each
+    measured event's send time (by key)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": servers, "linger.ms": 1, "acks": "all"})
@@ -176,6 +180,7 @@ def offer(servers: str, topic: str, rate: float, seconds: float, reader: Reader)
         i += 1
         time.sleep(0.2)
     time.sleep(1.0)  # let the warm-up records drain
+    on_warm()
     sent: dict[bytes, float] = {}
     total = int(rate * seconds)
     start = time.perf_counter()
@@ -195,13 +200,16 @@ def offer(servers: str, topic: str, rate: float, seconds: float, reader: Reader)
     return sent
 
 
-def measure(servers: str, client: str, role: str, rate: float, seconds: float) -> dict[str, float]:
-    """Offers the load to ``role`` ("streamwise" or "echo") and returns its latencies (ms)."""
+def measure(
+    servers: str, client: str, role: str, rate: float, seconds: float, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Offers the load to ``role`` ("streamwise" or "echo") and returns its latencies (ms).
+    ``env``: more settings for the service's process (STREAMWISE_… variables)."""
     name = common.unique(f"g3-{role}")
     source, target = f"{name}.events", f"{name}.out"
     common.create_topic(servers, source)
     env = dict(os.environ, STREAMWISE_KAFKA__BOOTSTRAP_SERVERS=servers, STREAMWISE_KAFKA__CLIENT=client,
-               STREAMWISE_SNAPSHOT__ENABLED="false")
+               STREAMWISE_SNAPSHOT__ENABLED="false", **(env or {}))
     with tempfile.TemporaryDirectory() as tmp:
         if role == "streamwise":
             cfg = common.pipeline(source, common.LOGREG, name=name)
@@ -213,21 +221,46 @@ def measure(servers: str, client: str, role: str, rate: float, seconds: float) -
         service = subprocess.Popen([sys.executable, *argv], env=env, cwd=common.ROOT, stdout=subprocess.DEVNULL)
         reader = Reader(servers, target)
         reader.start()
+        cpu = [0.0, 0.0]
         try:
-            sent = offer(servers, source, rate, seconds, reader)
+            sent = offer(servers, source, rate, seconds, reader,
+                         on_warm=lambda: cpu.__setitem__(0, _cpu_seconds(service.pid)))
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
             while time.monotonic() < deadline and any(k not in reader.seen for k in list(sent)[-100:]):
                 time.sleep(0.1)
+            cpu[1] = _cpu_seconds(service.pid)
         finally:
             common.stop_service(service, timeout_s=30)
             reader.stop.set()
             reader.join(timeout=10)
     lat = sorted((reader.seen[k] - t) * 1000 for k, t in sent.items() if k in reader.seen)
+    # Each committed transaction leaves one control record in the output partition, so its
+    # end offset less the records read is the number of transactions (warm-up included).
+    transactions = _end_offset(servers, target) - len(reader.seen)
     return {
         "events": len(sent), "missing": len(sent) - len(lat),
         "p50": common.percentile(lat, 50), "p99": common.percentile(lat, 99),
         "p99.9": common.percentile(lat, 99.9),
+        # CPU of the whole process (all its threads) per event offered, warm-up left out.
+        "cpu_us": (cpu[1] - cpu[0]) * 1e6 / max(1, len(sent)),
+        "events_per_transaction": len(reader.seen) / max(1, transactions),
     }
+
+
+def _end_offset(servers: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": common.unique("ends")})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        consumer.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(client: str, rate: float | None, fraction: float, seconds: float, repeat: int) -> tuple[str, dict[str, Any]]:

@@ -451,6 +451,11 @@ class PartitionStates:
                 self._save(st)
 
     def snapshot_wanted(self) -> bool:
+        # Without a store (snapshots off) no snapshot waits for a commit: counting events
+        # since the last one would end every transaction after the first every_events,
+        # whatever kafka.commit_interval_ms says.
+        if self.store is None:
+            return False
         every = self.snapshot.every_events
         return any(st.unsnapshotted >= every for st in self.states.values())
 
