@@ -17,7 +17,11 @@ eat the others' time, and one part's memory and threads cannot slow the next):
 - 2 workers ÷ 1 (bench/scale.py);
 - drift recovery per drift policy on examples/credit_drift.yaml (bench/drift_recovery.py);
 - a cProfile of the service per client, by library and by function, with a closing note
-  that names where the time goes.
+  that names where the time goes;
+- throughput and G3 latency per ``kafka.commit_interval_ms`` (bench/commit_cadence.py).
+
+A part not run (``--only``, or skipped when the budget is spent) keeps its section from
+the document as it was, and sections no part writes are kept as they are.
 
 Every ratio is computed inside one part, from two things measured one after the other
 on the same broker. The whole run takes under 15 minutes on a 2-core machine; a part
@@ -30,13 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib import metadata
 import os
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,6 +97,11 @@ def parts() -> list[Part]:
              [*py, str(BENCH / "drift_recovery.py")], [], 150),
         Part("profile", "Where the service's time goes (cProfile)",
              [*py, str(Path(__file__).resolve()), "--profile-section"], ["--profile-repeat", "4"], 120),
+        # Last: the longest part, and the one whose figures change least from run to run;
+        # skipped for lack of time, its section from the previous run is kept.
+        Part("cadence", "Commit cadence: throughput and latency per kafka.commit_interval_ms",
+             [*py, str(BENCH / "commit_cadence.py"), "--seconds", "8"],
+             ["--seconds", "3", "--intervals", "0,100", "--rounds", "1", "--repeat", "2"], 420),
     ]
     return out
 
@@ -253,7 +262,27 @@ def closing_note(texts: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def document(texts: dict[str, str], seconds: dict[str, float], started: str, load: str, total: float) -> str:
+def sections(text: str) -> dict[str, str]:
+    """A benchmarks document's ``## `` sections by title, each with its heading, in order.
+
+    >>> doc = "# Benchmarks\\n\\nintro\\n\\n## A\\n\\na text\\n\\n## B\\nb\\n"
+    >>> sections(doc)
+    {'A': '## A\\n\\na text', 'B': '## B\\nb'}
+    """
+    out = {}
+    for chunk in re.split(r"^(?=## )", text, flags=re.M)[1:]:
+        title = chunk.splitlines()[0][3:].strip()
+        out[title] = chunk.strip()
+    return out
+
+
+def document(
+    texts: dict[str, str], seconds: dict[str, float], started: str, load: str, total: float, previous: str = ""
+) -> str:
+    """The whole document. A part not run this time (``--only``, or skipped for lack of
+    time) keeps its section from ``previous``, the document as it was, and so does any
+    section that no part writes (one added by another benchmark); the closing note reads
+    the kept sections' figures too."""
     versions = [common.machine()]
     for dist in ("torch", "quixstreams"):
         try:
@@ -273,12 +302,22 @@ def document(texts: dict[str, str], seconds: dict[str, float], started: str, loa
         "  all on loopback.",
         "",
     ]
+    kept = sections(previous)
+    owned = {p.title for p in parts()} | {"Closing note"}
+    note_texts = dict(texts)
     for part in parts():
-        if part.name in texts:
-            lines += [f"## {part.title}", "", f"_{seconds.get(part.name, 0):.0f} s, load average {LOAD.get(part.name, 0):.1f} at its start; "
-                      f"`{COMMANDS.get(part.name, '')}`_", "",
-                      texts[part.name], ""]
-    lines.append(closing_note(texts))
+        ran = part.name in texts and not texts[part.name].startswith("_Skipped")
+        if ran:
+            when = (f"_{seconds.get(part.name, 0):.0f} s, load average {LOAD.get(part.name, 0):.1f} at its start; "
+                    f"`{COMMANDS.get(part.name, '')}`_")
+            lines += [f"## {part.title}", "", when, "", texts[part.name], ""]
+        elif part.title in kept:
+            lines += [kept[part.title], ""]
+            note_texts[part.name] = kept[part.title]
+        elif part.name in texts:
+            lines += [f"## {part.title}", "", texts[part.name], ""]
+    lines += [text + "\n" for title, text in kept.items() if title not in owned]
+    lines.append(closing_note(note_texts))
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +347,8 @@ def main() -> None:
         texts[part.name], seconds[part.name] = run_part(part, args.quick, left)
     total = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(document(texts, seconds, started, load, total))
+    previous = args.out.read_text() if args.out.exists() else ""
+    args.out.write_text(document(texts, seconds, started, load, total, previous))
     print(f"\nwrote {args.out} ({total / 60:.1f} min)", file=sys.stderr)
 
 
