@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streamwise import gc_tuning
 from streamwise.checkpoint import Checkpoint
 from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Admin, Sink, Source, StateStore, TopicPartition
@@ -354,6 +355,7 @@ class StageLoop:
         # worker within max.poll.interval.ms, whatever the model costs per event.
         slow_batch_s = kafka.max_poll_interval_ms / 4000.0
         backoff = _Backoff(kafka.retry_backoff_max_ms / 1000.0)
+        gc_tuning.acquire()  # see streamwise/gc_tuning.py: ~8 µs of CPU per event
         try:
             while not stop.is_set():
                 self._report()
@@ -399,6 +401,7 @@ class StageLoop:
             # Graceful stop: the open work commits, then every partition is snapshotted.
             checkpoint.close()
         finally:
+            gc_tuning.release()
             source.close()
             checkpoint._close_sink()
 
