@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    KAFKA_PYTHON_BATCH_BYTES,
     Clock,
     bootstrap,
     machine,
@@ -43,12 +44,11 @@ from common import (  # noqa: E402
     table,
     unique,
 )
-
 from river import metrics  # noqa: E402
-
-from streamwise.models.catalog import build_estimator  # noqa: E402
-from streamwise.runner import Runner  # noqa: E402
 from streamwise.core.settings import KafkaSettings  # noqa: E402
+from streamwise.models.catalog import build_estimator  # noqa: E402
+
+from streamwise.runner import Runner  # noqa: E402
 
 CLIENTS = ("kafka-python", "confluent")
 MODELS: dict[str, list[Any]] = {
@@ -97,6 +97,7 @@ def passthrough_kafka_python(settings: KafkaSettings, topic: str, n: int) -> flo
     producer = KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
         linger_ms=settings.linger_ms, max_request_size=settings.max_request_bytes, transactional_id=prefix,
+        batch_size=KAFKA_PYTHON_BATCH_BYTES,
     )
     producer.init_transactions()
     done, first = 0, None
@@ -122,7 +123,6 @@ def passthrough_kafka_python(settings: KafkaSettings, topic: str, n: int) -> flo
 
 def passthrough_confluent(settings: KafkaSettings, topic: str, n: int) -> float:
     from confluent_kafka import Consumer, Producer, TopicPartition
-
     from streamwise.connectors.confluent import consumer_config, producer_config
 
     prefix = unique("echo")
@@ -174,7 +174,6 @@ def consume_alone(settings: KafkaSettings, client: str, topic: str, n: int) -> f
         consumer.close(autocommit=False)
     else:
         from confluent_kafka import Consumer
-
         from streamwise.connectors.confluent import consumer_config
 
         consumer = Consumer(consumer_config(settings, prefix))
@@ -200,11 +199,11 @@ def produce_alone(settings: KafkaSettings, client: str, values: list[bytes]) -> 
         producer = KafkaProducer(
             bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
             linger_ms=settings.linger_ms, max_request_size=settings.max_request_bytes, transactional_id=prefix,
+            batch_size=KAFKA_PYTHON_BATCH_BYTES,
         )
         send = lambda v: producer.send(out, value=v)  # noqa: E731
     else:
         from confluent_kafka import Producer
-
         from streamwise.connectors.confluent import producer_config
 
         producer = Producer(producer_config(settings, prefix))

@@ -41,6 +41,9 @@ from streamwise.replay import iter_events  # noqa: E402
 
 Event = tuple[bytes, bytes]
 LOGREG = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
+# The producer batch size the service's kafka-python sink uses (connectors/kafka_config.py):
+# the bare clients the service is compared with batch alike.
+KAFKA_PYTHON_BATCH_BYTES = 1_000_000
 
 
 def bootstrap() -> str:

@@ -73,7 +73,7 @@ def echo_kafka_python(settings: KafkaSettings, source: str, target: str, stop: t
     )
     producer = KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
-        linger_ms=settings.linger_ms, transactional_id=group,
+        linger_ms=settings.linger_ms, transactional_id=group, batch_size=common.KAFKA_PYTHON_BATCH_BYTES,
     )
     producer.init_transactions()
     while not stop.is_set():

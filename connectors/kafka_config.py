@@ -251,6 +251,13 @@ def kafka_python_producer(settings: KafkaSettings, transactional_id: str | None)
         "max_request_size": settings.max_request_bytes,
         "request_timeout_ms": settings.request_timeout_ms,
     }
+    # librdkafka's default batch.size, for the same batching on both clients (kafka.extra
+    # may still set another). kafka-python's own 16 KiB closes a batch every ~45
+    # prediction records, and each batch costs Python work in the producer and its
+    # sender thread: 20,000 records produced exactly-once took 49 µs each with it and 30
+    # with this (measured).
+    if "batch_size" not in settings.extra:
+        config["batch_size"] = 1_000_000
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
         config["transaction_timeout_ms"] = settings.transaction_timeout_ms
