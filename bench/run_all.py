@@ -89,7 +89,7 @@ def parts() -> list[Part]:
              [*py, str(BENCH / "torch_sequence.py"), "--threads", "1", "--rows", "8000"],
              ["--rows", "2000", "--accuracy-events", "1500"], 240),
         Part("peer", "Peer: Quix Streams + River",
-             [*py, str(BENCH / "peer_quix.py"), "--repeat", "10"], ["--repeat", "3"], 150),
+             [*py, str(BENCH / "peer_quix.py"), "--repeat", "16"], ["--repeat", "3", "--rounds", "1"], 200),
         Part("scale", "Scale: 2 worker processes ÷ 1",
              [*py, str(BENCH / "scale.py"), "--events", "20000", "--rounds", "2"],
              ["--events", "6000", "--rounds", "1"], 240),
