@@ -139,7 +139,10 @@ class BatchDecoder:
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
         for value in values:
-            if value is None or len(value) > limit or value.count(b"[") + value.count(b"{") > _MAX_OPENINGS:
+            # A value of at most _MAX_OPENINGS bytes cannot open more than that: not counted.
+            if value is None or len(value) > limit or (
+                len(value) > _MAX_OPENINGS and value.count(b"[") + value.count(b"{") > _MAX_OPENINGS
+            ):
                 out.append(self._slow(value))
                 continue
             try:

@@ -23,6 +23,7 @@ or a bound on one, touches its class and nothing else.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -850,6 +851,18 @@ class EventPipeline:
         results = self._batch.decode_many(values)
         schema = self.schema
         now = self.clock()
+        if schema.event_time is None and not self.steps:
+            # The usual poll: only record timestamps to hold to the clock. A cheap bound
+            # first (a second short of the limit, below any rounding), the exact rule then.
+            latest = math.inf if schema.max_future is None else now + schema.max_future - 1.0
+            for i, event in enumerate(results):
+                t_record = times[i]
+                if t_record is not None and t_record > latest and not isinstance(event, RejectedEvent):
+                    try:
+                        check_not_future(schema.max_future, t_record, None, now)
+                    except RejectedEvent as e:
+                        results[i] = e
+            return results
         for i, event in enumerate(results):
             if isinstance(event, RejectedEvent):
                 continue

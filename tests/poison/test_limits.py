@@ -141,6 +141,21 @@ def test_a_future_event_is_a_clean_dead_letter_and_moves_no_clock(poison: Consum
     assert processor.learners.now == (NOW_MS + 49) / 1000
 
 
+@pytest.mark.parametrize("ahead_s", [3605.0, 86_400.0])
+def test_a_future_record_timestamp_without_event_time_or_steps_is_a_clean_dead_letter(ahead_s: float) -> None:
+    # No event time and no cleaners: the decoder's short path, which holds only record
+    # timestamps to the clock, exactly as the full rule does (max_future 1 h); a record
+    # just short of the limit is kept.
+    processor = PipelineProcessor(_config(max_future="1h"))
+    now_ms = int(time.time() * 1000)
+    good = [_rec("ev", i, json.dumps({"id": i, "x": 1.0}).encode(), now_ms + i) for i in range(1, 20)]
+    poison = _rec("ev", 0, b'{"id": 0, "x": 1.0}', now_ms + int(ahead_s * 1000))
+    almost = _rec("ev", 20, b'{"id": 20, "x": 1.0}', now_ms + 3_599_500)
+    out = processor.process([poison, *good, almost])
+    assert _stages(out) == [DeadLetterStage.CLEAN]
+    assert sum(r.topic == "out" for r in out) == 20
+
+
 def test_a_future_label_record_is_a_label_dead_letter_and_moves_no_join_clock() -> None:
     processor = PipelineProcessor(_config())
     out = processor.process(
