@@ -10,7 +10,9 @@ when the loop starts frozen (:func:`gc.freeze`, never scanned again) and a first
 generation of 10,000 allocations instead of 700.
 
 The loop's own garbage is mostly freed by reference counting as each batch ends; the
-collector still runs, over what the loop created, and frees cycles as before.
+collector still runs, over what the loop created, and frees cycles as before. Frozen
+objects are freed by reference counting too; only a reference cycle among them waits
+for the unfreeze (what exists at start lives as long as the runner anyway).
 Several runners in one process (the tests, ``--workers`` threads) share one tuning:
 the first to start applies it, the last to stop puts the defaults back (and unfreezes,
 so that nothing frozen outlives the runs).
