@@ -53,6 +53,8 @@ CLIENTS = ("kafka-python", "confluent")
 STAGE_PROCESS = common.STAGES[1][0]
 # The 1-minute load average when each part started: how busy the two cores were.
 LOAD: dict[str, float] = {}
+# When each part started: a section kept from an earlier run says when it ran.
+STARTED: dict[str, str] = {}
 COMMANDS: dict[str, str] = {}
 
 
@@ -123,6 +125,7 @@ def run_part(part: Part, quick: bool, seconds_left: float) -> tuple[str, float]:
         return f"_Not run: {Path(part.argv[1]).name} is not in this checkout._", 0.0
     timeout = min(part.timeout_s, seconds_left)
     LOAD[part.name] = os.getloadavg()[0]
+    STARTED[part.name] = time.strftime("%Y-%m-%d %H:%M %Z")
     COMMANDS[part.name] = " ".join(Path(a).name if "/" in a else a for a in _argv(part, quick)[1:])
     t0 = time.perf_counter()
     print(f"\n== {part.name} (at most {timeout:.0f} s)", file=sys.stderr, flush=True)
@@ -296,7 +299,9 @@ def document(
         "after the other in the same run on the same broker: compare ratios across machines, not",
         "the absolute figures (the machines we run on have two cores shared with other work).",
         "",
-        f"- Run started {started}, took {total / 60:.1f} min; load average at the start: {load}.",
+        f"- Run started {started}, took {total / 60:.1f} min; load average at the start: {load}."
+        + ("" if set(texts) >= {p.name for p in parts()} else
+           f" It ran {', '.join(texts)} only: every other section is kept from an earlier run."),
         f"- Machine and versions: {', '.join(versions)}.",
         "- Broker: the single-node Apache Kafka (KRaft) that `dev/up` starts from Maven jars, Redis 7,",
         "  all on loopback.",
@@ -308,8 +313,8 @@ def document(
     for part in parts():
         ran = part.name in texts and not texts[part.name].startswith("_Skipped")
         if ran:
-            when = (f"_{seconds.get(part.name, 0):.0f} s, load average {LOAD.get(part.name, 0):.1f} at its start; "
-                    f"`{COMMANDS.get(part.name, '')}`_")
+            when = (f"_{STARTED.get(part.name, '')}, {seconds.get(part.name, 0):.0f} s, load average "
+                    f"{LOAD.get(part.name, 0):.1f} at its start; `{COMMANDS.get(part.name, '')}`_")
             lines += [f"## {part.title}", "", when, "", texts[part.name], ""]
         elif part.title in kept:
             lines += [kept[part.title], ""]

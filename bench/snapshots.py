@@ -23,7 +23,6 @@ Restore, after the last snapshotted run:
 from __future__ import annotations
 
 import argparse
-import pickle
 import statistics
 import sys
 import time
@@ -34,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from streamwise.connectors.redis_state import RedisStateStore  # noqa: E402
+from streamwise.core.sensors import Sensor  # noqa: E402
+from streamwise.core.settings import Settings  # noqa: E402
+from streamwise.models.state import decode_state  # noqa: E402
+
 from streamwise.pipeline_config import PipelineConfig  # noqa: E402
 from streamwise.processor import PipelineProcessor  # noqa: E402
 from streamwise.runner import Runner  # noqa: E402
-from streamwise.core.sensors import Sensor  # noqa: E402
-from streamwise.core.settings import Settings  # noqa: E402
 
 EVERY_SECONDS = 5.0
 NEVER = 10**12
@@ -68,7 +69,8 @@ def restore_seconds(settings: Settings, cfg: PipelineConfig, tries: int = 5) -> 
             snap = store.load_latest(cfg.name, partition)
             t1 = time.perf_counter()
             assert snap is not None, f"no snapshot of {cfg.name}/{partition}"
-            PipelineProcessor(cfg, Sensor()).restore_state(pickle.loads(snap.payload)["processor"])
+            # The runner's own codec: format header, then the allow-listing unpickler.
+            PipelineProcessor(cfg, Sensor()).restore_state(decode_state(snap.payload))
             loads.append(t1 - t0)
             restores.append(time.perf_counter() - t1)
             sizes.append(snap.info.size)
