@@ -72,9 +72,9 @@ class KafkaSettings(BaseModel):
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     # Several polls share one transaction (or one offset commit) until this much time
     # has passed since it began: fewer, larger commits. 0 commits after every poll.
-    # 50: bench/commit_cadence.py (docs/benchmarks.md) measured 1.2-1.4× the throughput
-    # of a commit per poll on both clients, as much as 100-250 gave, with p99 latency
-    # within the Kafka echo's; 1,000 put p99 past 3× the echo's.
+    # 50: bench/commit_cadence.py (docs/benchmarks.md), four sweeps on both clients:
+    # 1.1-1.4× the throughput of a commit per poll, as much as 100-250 gave, p99 within
+    # the Kafka echo's every time (100-250 sometimes 2-4×; 1,000 always 3-9×).
     commit_interval_ms: int = Field(50, ge=0)
     # Broker errors (timeouts, coordinator moves, a restarting broker) are retried with
     # a backoff doubling from 0.1 s up to this bound; they never stop the worker.
