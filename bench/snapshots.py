@@ -49,7 +49,9 @@ def _settings(servers: str, client: str, snapshots: bool) -> Settings:
     return common.settings(servers, client, snapshots=snapshots, every_seconds=EVERY_SECONDS, every_events=NEVER)
 
 
-def throughput(servers: str, client: str, topic: str, n: int, snapshots: bool) -> tuple[float, PipelineConfig, common.Clock]:
+def throughput(
+    servers: str, client: str, topic: str, n: int, snapshots: bool
+) -> tuple[float, PipelineConfig, common.Clock]:
     cfg = common.pipeline(topic)
     clock = common.Clock()
     Runner(cfg, _settings(servers, client, snapshots), sensors=[clock]).run(max_events=n)
