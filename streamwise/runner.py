@@ -229,7 +229,7 @@ class Runner:
         idle only once the partition stage has finished (it writes what the learner reads);
         an error in either stops both and is raised here."""
         partition_stage, learner = self.stages
-        errors: list[BaseException] = []
+        errors: list[tuple[float, BaseException]] = []
         done = threading.Event()
         # With only max_events, the learner stops once it has drained what was written.
         learner_idle_s = until_idle_s if until_idle_s is not None or max_events is None else 1.0
@@ -242,7 +242,7 @@ class Runner:
             try:
                 stage.run(self._stop, abort=abort, **kw)
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                errors.append(e)
+                errors.append((stage.died_at, e))
                 if not isinstance(e, Exception):
                     abort.set()
                 self._stop.set()
@@ -261,7 +261,7 @@ class Runner:
         for t in threads:
             t.join()
         if errors:
-            raise errors[0]
+            raise min(errors, key=lambda te: te[0])[1]
 
     def _serve_metrics(self) -> Any:
         if self.prometheus is None:
@@ -330,6 +330,7 @@ class StageLoop:
         self._next_report = 0.0
         # The champion last reported for each partition: each has its own.
         self._champions: dict[int, str] = {}
+        self.died_at = float("inf")
 
     def run(
         self,
@@ -400,6 +401,11 @@ class StageLoop:
             self._report(force=True)
             # Graceful stop: the open work commits, then every partition is snapshotted.
             checkpoint.close()
+        except BaseException:
+            # Read before the cleanup below runs: of two stages that die, the one that died
+            # first is the cause (the other died of its consequence).
+            self.died_at = time.monotonic()
+            raise
         finally:
             gc_tuning.release()
             source.close()
