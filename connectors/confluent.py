@@ -61,9 +61,13 @@ class _Reports:
     def __init__(self, connecting: bool = False) -> None:
         self.lines: list[str] = []
         self.connecting = connecting
+        # The last fatal error librdkafka logged (a consumer may say it only here).
+        self.fatal: str | None = None
 
     def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
         text = msg % args if args else msg
+        if level >= logging.CRITICAL and "FATAL" in text:
+            self.fatal = text
         if self.connecting and level >= logging.WARNING:
             self.lines.append(text)
             # Kept back while connecting: _probe turns them into one error line.
@@ -137,6 +141,10 @@ class ConfluentSource:
         self._settings = settings
         self._reports = _Reports(connecting=True)
         self._config = _with_callbacks(kafka_config.confluent_consumer(settings, group_id), self._reports)
+        # librdkafka may report a fatal consumer error only to error_cb (consume() then
+        # just returns nothing): it is kept here for the next poll to act on.
+        self._fatal: KafkaError | None = None
+        self._config["error_cb"] = self._on_error
         self._consumer = _build(Consumer, self._config)
         self._offsets: Consumer | None = None
         # cooperative-sticky hands over partitions incrementally; range revokes and
@@ -149,6 +157,10 @@ class ConfluentSource:
             raise
         self._on_assigned: RebalanceCallback | None = None
         self._on_revoked: RebalanceCallback | None = None
+        self._topics: list[str] = []
+        # What the group gave this consumer, as the callbacks said: a consumer in a fatal
+        # state may not answer assignment() any more.
+        self._held: set[TopicPartition] = set()
 
     def subscribe(
         self,
@@ -158,11 +170,42 @@ class ConfluentSource:
     ) -> None:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._topics = list(topics)
         self._consumer.subscribe(
             list(topics), on_assign=self._assign, on_revoke=self._revoke, on_lost=self._revoke
         )
 
+    def _on_error(self, err: KafkaError) -> None:
+        _on_error(err)
+        if err.fatal():
+            self._fatal = err
+
+    def _rebuild(self, why: str) -> None:
+        """A fatal consumer error leaves the consumer unusable for good: after a stall
+        longer than the session (a broker paused for 90 s, measured), librdkafka's static
+        member rejoins and its old member id is fenced ("Static consumer fenced by other
+        consumer with same group.instance.id"); every later poll returns nothing, and the
+        worker would hold its partitions without ever reading them. Every partition it held
+        is given up (the runner rewinds them, as after a rebalance) and a new consumer
+        joins the group with the same subscription."""
+        log.warning("consumer in a fatal state (%s); building a new one", why)
+        self._fatal = None
+        self._reports.fatal = None
+        lost, self._held = sorted(self._held), set()
+        if self._on_revoked is not None and lost:
+            self._on_revoked(lost)
+        try:
+            self._consumer.close()
+        except KafkaException:
+            pass  # it is being replaced either way
+        self._consumer = _build(Consumer, self._config)
+        if self._topics:
+            self._consumer.subscribe(
+                self._topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._revoke
+            )
+
     def _assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
+        self._held.update(_tps(partitions))
         if self._on_assigned is not None:
             self._on_assigned(_tps(partitions))
         # OFFSET_INVALID: start at the committed offset (else auto.offset.reset). The
@@ -173,6 +216,7 @@ class ConfluentSource:
     def _revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
         # A lost partition (the session expired) is gone just the same as a revoked one;
         # the protocol's one callback covers both, as kafka-python's listener does.
+        self._held.difference_update(_tps(partitions))
         if self._on_revoked is not None:
             self._on_revoked(_tps(partitions))
 
@@ -185,13 +229,24 @@ class ConfluentSource:
             if messages and max_records > 1:
                 messages += self._consumer.consume(max_records - 1, 0)
         except KafkaException as e:
+            if e.args and isinstance(e.args[0], KafkaError) and e.args[0].fatal():
+                self._rebuild(e.args[0].str())
             raise _unavailable(self._settings, e) from None
+        if self._fatal is not None:
+            fatal = self._fatal
+            self._rebuild(fatal.str())
+            raise _unavailable(self._settings, KafkaException(fatal))
+        if self._reports.fatal is not None:
+            text = self._reports.fatal
+            self._rebuild(text)
+            raise ServiceUnavailableError(f"Kafka: consumer rebuilt after a fatal error: {text[:300]}")
         out: list[ConsumedRecord] = []
         append = out.append
         for m in messages:
             err = m.error()
             if err is not None:
                 if err.fatal():
+                    self._rebuild(err.str())
                     raise _unavailable(self._settings, KafkaException(err))
                 log.debug("consumer: %s", err)  # e.g. a topic not created yet; retried
                 continue
