@@ -93,7 +93,12 @@ class _GuardedProcessor:
     epoch: int
     # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
     # the state descends from, shown in every record): not learned, left out of snapshots.
-    _NOT_STATE = frozenset({"config", "sensor", "epoch", "_fields", "forecasting", "stage", "rules"})
+    _NOT_STATE = frozenset(
+        {"config", "sensor", "epoch", "_fields", "forecasting", "stage", "rules", "reported_champion"}
+    )
+    # The champion the sensors last heard of for this partition (None: not yet): not
+    # learned, and rebuilt empty with the processor.
+    reported_champion: str | None = None
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything this processor has learned, as a picklable dict. New learning
@@ -441,6 +446,13 @@ class PipelineProcessor(_GuardedProcessor):
         for alert in result.alerts:
             if alert["type"] == "drift":
                 sensor.on_drift(alert["model"], alert["detector"])
+            elif alert["type"] == "champion":
+                # Counted where it happens, not by the once-a-second report, which would
+                # miss a change made before it first saw the partition.
+                if self.reported_champion is None:
+                    sensor.on_champion_change(None, alert["previous"], partition)
+                sensor.on_champion_change(alert["previous"], alert["champion"], partition)
+                self.reported_champion = alert["champion"]
             body = {"pipeline": self.config.name, "partition": partition, **alert}
             out.append(
                 OutgoingRecord(

@@ -328,8 +328,6 @@ class StageLoop:
         self.counts = counts
         self.runner = runner
         self._next_report = 0.0
-        # The champion last reported for each partition: each has its own.
-        self._champions: dict[int, str] = {}
         self.died_at = float("inf")
 
     def run(
@@ -461,10 +459,12 @@ class StageLoop:
                     sensor.on_self_training(m.name, m.self_training.active, partition)
             if processor.champion is None:
                 continue
-            previous = self._champions.get(partition)
-            if processor.champion != previous:
-                sensor.on_champion_change(previous, processor.champion, partition)
-                self._champions[partition] = processor.champion
+            # The first sighting sets the partition's series; changes are reported by the
+            # processor as they happen, and any other (a promoted challenger's name
+            # becoming its model's) here.
+            if processor.champion != processor.reported_champion:
+                sensor.on_champion_change(processor.reported_champion, processor.champion, partition)
+                processor.reported_champion = processor.champion
 
 
 def _partition_count(admin: Admin, topic: str) -> int:
