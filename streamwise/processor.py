@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -314,6 +314,57 @@ def decode_learn_record(record: ConsumedRecord) -> tuple[ConsumedRecord, Decoded
         return origin, Label(event_id, y, body["ts"] / 1000.0)
     event_id, x, y, key, event_time = body["e"]
     return origin, DecodedEvent(event_id, x, y, key, event_time, body.get("v"))
+
+
+@dataclass(slots=True)
+class LearnedEvent:
+    """One event of a learn topic and when the learner learned its label."""
+
+    position: int  # of the event's record in the learn topic
+    origin: ConsumedRecord  # the input record it stands for
+    event: DecodedEvent
+    y: Any = None
+    # Where in the learn topic's order its label was learned: the label record's position,
+    # or position + 0.5 (right after the prediction) for an inline label or one that came
+    # before its event. None: never labelled.
+    learned_at: float | None = None
+    label_timestamp_ms: int | None = None
+
+
+def learn_order(records: Iterable[ConsumedRecord]) -> list[LearnedEvent]:
+    """The learn topic's events in its order, each with the moment the learner of
+    ``scope: global`` learned its label, as :class:`~streamwise.models.model_set.ModelSet`
+    does: a label waits for its event, a repeated event or label counts once. The one
+    reading of that order, for River's check (streamwise.testing) and the report.
+
+    Examples
+    --------
+    >>> recs = [ConsumedRecord("p.learn", 0, k, None, encode_learn_record(
+    ...     ConsumedRecord("in", 0, k, None, b"", 1000 * k), item), 0) for k, item in enumerate([
+    ...     Label(2, True, 0.0), DecodedEvent(1, {}, None, None, None), DecodedEvent(2, {}, None, None, None),
+    ...     Label(1, False, 0.0)])]
+    >>> [(e.event.id, e.y, e.learned_at) for e in learn_order(recs)]
+    [(1, False, 3.0), (2, True, 2.5)]
+    """
+    events: dict[Any, LearnedEvent] = {}
+    early: dict[Any, tuple[Any, int]] = {}
+    for k, record in enumerate(records):
+        origin, item = decode_learn_record(record)
+        if isinstance(item, Label):
+            event = events.get(item.event_id)
+            if event is None:
+                early.setdefault(item.event_id, (item.y, origin.timestamp_ms))
+            elif event.learned_at is None:
+                event.y, event.learned_at, event.label_timestamp_ms = item.y, float(k), origin.timestamp_ms
+            continue
+        if item.id in events:
+            continue
+        event = events[item.id] = LearnedEvent(k, origin, item)
+        if item.y is not None:
+            event.y, event.learned_at = item.y, k + 0.5
+        elif item.id in early:
+            (event.y, event.label_timestamp_ms), event.learned_at = early.pop(item.id), k + 0.5
+    return list(events.values())
 
 
 class PipelineProcessor(_GuardedProcessor):

@@ -284,50 +284,29 @@ def _promotions(
 
 
 def _learn_order(
-    rows: list[dict[str, Any]],
-    learn: list[ConsumedRecord],
-    event_label: dict[tuple[int, int], Any],
-    event_ts: dict[tuple[int, int], int],
-    inline: bool,
+    rows: list[dict[str, Any]], learn: list[ConsumedRecord], event_ts: dict[tuple[int, int], int]
 ) -> tuple[dict[int, list[Scored]], list[float]]:
-    """The labelled events in the order the learner of ``scope: global`` learned them,
-    from its learn topic: an inline label with its event, a delayed one at its label
-    record (or at its event, for a label that came first). Each row's ``_src`` becomes
-    (0, its position in the learn topic): one learner, one axis."""
-    from streamwise.processor import Label, decode_learn_record
+    """The labelled events in the order the learner of ``scope: global`` learned them
+    (:func:`~streamwise.processor.learn_order`), and each delayed label's delay. Each
+    row's ``_src`` becomes (0, its position in the learn topic): one learner, one axis."""
+    from streamwise.processor import learn_order
 
     by_src = {b["_src"]: b for b in rows}
-    event_at: dict[Any, tuple[int, dict[str, Any]]] = {}
-    labels: list[tuple[int, Any, Any, int]] = []
-    for k, record in enumerate(learn):
-        origin, item = decode_learn_record(record)
-        if isinstance(item, Label):
-            labels.append((k, item.event_id, item.y, origin.timestamp_ms))
-            continue
-        b = by_src.get((origin.partition, origin.offset))
-        if b is not None and item.id not in event_at:
-            event_at[item.id] = (k, b)
+    learned = []
+    for e in learn_order(learn):
+        b = by_src.get((e.origin.partition, e.origin.offset))
+        if b is None:
+            continue  # no prediction for it in range
+        if e.learned_at is not None:
+            learned.append((e.learned_at, e, b))
+        b["_src"] = (0, e.position)
     scored: dict[int, list[Scored]] = defaultdict(list)
     delays: list[float] = []
-    if inline:
-        for _k, b in sorted(event_at.values(), key=lambda kb: kb[0]):
-            y = event_label.get(b["_src"])
-            if y is not None:
-                scored[0].append((b["id"], y, b))
-    else:
-        arrivals = []
-        learned: set[Any] = set()
-        for k, event_id, y, t_ms in labels:
-            if event_id not in event_at or event_id in learned:
-                continue
-            learned.add(event_id)
-            k_event, b = event_at[event_id]
-            delays.append(max(0.0, (t_ms - event_ts.get(b["_src"], t_ms)) / 1000.0))
-            arrivals.append((max(k, k_event), event_id, y, b))
-        for _, event_id, y, b in sorted(arrivals, key=lambda a: a[0]):
-            scored[0].append((event_id, y, b))
-    for k, b in event_at.values():
-        b["_src"] = (0, k)
+    for _, e, b in sorted(learned, key=lambda leb: leb[0]):
+        scored[0].append((e.event.id, e.y, b))
+        if e.label_timestamp_ms is not None:
+            t_event = event_ts.get((e.origin.partition, e.origin.offset), e.origin.timestamp_ms)
+            delays.append(max(0.0, (e.label_timestamp_ms - t_event) / 1000.0))
     return scored, delays
 
 
@@ -427,7 +406,7 @@ def analyse(
     label_delays: list[float] = []
     learn = list(learn)
     if learn:
-        scored, label_delays = _learn_order(rows, learn, event_label, event_ts, inline)
+        scored, label_delays = _learn_order(rows, learn, event_ts)
     elif inline:
         scored: dict[int, list[Scored]] = defaultdict(list)
         for b in rows:

@@ -1235,34 +1235,15 @@ def river_on_learn_order(config: PipelineConfig, records: Iterable[ConsumedRecor
 
     from streamwise.models.catalog import build_estimator
     from streamwise.models.prequential import make_metric
-    from streamwise.processor import Label, decode_learn_record
+    from streamwise.processor import learn_order
     from streamwise.stream.pipeline import split_steps
 
     if split_steps(config.cleaners, config.features, config.event_schema)[1]:
         raise ValueError("river_on_learn_order: the pipeline has steps that run with the models")
-    events: dict[Any, tuple[int, dict[str, Any]]] = {}
-    answers: dict[Any, tuple[float, Any]] = {}
-    early: dict[Any, Any] = {}
-    for k, record in enumerate(records):
-        _, item = decode_learn_record(record)
-        if isinstance(item, Label):
-            if item.event_id in answers or item.event_id in early:
-                continue
-            if item.event_id in events:
-                answers[item.event_id] = (float(k), item.y)
-            else:
-                early[item.event_id] = item.y
-            continue
-        if item.id in events:
-            continue
-        events[item.id] = (k, item.x)
-        if item.y is not None:
-            answers[item.id] = (k + 0.5, item.y)
-        elif item.id in early:
-            answers[item.id] = (k + 0.5, early.pop(item.id))
-    dataset = [(x, answers[i][1]) for i, (k, x) in events.items() if i in answers]
-    moment = {id(x): float(k) for i, (k, x) in events.items() if i in answers}
-    due = {id(x): answers[i][0] for i, (k, x) in events.items() if i in answers}
+    labelled = [e for e in learn_order(records) if e.learned_at is not None]
+    dataset = [(e.event.x, e.y) for e in labelled]
+    moment = {id(e.event.x): float(e.position) for e in labelled}
+    due = {id(e.event.x): e.learned_at for e in labelled}
     out = {}
     for spec in config.models:
         metric = make_metric(config.metric)
