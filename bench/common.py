@@ -371,3 +371,15 @@ def write_section(section: str, text: str, path: Path) -> None:
     block = f"{section}\n\n{text.strip()}\n\n"
     doc = pattern.sub(lambda _m: block, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + block
     path.write_text(doc.rstrip("\n") + "\n")
+
+
+def add_output_args(parser: Any) -> None:
+    """``--no-write`` and ``--out``: every bench that owns a section of docs/benchmarks.md."""
+    parser.add_argument("--no-write", action="store_true", help="Print the tables only.")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+
+
+def section_heading(started: float, load: float, script: str) -> str:
+    """A section's first lines: how long the bench took, how busy the machine was when it
+    began (the 1-minute load average), and on what it ran."""
+    return f"_{time.perf_counter() - started:.0f} s, load average {load:.1f} at its start; `{script}`_\n\n{machine()}"

@@ -26,16 +26,16 @@ import argparse
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from common import (
     ROOT,
+    add_output_args,
     bootstrap,
     create_topic,
-    machine,
     percentile,
     phishing_events,
+    section_heading,
     settings,
     table,
     unique,
@@ -167,8 +167,7 @@ def main() -> None:
     parser.add_argument("--client", default="kafka-python")
     parser.add_argument("--events", type=int, default=5000, help="Events per synthetic stream (Phishing has 1,250).")
     parser.add_argument("--rate", type=float, default=300.0, help="Events/s offered for the latency figures.")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    add_output_args(parser)
     args = parser.parse_args()
     os.environ.update(ensure_dev_services())
     servers = bootstrap()
@@ -197,8 +196,7 @@ def main() -> None:
         ["scope", "P", "events/s", "records timed", "p50 ms", "p99 ms"], cost_rows,
     )
     text = "\n\n".join([
-        f"_{time.perf_counter() - started:.0f} s, load average {load:.1f} at its start; `scope.py`_",
-        machine(),
+        section_heading(started, load, "scope.py"),
         "scope: partition trains one replica of each model per input partition, on its partition's events;"
         " scope: global trains one model on every event, in the order the partition stage wrote them to the"
         " learn topic (README, Model scope).",

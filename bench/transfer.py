@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import ROOT, bootstrap, machine, produce, settings, table, unique
+from common import add_output_args, bootstrap, produce, section_heading, settings, table, unique
 from support import consume, values
 
 from streamwise.devservices import ensure_dev_services
@@ -175,8 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source-events", type=int, default=20_000)
     parser.add_argument("--target-events", type=int, default=5_000)
-    parser.add_argument("--no-write", action="store_true", help="Print the tables only.")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    add_output_args(parser)
     args = parser.parse_args()
     os.environ.update(ensure_dev_services())
     servers = bootstrap()
@@ -186,8 +185,7 @@ def main() -> None:
     parts = [text for text, _ in results]
     reached = [pair for _, pairs in results for pair in pairs]
     text = "\n\n".join([
-        f"_{time.perf_counter() - started:.0f} s, load average {load:.1f} at its start; `transfer.py`_",
-        machine(),
+        section_heading(started, load, "transfer.py"),
         "Each model of the warm pipeline starts from the source pipeline's newest snapshot in Redis"
         " (`init_from`, streamwise/transfer.py); the cold one from zero. Both then learn the same"
         " target events, test-then-train. \"Events to level\": the end of the first"

@@ -154,6 +154,11 @@ class ForecastModel:
     ``HorizonMetric``, one value per step ahead.
     """
 
+    # What the runner's report reads of every model: a forecaster has no search and
+    # no self-training.
+    search = None
+    self_training = None
+
     def __init__(self, name: str, steps: list[Any], metric: str) -> None:
         self.name = name
         self.steps = steps

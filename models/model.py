@@ -286,20 +286,27 @@ class Model:
         """Learns one labelled event (``t``: its stream time, which bounds how long a
         mini-batch waits; ``key`` and ``event_id`` reach only a learner that ``uses_keys``);
         False when the estimator raised."""
+        est = self.estimator
+        if self.is_anomaly_detector:
+            learned = self._guarded_learn(est.learn_one, x)
+        elif self.uses_keys:
+            learned = self._guarded_learn(est.learn_one, x, y, t, key=key, event_id=event_id)
+        elif self.predicts_in_batches:
+            learned = self._guarded_learn(est.learn_one, x, y, t)
+        else:
+            learned = self._guarded_learn(est.learn_one, x, y)
+        self.n_learned += learned
+        return learned
+
+    def _guarded_learn(self, learn: Any, *args: Any, **kwargs: Any) -> bool:
+        """The error boundary of learning: a raising estimator is a LEARN fault of this
+        model only (the others learn as usual); False then."""
         try:
-            if self.is_anomaly_detector:
-                self.estimator.learn_one(x)
-            elif self.uses_keys:
-                self.estimator.learn_one(x, y, t, key=key, event_id=event_id)
-            elif self.predicts_in_batches:
-                self.estimator.learn_one(x, y, t)
-            else:
-                self.estimator.learn_one(x, y)
+            learn(*args, **kwargs)
         except Exception as e:
             self.last_error = describe_error(e)
             self._fault(ModelFault.LEARN)
             return False
-        self.n_learned += 1
         return True
 
     def learn_pseudo(self, x: dict[str, Any], prediction: Prediction | None) -> bool:
@@ -314,17 +321,12 @@ class Model:
             return False
         est = self.estimator
         learn = getattr(est, "learn_unscored", est.learn_one)
-        try:
-            if st.weighted:
-                learn(x, label, w=st.config.weight)
-            else:  # weight >= 0.5 here (checked at start): learned once
-                learn(x, label)
-        except Exception as e:
-            self.last_error = describe_error(e)
-            self._fault(ModelFault.LEARN)
-            return False
-        self.n_pseudo += 1
-        return True
+        if st.weighted:
+            learned = self._guarded_learn(learn, x, label, w=st.config.weight)
+        else:  # weight >= 0.5 here (checked at start): learned once
+            learned = self._guarded_learn(learn, x, label)
+        self.n_pseudo += learned
+        return learned
 
     def guard_self_training(self, x: dict[str, Any], y: Any, prediction: Prediction | None) -> bool:
         """Feeds a real label to the self-training guard before the model learns it; True

@@ -451,11 +451,11 @@ class StageLoop:
                     for name, value in values.items():
                         if not (window == "cumulative" and name == metric):
                             sensor.on_model_metric(m.name, name, window, value, partition)
-                if getattr(m, "search", None) is not None:  # forecasters have no search
+                if m.search is not None:
                     est = m.estimator
                     values = dict(zip(est.labels, est.summary()["metrics"], strict=True))
                     sensor.on_search(m.name, metric, values, est.best_label, len(est.running), partition)
-                if getattr(m, "self_training", None) is not None:
+                if m.self_training is not None:
                     sensor.on_self_training(m.name, m.self_training.active, partition)
             if processor.champion is None:
                 continue
