@@ -383,3 +383,11 @@ def section_heading(started: float, load: float, script: str) -> str:
     """A section's first lines: how long the bench took, how busy the machine was when it
     began (the 1-minute load average), and on what it ran."""
     return f"_{time.perf_counter() - started:.0f} s, load average {load:.1f} at its start; `{script}`_\n\n{machine()}"
+
+
+def start_services() -> tuple[str, float, float]:
+    """Starts (or finds) the dev services for a bench that runs the service itself, with
+    their addresses in this process's environment: (bootstrap servers, the start time for
+    :func:`section_heading`, the load average now)."""
+    os.environ.update(ensure_dev_services())
+    return bootstrap(), time.perf_counter(), os.getloadavg()[0]

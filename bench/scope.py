@@ -23,7 +23,6 @@ added); other sections are left as they are.
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 from typing import Any
@@ -31,12 +30,12 @@ from typing import Any
 from common import (
     ROOT,
     add_output_args,
-    bootstrap,
     create_topic,
     percentile,
     phishing_events,
     section_heading,
     settings,
+    start_services,
     table,
     unique,
     write_section,
@@ -44,7 +43,6 @@ from common import (
 from kafka import KafkaProducer
 from streamwise.core.sensors import Sensor
 
-from streamwise.devservices import ensure_dev_services
 from streamwise.pipeline_config import parse_pipeline_config
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
@@ -169,10 +167,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="Events/s offered for the latency figures.")
     add_output_args(parser)
     args = parser.parse_args()
-    os.environ.update(ensure_dev_services())
-    servers = bootstrap()
-    started = time.perf_counter()
-    load = os.getloadavg()[0]
+    servers, started, load = start_services()
     rows = []
     for name, stream in STREAMS.items():
         events = _events(stream, args.events)

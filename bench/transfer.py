@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import common
-from common import add_output_args, bootstrap, produce, section_heading, settings, table, unique
+from common import add_output_args, produce, section_heading, settings, start_services, table, unique
 from support import consume, values
 
-from streamwise.devservices import ensure_dev_services
 from streamwise.pipeline_config import parse_pipeline_config
 from streamwise.replay import iter_events
 from streamwise.runner import Runner
@@ -177,10 +174,7 @@ def main() -> None:
     parser.add_argument("--target-events", type=int, default=5_000)
     add_output_args(parser)
     args = parser.parse_args()
-    os.environ.update(ensure_dev_services())
-    servers = bootstrap()
-    started = time.perf_counter()
-    load = os.getloadavg()[0]
+    servers, started, load = start_services()
     results = [_stream(servers, name, spec, args.source_events, args.target_events) for name, spec in STREAMS.items()]
     parts = [text for text, _ in results]
     reached = [pair for _, pairs in results for pair in pairs]
