@@ -498,6 +498,7 @@ class PartitionStates:
             self.fenced(st, str(e))
             return False
         self.health.ok()
+        st.processor.refresh(payload)
         st.epoch = st.processor.epoch = info.epoch
         st.unsnapshotted = 0
         st.last_snapshot = time.monotonic()

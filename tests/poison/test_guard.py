@@ -17,8 +17,9 @@ from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.state import fingerprint
 
+from streamwise.core.sensors import Sensor
 from streamwise.pipeline_config import parse_pipeline_config
-from streamwise.processor import H_STAGE, PipelineProcessor
+from streamwise.processor import H_STAGE, PipelineProcessor, RollbackPoint
 
 NOW_MS = int(time.time() * 1000)
 MARK = 666.0
@@ -74,9 +75,30 @@ CASES = {
 }
 
 
+class _Counting(Sensor):
+    """Counts what the sensors hear: a roll-back's replay must not be heard twice."""
+
+    def __init__(self) -> None:
+        self.events_in = 0
+        self.predictions = 0
+
+    def on_events_in(self, topic: str, partition: int, n: int) -> None:
+        self.events_in += n
+
+    def on_predictions(self, latencies_s: Any) -> None:
+        self.predictions += len(latencies_s)
+
+
+# How often the guard's checkpoint is taken (RollbackPoint.WORK_RATIO): before every
+# batch, or only before the first, so that going back replays every batch before the
+# one that raised.
+CADENCES = {"checkpoint every batch": 0.0, "replay since the first batch": float("inf")}
+
+
+@pytest.mark.parametrize("work_ratio", CADENCES.values(), ids=CADENCES.keys())
 @pytest.mark.parametrize("model,labels_topic,cls,method", CASES.values(), ids=CASES.keys())
 def test_one_raising_record_is_one_process_dead_letter_and_learns_nothing(
-    model: str, labels_topic: bool, cls: str, method: str, monkeypatch: pytest.MonkeyPatch
+    model: str, labels_topic: bool, cls: str, method: str, work_ratio: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import importlib
 
@@ -89,8 +111,10 @@ def test_one_raising_record_is_one_process_dead_letter_and_learns_nothing(
         return original(self, x, *args, **kwargs)
 
     monkeypatch.setattr(target, method, exploding)
-    n, poison_at = 300, 137
-    poisoned = PipelineProcessor(_config(model, labels_topic))
+    monkeypatch.setattr(RollbackPoint, "WORK_RATIO", work_ratio)
+    n, poison_at = 300, 237
+    sensor = _Counting()
+    poisoned = PipelineProcessor(_config(model, labels_topic), sensor)
     records = _records(n, labels_topic, poison_at)
     out = [r for i in range(0, len(records), 100) for r in poisoned.process(records[i : i + 100])]
 
@@ -98,6 +122,10 @@ def test_one_raising_record_is_one_process_dead_letter_and_learns_nothing(
     assert [dict(r.headers)[H_STAGE].decode() for r in dead] == [DeadLetterStage.PROCESS]
     predicted = [json.loads(r.value)["id"] for r in out if r.topic == "out"]
     assert len(predicted) == n - (0 if labels_topic else 1)
+    assert sorted(predicted) == sorted(set(predicted))
+    # Every record was heard of once and every prediction counted once, replay or not.
+    assert sensor.events_in == len(records)
+    assert sensor.predictions == len(predicted)
     # The state is exactly that of a run without the record that raised.
     clean = PipelineProcessor(_config(model, labels_topic))
     bad = dict(dead[0].headers)
