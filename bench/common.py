@@ -142,6 +142,10 @@ class Clock(Sensor):
     def on_batch(self, n_records: int, seconds: float) -> None:
         self.events += n_records
         self.last = time.perf_counter()
+        # The processor tells its sensors about a batch once the batch has succeeded
+        # (streamwise/processor.py, _attempt): the first batch began ``seconds`` ago.
+        if self.first is None or self.last - seconds < self.first:
+            self.first = self.last - seconds
         if self.first_commit is None:
             self.first_commit = self.last
         if self._predicted and self.first_output is None:
