@@ -41,8 +41,10 @@ from streamwise.core.errors import StreamwiseError
 
 # The payload format this streamwise writes. 1: a bare pickle of {"processor": state,
 # "positions": ...} (before the header existed); 2: the header line, then a pickle of
-# the processor state alone. docs/snapshots.md says what each version reads.
-PAYLOAD_FORMAT = 2
+# the processor state alone; 3: as 2, with plain objects written to be restored
+# attribute by attribute (see _set_attributes below), a global that a reader of 2 does
+# not allow. docs/snapshots.md says what each version reads.
+PAYLOAD_FORMAT = 3
 _MAGIC = b"streamwise-state "
 
 
@@ -67,7 +69,7 @@ def encode_state(state: Any) -> bytes:
     --------
     >>> from collections import Counter
     >>> payload = encode_state({"seen": Counter("abca")})
-    >>> payload.split(b"\\n", 1)[0].startswith(b'streamwise-state {"format":2')
+    >>> payload.split(b"\\n", 1)[0].startswith(b'streamwise-state {"format":3')
     True
     >>> decode_state(payload)
     {'seen': Counter({'a': 2, 'b': 1, 'c': 1})}

@@ -72,6 +72,6 @@ def test_a_river_release_without_a_migration_or_a_newer_format_is_refused_before
     payload = encode_state({"learned": [1.0]})
     with pytest.raises(SnapshotFormatError, match=r"written with river 0\.24\.2; .* knows no migration"):
         decode_state(_with_header(payload, versions={"river": "0.24.2"}))
-    with pytest.raises(SnapshotFormatError, match=r"payload format 3 was written by a newer streamwise"):
-        decode_state(_with_header(payload, format=3))
+    with pytest.raises(SnapshotFormatError, match=r"payload format 4 was written by a newer streamwise"):
+        decode_state(_with_header(payload, format=4))
     assert decode_state(_with_header(payload, versions={"river": "0.26.0"})) == {"learned": [1.0]}
