@@ -271,7 +271,9 @@ class PartitionStates:
             if not owned:
                 self.waiting.pop(p)
                 continue
-            del self.waiting[p]
+            # Still listed as waiting while the restore is tried: it replaces the entry,
+            # or removes it once the partition is restored (another thread reading the
+            # list, the tests' or a report's, never sees the partition vanish meanwhile).
             self._restore_or_wait(p, owned, w)
 
     def _wait(self, p: int, tps: list[TopicPartition], reason: str, after_s: float, previous: Waiting | None) -> None:
@@ -300,6 +302,7 @@ class PartitionStates:
             return
         if self.store is not None:
             self.health.ok()
+        self.waiting.pop(p, None)
         self.states[p] = st
 
     def _restore(self, p: int, tps: list[TopicPartition]) -> PartitionState:
