@@ -275,6 +275,21 @@ def test_a_record_the_broker_refuses_raises_delivery_error_on_flush(settings, bo
     sink.close()
 
 
+def test_a_record_the_broker_refuses_in_a_transaction_fails_its_commit(settings, bootstrap, unique):
+    topic = f"{unique}.small"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000"})])
+    admin.close()
+    sink = make_sink(settings.kafka, transactional_id=f"{unique}.tx")
+    sink.begin_transaction()
+    sink.send(OutgoingRecord(topic, None, b"fits"))
+    sink.send(OutgoingRecord(topic, None, b"y" * 50_000))
+    with pytest.raises(DeliveryError):
+        sink.commit_transaction({}, None)
+    sink.close()
+    assert consume(bootstrap, topic, 1, timeout_s=2.0) == []
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
