@@ -202,6 +202,13 @@ def _kafka_python_known() -> dict[str, frozenset[str]]:
 
 def _kafka_python(settings: KafkaSettings, role: str, config: dict[str, Any]) -> dict[str, Any]:
     known = _kafka_python_known()
+    # kafka-python's own metrics (its clients' metrics()) are read by nothing here:
+    # streamwise counts what it exports itself. Recording them is Python work in the
+    # clients' threads, per request and per batch, under the same GIL as the pipeline:
+    # the service took ~1.2 µs/event less wall time and ~1.9 less CPU without them
+    # (measured, Phishing ×40, exactly-once, alternating runs). kafka.extra may turn them on.
+    if "metrics_enabled" in known[role] and "metrics_enabled" not in settings.extra:
+        config = {"metrics_enabled": False, **config}
     # kafka-python's three classes refuse each other's keys: an extra key goes to the
     # roles that have it, and must belong to at least one.
     base = {
