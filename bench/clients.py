@@ -44,7 +44,7 @@ from common import (  # noqa: E402
     unique,
 )
 from river import metrics  # noqa: E402
-from streamwise.connectors.kafka_config import kafka_python_producer  # noqa: E402
+from streamwise.connectors.kafka_config import kafka_python_consumer, kafka_python_producer  # noqa: E402
 from streamwise.core.settings import KafkaSettings  # noqa: E402
 from streamwise.models.catalog import build_estimator  # noqa: E402
 
@@ -89,13 +89,9 @@ def passthrough_kafka_python(settings: KafkaSettings, topic: str, n: int) -> flo
 
     prefix = unique("echo")
     out = f"{prefix}.out"
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        max_partition_fetch_bytes=settings.max_fetch_bytes, fetch_max_bytes=settings.max_fetch_bytes,
-    )
-    # The sink's own producer settings (connectors/kafka_config.py), as the confluent
-    # passthrough uses its sink's: the same batching and retry backoff on both sides.
+    # The source's and the sink's own client settings (connectors/kafka_config.py), as
+    # the confluent passthrough uses theirs: the same batching, backoff and metrics.
+    consumer = KafkaConsumer(topic, **kafka_python_consumer(settings, prefix))
     producer = KafkaProducer(**kafka_python_producer(settings, prefix))
     producer.init_transactions()
     done, first = 0, None
@@ -158,11 +154,7 @@ def consume_alone(settings: KafkaSettings, client: str, topic: str, n: int) -> f
     if client == "kafka-python":
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(
-            topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
-            max_partition_fetch_bytes=settings.max_fetch_bytes, fetch_max_bytes=settings.max_fetch_bytes,
-        )
+        consumer = KafkaConsumer(topic, **kafka_python_consumer(settings, prefix))
         while done < n:
             batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
             if batches:
