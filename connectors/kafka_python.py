@@ -6,6 +6,7 @@ isolation: offsets move only when the runner says its outputs are safe.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import threading
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import (
@@ -263,23 +265,16 @@ def _direct_append(producer: KafkaProducer) -> Callable[..., Any] | None:
 
     ``KafkaProducer.send`` costs ~10.6 µs per record on this 2-core machine, of which
     the accumulator's append, which encodes the record into its batch, is ~5.3 µs;
-    the rest is checks that hold for every record a sink sends (bytes in, no
-    serializer, headers well formed, a known partition, the same transaction) and a
-    debug log line whose arguments are formatted even when it is off. For a record
-    to a topic with one partition, without headers and far below the request size
-    limit, the sink does once per unit of work what send() does per record (waits for
-    the metadata, adds the partition to the transaction) and appends the record
+    the rest re-checks per record what holds for every record this sink sends (bytes,
+    no serializer since kafka.extra takes no callable, a known partition, the same
+    transaction) and formats a debug log line's arguments even when it is off. For a
+    record to a topic with one partition, without headers and far below the request
+    size limit, the sink does once per unit of work what send() does per record (waits
+    for the metadata, adds the partition to the transaction) and appends the record
     itself, waking the sender thread as send() does when a batch fills or begins.
     A failed record fails its future exactly as through send().
     """
-    import inspect
-
-    import kafka
-
     if not kafka.__version__.startswith("3.0."):
-        return None
-    config = producer.config
-    if config.get("key_serializer") is not None or config.get("value_serializer") is not None:
         return None
     accumulator = getattr(producer, "_accumulator", None)
     sender = getattr(producer, "_sender", None)
