@@ -227,26 +227,30 @@ def kafka_python_consumer(settings: KafkaSettings, group_id: str) -> dict[str, A
     from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
     from kafka.coordinator.assignors.range import RangePartitionAssignor
 
-    return _kafka_python(
-        settings,
-        "consumer",
-        {
-            "group_id": group_id,
-            "group_instance_id": settings.group_instance_id,
-            "session_timeout_ms": settings.session_timeout_ms,
-            "max_poll_interval_ms": settings.max_poll_interval_ms,
-            "partition_assignment_strategy": [
-                CooperativeStickyAssignor if settings.assignor == "cooperative-sticky" else RangePartitionAssignor
-            ],
-            # Offsets move only when the runner commits them (or a transaction does).
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "isolation_level": "read_committed",
-            "max_partition_fetch_bytes": settings.max_fetch_bytes,
-            "fetch_max_bytes": settings.max_fetch_bytes,
-            "request_timeout_ms": max(settings.request_timeout_ms, 305_000 // 10),
-        },
-    )
+    config: dict[str, Any] = {
+        "group_id": group_id,
+        "group_instance_id": settings.group_instance_id,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "partition_assignment_strategy": [
+            CooperativeStickyAssignor if settings.assignor == "cooperative-sticky" else RangePartitionAssignor
+        ],
+        # Offsets move only when the runner commits them (or a transaction does).
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": settings.max_fetch_bytes,
+        "fetch_max_bytes": settings.max_fetch_bytes,
+        "request_timeout_ms": max(settings.request_timeout_ms, 305_000 // 10),
+    }
+    # How long the broker holds a fetch that finds nothing new (kafka-python: 500 ms).
+    # The lag is read on the same connection and waits behind that fetch: the report at
+    # the end of a stream (and every idle check of a run until idle) took ~450 ms with
+    # 500 and ~46 with 100 (measured). A record that arrives ends the wait at once, so
+    # latency does not change; an idle consumer asks 10 times a second instead of 2.
+    if "fetch_max_wait_ms" not in settings.extra:
+        config["fetch_max_wait_ms"] = 100
+    return _kafka_python(settings, "consumer", config)
 
 
 def kafka_python_producer(settings: KafkaSettings, transactional_id: str | None) -> dict[str, Any]:
