@@ -32,7 +32,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    KAFKA_PYTHON_BATCH_BYTES,
     Clock,
     bootstrap,
     machine,
@@ -45,6 +44,7 @@ from common import (  # noqa: E402
     unique,
 )
 from river import metrics  # noqa: E402
+from streamwise.connectors.kafka_config import kafka_python_consumer, kafka_python_producer  # noqa: E402
 from streamwise.core.settings import KafkaSettings  # noqa: E402
 from streamwise.models.catalog import build_estimator  # noqa: E402
 
@@ -89,16 +89,10 @@ def passthrough_kafka_python(settings: KafkaSettings, topic: str, n: int) -> flo
 
     prefix = unique("echo")
     out = f"{prefix}.out"
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        max_partition_fetch_bytes=settings.max_fetch_bytes, fetch_max_bytes=settings.max_fetch_bytes,
-    )
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
-        linger_ms=settings.linger_ms, max_request_size=settings.max_request_bytes, transactional_id=prefix,
-        batch_size=KAFKA_PYTHON_BATCH_BYTES,
-    )
+    # The source's and the sink's own client settings (connectors/kafka_config.py), as
+    # the confluent passthrough uses theirs: the same batching, backoff and metrics.
+    consumer = KafkaConsumer(topic, **kafka_python_consumer(settings, prefix))
+    producer = KafkaProducer(**kafka_python_producer(settings, prefix))
     producer.init_transactions()
     done, first = 0, None
     while done < n:
@@ -160,11 +154,7 @@ def consume_alone(settings: KafkaSettings, client: str, topic: str, n: int) -> f
     if client == "kafka-python":
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(
-            topic, bootstrap_servers=settings.bootstrap_servers, group_id=prefix, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
-            max_partition_fetch_bytes=settings.max_fetch_bytes, fetch_max_bytes=settings.max_fetch_bytes,
-        )
+        consumer = KafkaConsumer(topic, **kafka_python_consumer(settings, prefix))
         while done < n:
             batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)
             if batches:
@@ -196,11 +186,7 @@ def produce_alone(settings: KafkaSettings, client: str, values: list[bytes]) -> 
     if client == "kafka-python":
         from kafka import KafkaProducer
 
-        producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
-            linger_ms=settings.linger_ms, max_request_size=settings.max_request_bytes, transactional_id=prefix,
-            batch_size=KAFKA_PYTHON_BATCH_BYTES,
-        )
+        producer = KafkaProducer(**kafka_python_producer(settings, prefix))
         send = lambda v: producer.send(out, value=v)  # noqa: E731
     else:
         from confluent_kafka import Producer
