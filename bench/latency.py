@@ -65,16 +65,13 @@ def max_throughput(servers: str, client: str, repeat: int) -> float:
 def echo_kafka_python(settings: KafkaSettings, source: str, target: str, stop: threading.Event) -> None:
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.structs import OffsetAndMetadata
+    from streamwise.connectors import kafka_config
 
     group = common.unique("echo")
-    consumer = KafkaConsumer(
-        source, bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-    )
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True,
-        linger_ms=settings.linger_ms, transactional_id=group, batch_size=common.KAFKA_PYTHON_BATCH_BYTES,
-    )
+    # The settings the service's own source and sink are built with (as the confluent
+    # echo does): the echo differs from the service only in what it does per record.
+    consumer = KafkaConsumer(source, **kafka_config.kafka_python_consumer(settings, group))
+    producer = KafkaProducer(**kafka_config.kafka_python_producer(settings, group))
     producer.init_transactions()
     while not stop.is_set():
         batches = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=settings.max_poll_records)

@@ -17,6 +17,7 @@ from typing import Any
 from river import datasets, stats, tree
 from streamwise.connectors.records import ConsumedRecord
 from streamwise.models.state import decode_state, encode_state, fingerprint
+
 from streamwise.pipeline_config import parse_pipeline_config
 from streamwise.processor import PipelineProcessor
 

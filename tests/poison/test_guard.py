@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from streamwise.connectors.records import ConsumedRecord
+from streamwise.core.sensors import Sensor
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.state import fingerprint
 
-from streamwise.core.sensors import Sensor
 from streamwise.pipeline_config import parse_pipeline_config
 from streamwise.processor import H_STAGE, PipelineProcessor, RollbackPoint
 
