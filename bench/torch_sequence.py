@@ -20,7 +20,9 @@ a stream without temporal signal (reading).
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +89,10 @@ def accuracy(n_events: int) -> None:
         config.evaluation.metrics = ["Accuracy"]
         processor = PipelineProcessor(config)
         source = list(iter_events("streamwise.PatientVitals", {"n_events": n_events, **params}, key_field="patient_id"))
-        records = [ConsumedRecord("vitals", 0, i, k, v, 1_700_000_000_000 + i) for i, (k, v) in enumerate(source)]
+        # Each record stamped when its reading was taken, as a replay publishes it: the
+        # pipeline refuses an event far from its record's time (schema.max_future).
+        stamps = [int(datetime.fromisoformat(json.loads(v)["ts"]).timestamp() * 1000) for _, v in source]
+        records = [ConsumedRecord("vitals", 0, i, k, v, stamps[i]) for i, (k, v) in enumerate(source)]
         started = time.perf_counter()
         for i in range(0, len(records), 500):
             processor.process(records[i : i + 500])
