@@ -9,7 +9,6 @@ test, which emitted 689 ids twice before). confluent-kafka's metadata is opaque.
 from __future__ import annotations
 
 from kafka.structs import ConsumerGroupMetadata, MemberState
-
 from streamwise.checkpoint import _joined
 
 
