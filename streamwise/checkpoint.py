@@ -191,16 +191,9 @@ class Checkpoint:
         count is read after the metadata: a revocation reported in between is seen.
         """
         current = self.source.group_metadata()
-        chosen = current
-        if self.partitions.revocations != self._revocations or not _joined(current):
-            chosen = self._group_metadata
-        if not _joined(chosen):
-            # Work begun after the member was dropped (a worker resumed after a pause,
-            # its assignment not yet revoked, restored a partition another worker now
-            # owns): nothing may commit it; the abort and rewind that follow wait for
-            # the rebalance, which takes the partition away.
-            raise DeliveryError("this consumer is not a member of its group now (generation reset): work not committed")
-        return chosen
+        if self.partitions.revocations == self._revocations and _joined(current):
+            return current
+        return self._group_metadata
 
     # ----- the paths that end work on a partition ------------------------------------
 
@@ -286,7 +279,6 @@ def _joined(metadata: object) -> bool:
     past its session: UnknownMemberIdError), and the broker checks no generation for -1:
     a zombie's transaction sent with it committed 500 ids that the worker now owning the
     partition also emitted (test_recovery.py, zombie test). Such a transaction goes with
-    the metadata from when it began, which the broker refuses, or, begun after the reset,
-    is not committed at all. confluent-kafka's metadata is opaque (librdkafka fences the
-    zombie itself) and counts as joined."""
+    the metadata from when it began, which the broker refuses. confluent-kafka's
+    metadata is opaque (librdkafka fences the zombie itself) and counts as joined."""
     return getattr(metadata, "generation_id", 0) != -1
