@@ -191,9 +191,7 @@ class Checkpoint:
         count is read after the metadata: a revocation reported in between is seen.
         """
         current = self.source.group_metadata()
-        if self.partitions.revocations == self._revocations and _joined(current):
-            return current
-        return self._group_metadata
+        return current if self.partitions.revocations == self._revocations else self._group_metadata
 
     # ----- the paths that end work on a partition ------------------------------------
 
@@ -271,14 +269,3 @@ class Checkpoint:
                 sink.close()
         except Exception as e:  # noqa: BLE001 - a broken producer may fail to close
             log.debug("producer close failed: %s", e)
-
-
-def _joined(metadata: object) -> bool:
-    """Whether group metadata names a member of a generation. kafka-python resets its
-    generation to -1 when the coordinator no longer knows the member (a worker paused
-    past its session: UnknownMemberIdError), and the broker checks no generation for -1:
-    a zombie's transaction sent with it committed 500 ids that the worker now owning the
-    partition also emitted (test_recovery.py, zombie test). Such a transaction goes with
-    the metadata from when it began, which the broker refuses. confluent-kafka's
-    metadata is opaque (librdkafka fences the zombie itself) and counts as joined."""
-    return getattr(metadata, "generation_id", 0) != -1
