@@ -271,14 +271,13 @@ class _GuardedProcessor:
         with this batch's outputs, is aborted)."""
         assert point.payload is not None
         replay, payload = point.since, point.payload
-        self.restore_state(decode_state(payload))
+        self.restore_state(decode_state(payload))  # which also forgets the point
         sensor, self.sensor = self.sensor, Sensor()
         try:
             for batch in replay:
                 self._process_batch(batch)
         finally:
             self.sensor = sensor
-        point.forget()
         return encode_state(self.snapshot_state())
 
     def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:  # pragma: no cover
