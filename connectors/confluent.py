@@ -307,6 +307,11 @@ class ConfluentSource:
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
+    def in_group(self) -> bool:
+        # librdkafka's metadata is opaque, and it sends its own current generation with
+        # a transaction's offsets (it reports a lost assignment through the callbacks).
+        return True
+
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             for (t, p), o in offsets.items():

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # What kafka-python raises when it cannot bootstrap within its bootstrap timeout.
 _NO_BROKER = (KafkaTimeoutError, KafkaConnectionError)
+# The generation id of a member that is not (or no longer) in a group.
+_NO_GENERATION = -1
 
 
 def _require_broker(settings: KafkaSettings) -> None:
@@ -209,6 +211,11 @@ class KafkaPythonSource:
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
+
+    def in_group(self) -> bool:
+        # kafka-python's reset_generation() (a heartbeat or join answered "unknown member"
+        # or "illegal generation") sets -1, before any callback has run.
+        return self._consumer.group_metadata().generation_id != _NO_GENERATION
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for (t, p), o in offsets.items():

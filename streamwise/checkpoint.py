@@ -124,6 +124,10 @@ class Checkpoint:
             offsets, self._offsets = self._offsets, {}
             markers = self.partitions.markers(offsets)
             try:
+                if not self.source.in_group():
+                    # Out of the group, not yet told what it lost (Source.in_group): the
+                    # work may be another member's, and a broker would not check it.
+                    raise DeliveryError("this worker fell out of its consumer group; its open work is not committed")
                 if sink.transactional:
                     # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
                     sink.commit_transaction(offsets, self._fencing_metadata(), markers)
@@ -150,7 +154,7 @@ class Checkpoint:
         output is involved: a failure is logged and retried at the next commit."""
         offsets = self.partitions.stale_markers()
         sink = self.sink
-        if not offsets or sink is None or self._open:
+        if not offsets or sink is None or self._open or not self.source.in_group():
             return
         markers = self.partitions.markers(offsets)
         try:

@@ -282,6 +282,11 @@ class PartitionStates:
         self.source.pause(tps)
 
     def _restore_or_wait(self, p: int, tps: list[TopicPartition], previous: Waiting | None) -> None:
+        if not self.source.in_group():
+            # Its assignment is stale (Source.in_group): restoring would claim, in the
+            # store, a partition another worker may own now. Retried once back in the group.
+            self._wait(p, tps, "out of group", 0.25, previous)
+            return
         if self.store is not None and not self.health.available():
             # The store just failed: do not spend another socket timeout per partition.
             self._wait(p, tps, "store unavailable", 0.5, previous)

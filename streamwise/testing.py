@@ -236,16 +236,23 @@ class StallAt:
     pause, a SIGSTOP). With ``expire``, its group drops its source meanwhile, as a
     session timeout would: it comes back a zombie, its partitions given to others.
 
+    ``told_after_polls`` is how kafka-python learns it: its heartbeat thread finds the
+    member unknown and resets the generation to -1 at once, but the loss reaches the
+    rebalance callback only that many polls later. Meanwhile the source still lists
+    its partitions, fetches them, and its group metadata (member unknown, generation
+    -1) is the kind a broker does not check a transaction's offsets against.
+
     Examples
     --------
     >>> StallAt("poll", n=5, seconds=0.5)
-    StallAt(at='poll', n=5, seconds=0.5, expire=True)
+    StallAt(at='poll', n=5, seconds=0.5, expire=True, told_after_polls=0)
     """
 
     at: str | int
     n: int = 1
     seconds: float = 1.0
     expire: bool = True
+    told_after_polls: int = 0
 
 
 Marker = CrashAt | DeliveryErrorAt | StoreDownAt | FencedAt | StallAt
@@ -345,7 +352,7 @@ class Faults:
                 self.fired.append(f"stall at {call} #{m.n}")
                 if m.expire:
                     for source in self.sources:
-                        source.broker.expire(source)
+                        source.broker.expire(source, told_after_polls=m.told_after_polls)
                 time.sleep(m.seconds)
         return apply
 
@@ -402,7 +409,8 @@ class GroupMetadata:
     generation, as Kafka does with KIP-447's group metadata."""
 
     group_id: str
-    member_id: int
+    # None and -1: a member that knows it fell out of the group and has not joined again.
+    member_id: int | None
     generation: int
 
 
@@ -592,16 +600,20 @@ class MemoryBroker:
                 high[tp] = max(high.get(tp, 0), offset)
             return back
 
-    def expire(self, source: MemorySource) -> None:
+    def expire(self, source: MemorySource, told_after_polls: int = 0) -> None:
         """Drops ``source`` from its group as if its session had timed out (a worker
         paused too long: a zombie). Its partitions go to the other members at once; its
-        later commits are refused; its next poll tells it and it joins again."""
+        later commits are refused; its next poll tells it and it joins again. With
+        ``told_after_polls`` (see :class:`StallAt`), its metadata turns to an unknown
+        member of generation -1 now, and it is told that many polls later."""
         with self._lock:
             group = self.group(source.group_id)
             if source in group.members:
                 group.members.remove(source)
                 group.held.pop(source.member_id, None)
                 source._expired = True
+                source._told_in_polls = told_after_polls
+                source._lost = told_after_polls > 0
                 self._rebalance(group)
 
     def _join(self, source: MemorySource) -> None:
@@ -662,6 +674,10 @@ class MemoryBroker:
     def _check_member(self, metadata: object) -> None:
         if not isinstance(metadata, GroupMetadata):
             raise DeliveryError(f"offsets sent without the source's group metadata ({metadata!r})")
+        if metadata.member_id is None and metadata.generation == -1:
+            # As Kafka does with a transaction's offsets sent without a member and
+            # generation (clients before KIP-447): they are not checked at all.
+            return
         group = self.group(metadata.group_id)
         alive = any(m.member_id == metadata.member_id for m in group.members)
         if not alive or metadata.generation != group.generation:
@@ -737,6 +753,10 @@ class MemorySource:
         self._on_assigned: RebalanceCallback | None = None
         self._on_revoked: RebalanceCallback | None = None
         self._expired = False
+        # Expired and not yet told (StallAt.told_after_polls): polls left until it is,
+        # and whether its metadata already says it is out of the group.
+        self._told_in_polls = 0
+        self._lost = False
         self._closed = False
         self._turn = 0
 
@@ -754,9 +774,12 @@ class MemorySource:
     def _rebalance_news(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
         broker = self.broker
         with broker._lock:
-            if self._expired:
+            if self._expired and self._told_in_polls > 0:
+                self._told_in_polls -= 1
+            elif self._expired:
                 # Told at last that the group dropped it: everything is lost; join again.
                 self._expired = False
+                self._lost = False
                 self._to_revoke = set(self._assigned)
                 self._to_assign = set()
                 self.broker._join(self)
@@ -772,7 +795,8 @@ class MemorySource:
             for tp in revoked:
                 self._positions.pop(tp, None)
                 self._paused.discard(tp)
-            self.generation = group.generation
+            if not self._lost:
+                self.generation = group.generation
         return revoked, assigned
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
@@ -791,7 +815,8 @@ class MemorySource:
             while True:
                 records = self._take(max_records)
                 left = deadline - time.monotonic()
-                if records or left <= 0 or self._to_assign or self._to_revoke or self._expired:
+                told = self._expired and not self._told_in_polls
+                if records or left <= 0 or self._to_assign or self._to_revoke or told:
                     break
                 broker._arrived.wait(left)
         self.faults.after("poll")
@@ -818,6 +843,9 @@ class MemorySource:
 
     def commit(self, offsets: dict[TopicPartition, int], markers: Mapping[TopicPartition, str] | None = None) -> None:
         self.faults.before("commit")
+        if offsets and self._lost:
+            # kafka-python commits only in a stable generation (CommitFailedError).
+            raise DeliveryError("commit refused: this member fell out of its group and has not joined again")
         if offsets:
             with self.broker._lock:
                 self.broker._check_member(self.group_metadata())
@@ -837,7 +865,12 @@ class MemorySource:
             return {tp: max(0, self.broker._stable_end(tp) - self._positions[tp]) for tp in sorted(self._assigned)}
 
     def group_metadata(self) -> object:
+        if self._lost:
+            return GroupMetadata(self.group_id, None, -1)
         return GroupMetadata(self.group_id, self.member_id, self.generation)
+
+    def in_group(self) -> bool:
+        return not self._lost
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
