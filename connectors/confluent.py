@@ -20,6 +20,7 @@ The client is a setting; nothing above :mod:`streamwise.connectors` sees the dif
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -348,9 +349,56 @@ class ConfluentSource:
             self._offsets.close()
 
 
+# How long past its own timeout a transactional call may block before the producer is
+# given up (see _bounded).
+_HUNG_AFTER_S = 5.0
+
+
+def _bounded(call: Any, timeout_s: float, *args: Any) -> Any:
+    """``call(*args, timeout_s)``, which librdkafka should end within ``timeout_s``; run
+    on a thread of its own, so that the caller gets a :class:`DeliveryError` when it does
+    not. librdkafka's transactional calls can block far past their timeout when the
+    coordinator goes down (librdkafka issues #5456, #5511: a coordinator request whose
+    timeout is never checked); seen here as a worker blocked ten minutes in one commit
+    after a broker restart, past max.poll.interval.ms. The call is left running: the
+    producer is abandoned (never closed under it) and a new one with the same
+    transactional id fences it, which ends the call.
+
+    Examples
+    --------
+    >>> _bounded(lambda a, t: a + 1, 0.1, 41)
+    42
+    """
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call(*args, timeout_s))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name="streamwise-txn-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s + _HUNG_AFTER_S)
+    if thread.is_alive():
+        name = getattr(call, "__name__", "call")
+        raise _HungCall(f"{name} still blocked {timeout_s + _HUNG_AFTER_S:.0f} s after it began")
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+class _HungCall(DeliveryError):
+    """A transactional call that did not return in time: its producer is unusable."""
+
+
 class ConfluentSink:
     def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
         self._timeout_s = settings.request_timeout_ms / 1000.0
+        # Set once a call hung (_bounded): every later call fails at once, and close()
+        # leaves the handle to the thread still inside it.
+        self._hung: str | None = None
         self._failures: list[str] = []
         reports = _Reports(connecting=True)
         config = _with_callbacks(kafka_config.confluent_producer(settings, transactional_id), reports)
@@ -363,11 +411,15 @@ class ConfluentSink:
             # Also aborts whatever a previous incarnation with the same id left open,
             # so read_committed readers are not held up until its transaction times out.
             try:
-                self._producer.init_transactions(self._timeout_s)
+                _bounded(self._producer.init_transactions, self._timeout_s)
             except KafkaException as e:
                 raise ServiceUnavailableError(
                     f"Kafka: transactions unavailable at {settings.bootstrap_servers} ({e.args[0].str()})"
                 ) from None
+            except _HungCall as e:
+                # Left to the thread still inside it; the next attempt builds a new one.
+                where = settings.bootstrap_servers
+                raise ServiceUnavailableError(f"Kafka: transactions unavailable at {where} ({e})") from None
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         # Records purged by abort_transaction() are reported after it returns, failed on
@@ -375,7 +427,19 @@ class ConfluentSink:
         if err is not None and err.code() not in _PURGED:
             self._failures.append(f"{msg.topic()}: {err.str()}")
 
+    def _usable(self) -> None:
+        if self._hung is not None:
+            raise DeliveryError(f"producer abandoned: {self._hung}")
+
+    def _txn_call(self, call: Any, *args: Any) -> None:
+        try:
+            _bounded(call, self._timeout_s, *args)
+        except _HungCall as e:
+            self._hung = str(e)
+            raise
+
     def begin_transaction(self) -> None:
+        self._usable()
         try:
             self._producer.begin_transaction()
         except KafkaException as e:
@@ -387,20 +451,21 @@ class ConfluentSink:
         group_metadata: object,
         markers: Mapping[TopicPartition, str] | None = None,
     ) -> None:
+        self._usable()
         try:
             if offsets:
-                self._producer.send_offsets_to_transaction(
-                    _with_markers(offsets, markers), group_metadata, self._timeout_s
-                )
-            self._producer.commit_transaction(self._timeout_s)
+                offsets_call = self._producer.send_offsets_to_transaction
+                self._txn_call(offsets_call, _with_markers(offsets, markers), group_metadata)
+            self._txn_call(self._producer.commit_transaction)
         except KafkaException as e:
             raise DeliveryError(f"transaction not committed: {e.args[0].str()}") from e
         self._check_sent()
 
     def abort_transaction(self) -> None:
         self._failures.clear()
+        self._usable()
         try:
-            self._producer.abort_transaction(self._timeout_s)
+            self._txn_call(self._producer.abort_transaction)
         except KafkaException as e:
             raise DeliveryError(f"transaction not aborted: {e.args[0].str()}") from e
 
@@ -428,6 +493,12 @@ class ConfluentSink:
             raise DeliveryError(f"{len(failures)} records not delivered: {failures[0]}")
 
     def close(self) -> None:
+        if self._hung is not None:
+            # A call is still running inside this handle: flushing or closing it now
+            # would block again or free it under that call. The thread keeps it alive
+            # until the new producer fences it.
+            log.warning("producer abandoned without closing it: %s", self._hung)
+            return
         self._producer.flush(self._timeout_s)
         # Producer.close() exists from confluent-kafka 2.13; before it, dropping the last
         # reference destroys the handle (after the flush above, nothing is lost).

@@ -9,10 +9,12 @@ from tests/support.py, never streamwise's own connectors.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from streamwise.connectors import OutgoingRecord, make_admin, make_sink, make_source
@@ -328,3 +330,62 @@ def test_no_broker_fails_fast_with_one_line_naming_kafka_and_the_address(kafka_c
     assert time.monotonic() - started < 10
     message = str(raised.value)
     assert message.startswith("Kafka:") and address in message and "\n" not in message
+
+
+class _OffsetsThatHang:
+    """A real confluent-kafka producer whose send_offsets_to_transaction blocks until
+    released, whatever its timeout: how librdkafka behaves when the group coordinator
+    goes down mid-transaction (librdkafka issues #5456, #5511)."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.release = threading.Event()
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        self.release.wait()
+        raise KafkaException(KafkaError(KafkaError._FENCED, "fenced while hung (test)"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
+@pytest.mark.parametrize("kafka_client", ["confluent"], indirect=True)
+def test_a_transactional_call_hung_past_its_timeout_fails_and_the_next_producer_fences_it(
+    settings, bootstrap, unique, monkeypatch
+):
+    from streamwise.connectors import confluent
+
+    monkeypatch.setattr(confluent, "_HUNG_AFTER_S", 0.5)
+    kafka = settings.kafka.model_copy(update={"request_timeout_ms": 1000})
+    src_topic = _topic(settings, f"{unique}.in")
+    out_topic = _topic(settings, f"{unique}.out")
+    produce(bootstrap, src_topic, [(None, b"x")])
+    source = make_source(kafka, unique)
+    source.subscribe([src_topic])
+    _poll_until(source, 1)
+    sink = make_sink(kafka, transactional_id=f"{unique}.tx")
+    hanging = _OffsetsThatHang(sink._producer)
+    sink._producer = hanging
+    # Without the bound, the commit below would block until this releases it, and fail.
+    safety = threading.Timer(30.0, hanging.release.set)
+    safety.start()
+    sink.begin_transaction()
+    sink.send(OutgoingRecord(out_topic, None, b"never"))
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="still blocked"):
+        sink.commit_transaction({(src_topic, 0): 1}, source.group_metadata())
+    assert time.monotonic() - started < 5.0, "the caller waits its timeout and a little more, not for ever"
+    with pytest.raises(DeliveryError, match="abandoned"):
+        sink.abort_transaction()
+    sink.close()  # returns at once: the hung call still holds the handle
+    # The next producer under the same id fences the abandoned one and aborts its work.
+    second = make_sink(kafka, transactional_id=f"{unique}.tx")
+    second.begin_transaction()
+    second.send(OutgoingRecord(out_topic, None, b"committed"))
+    second.commit_transaction({(src_topic, 0): 1}, source.group_metadata())
+    second.close()
+    hanging.release.set()
+    safety.cancel()
+    assert [r.value for r in consume(bootstrap, out_topic, 1)] == [b"committed"]
+    assert source.committed([(src_topic, 0)]) == {(src_topic, 0): 1}
+    source.close()
