@@ -148,10 +148,13 @@ def test_kill_9_of_the_worker_holding_the_learner_another_takes_over(settings, b
     n, partitions = 6000, 3
     cfg = _agrawal_config(unique, labels_topic=False)
     _topics(bootstrap, partitions, cfg.input.topic)
+    # Half the stream before the kill, half after: predictions and learning must go on
+    # after it (the first half alone may be predicted in full before a holder is seen).
+    events = list(iter_events("synth.Agrawal", {"seed": 3}, limit=n))
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for key, value in iter_events("synth.Agrawal", {"seed": 3}, limit=n):
+    for key, value in events[: n // 2]:
         producer.send(cfg.input.topic, key=key, value=value)
-    producer.close()
+    producer.flush()
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(by_alias=True, exclude_none=True), sort_keys=False))
     ports = [_free_port(), _free_port()]
@@ -163,7 +166,9 @@ def test_kill_9_of_the_worker_holding_the_learner_another_takes_over(settings, b
                    STREAMWISE_KAFKA__MAX_POLL_RECORDS="200", STREAMWISE_SNAPSHOT__EVERY_EVENTS="500",
                    PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "streamwise", "run", "--config", str(path), "--worker-index", str(i)]
-        procs.append(subprocess.Popen([*cmd, "--until-idle", "10"], env=env, stdout=log, stderr=subprocess.STDOUT))
+        # Idle for 20 s, past the 6 s session timeout: a worker holding no input partition
+        # yet must still be there to take the killed one's.
+        procs.append(subprocess.Popen([*cmd, "--until-idle", "20"], env=env, stdout=log, stderr=subprocess.STDOUT))
         time.sleep(1.0)
     try:
         # Kill whichever worker holds the learner, once it has predicted part of the stream.
@@ -179,6 +184,9 @@ def test_kill_9_of_the_worker_holding_the_learner_another_takes_over(settings, b
         killed_at = time.time()
         procs[holder].send_signal(signal.SIGKILL)
         procs[holder].wait()
+        for key, value in events[n // 2 :]:
+            producer.send(cfg.input.topic, key=key, value=value)
+        producer.close()
         survivor = procs[1 - holder]
         assert survivor.wait(timeout=240) == 0, (tmp_path / "workers.log").read_text()[-3000:]
     finally:
