@@ -83,6 +83,10 @@ class PartitionState:
     last_snapshot: float = field(default_factory=time.monotonic)
     paused: bool = False
     replayed: int = 0
+    # The newest snapshot this worker restored or wrote under its claim (payload and
+    # SnapshotInfo): a rewind while the store is down restores from it (see
+    # PartitionStates._restore_locally). It costs one encoded state of memory per partition.
+    saved: tuple[bytes, Any] | None = None
 
 
 @dataclass
@@ -159,6 +163,8 @@ class PartitionStates:
         self.waiting: dict[int, Waiting] = {}
         # Partitions this worker gave up, kept for the run's summary and for tests.
         self.retired: dict[int, PartitionState] = {}
+        # Rewound partitions restored from this worker's own snapshot while the store was down.
+        self.local_restores = 0
         self.health = StoreHealth()
         self._quiet = Sensor()
         self._assigned: list[TopicPartition] = []
@@ -225,6 +231,7 @@ class PartitionStates:
             self.retired[p] = st
             if snapshot and st.unsnapshotted:
                 self._save(st)
+            st.saved = None  # only a rewound partition restores from it
 
     def rewind(self, partitions: Sequence[int]) -> None:
         """Forgets the in-memory state of these partitions, after a batch whose outputs
@@ -289,7 +296,8 @@ class PartitionStates:
             return
         if self.store is not None and not self.health.available():
             # The store just failed: do not spend another socket timeout per partition.
-            self._wait(p, tps, "store unavailable", 0.5, previous)
+            if not self._restore_locally(p, tps):
+                self._wait(p, tps, "store unavailable", 0.5, previous)
             return
         try:
             st = self._restore(p, tps)
@@ -297,6 +305,8 @@ class PartitionStates:
             reason = "store unavailable" if isinstance(e, SnapshotUnavailableError) else "kafka unavailable"
             if isinstance(e, SnapshotUnavailableError):
                 self.health.failed()
+                if self._restore_locally(p, tps):
+                    return
             if previous is None or previous.reason != reason:
                 log.warning("partition %s waits, paused: its state cannot be restored (%s)", p, e)
             self._wait(p, tps, reason, 0.5, previous)
@@ -335,7 +345,17 @@ class PartitionStates:
             if snap is not None:
                 offsets = snap.info.offsets_by_tp()
                 st.epoch = processor.epoch = snap.info.epoch
+                st.saved = (snap.payload, snap.info)
                 log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
+        self._start_at(st, tps, offsets, committed)
+        return st
+
+    def _start_at(
+        self, st: PartitionState, tps: list[TopicPartition], offsets: dict[TopicPartition, int],
+        committed: dict[TopicPartition, int | None],
+    ) -> None:
+        """Positions a restored partition: it re-learns from its snapshot's ``offsets``
+        and writes from the ``committed`` ones on."""
         for tp in tps:
             # Without a snapshot, state is rebuilt from the start of the log.
             st.positions[tp] = offsets.get(tp, 0)
@@ -343,7 +363,33 @@ class PartitionStates:
             st.committed_positions[tp] = st.emit_from[tp]
         self.source.seek({tp: st.positions[tp] for tp in tps})
         self.source.resume(tps)
-        return st
+
+    def _restore_locally(self, p: int, tps: list[TopicPartition]) -> bool:
+        """A rewound partition, while the store is down: restored from the newest snapshot
+        this worker wrote or restored itself, kept in memory, rather than held until the
+        store is back. That snapshot is the store's newest unless another worker claimed
+        the partition since; then this worker is a zombie whose commits Kafka refuses
+        (and Source.in_group holds them on kafka-python), and whose next snapshot the
+        store refuses, which drops the state again. Not for a partition just assigned:
+        take_on forgets what this worker held before, as another may have moved it on."""
+        old = self.retired.get(p)
+        if old is None or old.saved is None:
+            return False
+        payload, info = old.saved
+        try:
+            committed = self.source.committed(tps)
+        except ServiceUnavailableError:
+            return False
+        processor = self.make_processor(self.sensor)
+        processor.restore_state(decode_state(payload))
+        st = PartitionState(p, processor, emit_from={}, positions={}, owner=old.owner, saved=old.saved)
+        st.epoch = processor.epoch = info.epoch
+        self._start_at(st, tps, info.offsets_by_tp(), committed)
+        self.waiting.pop(p, None)
+        self.states[p] = st
+        self.local_restores += 1
+        log.warning("partition %s restored from its snapshot epoch %s kept in memory (the store is down)", p, info.epoch)
+        return True
 
     def _warm_start(self, p: int, processor: PipelineProcessor) -> None:
         """A partition that never had a snapshot: its ``init_from`` models take the source's estimator."""
@@ -507,6 +553,7 @@ class PartitionStates:
             return False
         self.health.ok()
         st.processor.refresh(payload)
+        st.saved = (payload, info)
         st.epoch = st.processor.epoch = info.epoch
         st.unsnapshotted = 0
         st.last_snapshot = time.monotonic()

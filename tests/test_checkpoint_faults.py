@@ -228,6 +228,42 @@ def test_a_store_down_for_a_while_loses_nothing(reference):
     _assert_like_reference(broker, store, runner, reference)
 
 
+class PredictionTimes(Sensor):
+    """When each poll's prediction records were written (time.monotonic())."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_predictions(self, latencies: list[float]) -> None:
+        self.times += [time.monotonic()] * len(latencies)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_delivery_error_while_the_store_is_down_rewinds_from_memory_without_waiting(guarantee, reference):
+    # The store goes down for 3 s at the third snapshot; a commit fails meanwhile, which
+    # rewinds every partition to its newest snapshot. That snapshot is this worker's own,
+    # still in memory: the partitions restore from it at once and the stream goes on,
+    # instead of waiting for the store (the rest of the stream takes well under 3 s).
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    faulted, written = Faulted(), PredictionTimes()
+    at = "commit_transaction" if guarantee == "exactly_once" else "commit"
+    faults = Faults(StoreDownAt("save", n=3, seconds=3.0), DeliveryErrorAt(at, n=13))
+    settings = _settings(guarantee, max_unsnapshotted_events=10_000)
+    runner = memory_runner(cfg, settings, broker, store, faults, sensors=[faulted, written])
+    runner.run(until_idle_s=IDLE_S)
+    assert faults.fired == ["StoreDownAt at save #3", f"delivery error at {at} #13"]
+    assert faulted.faults["commit"] == 1 and runner.partitions.local_restores >= 1
+    store_back = store._data.down_until
+    assert max(written.times) < store_back - 1.0, "the rewound partitions waited for the store"
+    # The stop could not snapshot: the store was still down. A restart once it is back
+    # re-learns from the newest snapshots to the committed offsets, and writes nothing.
+    time.sleep(max(0.0, store_back - time.monotonic()))
+    runner = memory_runner(cfg, settings, broker, store, Faults())
+    runner.run(until_idle_s=IDLE_S)
+    _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
+
+
 @pytest.mark.parametrize(
     "guarantee, at",
     [
