@@ -388,7 +388,7 @@ class PartitionStates:
         self.waiting.pop(p, None)
         self.states[p] = st
         self.local_restores += 1
-        log.warning("partition %s restored from its snapshot epoch %s kept in memory (the store is down)", p, info.epoch)
+        log.warning("partition %s restored from its snapshot epoch %s kept in memory (store down)", p, info.epoch)
         return True
 
     def _warm_start(self, p: int, processor: PipelineProcessor) -> None:
