@@ -40,13 +40,21 @@ class Source(Protocol):
         """The consumer's group metadata (generation, member id), opaque to callers; a
         transactional sink sends it with the offsets so a zombie worker is fenced (KIP-447)."""
 
-    def in_group(self) -> bool:
-        """False while the consumer knows it fell out of its group but has not been told
-        which partitions it lost yet (kafka-python: a heartbeat answered "unknown member"
-        resets the generation to -1 at once, and the loss reaches the callbacks at a later
-        poll). Its partitions may be another member's by then: nothing may commit or be
-        restored, and the broker does not check a transaction's offsets sent with such
-        metadata, so the worker must."""
+    def in_group(self, metadata: object = None) -> bool:
+        """Whether ``metadata`` (default: the consumer's current group metadata) is that of
+        a member in a generation. False once the consumer knows it fell out of its group
+        but has not been told which partitions it lost yet (kafka-python: a heartbeat or
+        SyncGroup answered "unknown member" resets the generation to -1 at once, on its
+        network thread, and the loss reaches the callbacks at a later poll). Its
+        partitions may be another member's by then: nothing may commit or be restored,
+        and the broker does not check a transaction's offsets sent with such metadata,
+        so the worker must: on the very metadata it sends, as the generation can be reset
+        between two reads."""
+
+    def rejoin(self, why: str) -> None:
+        """Joins the group again as a new member, giving up every partition (through the
+        revocation callback): for a consumer the broker no longer counts as a member
+        while the consumer itself never learns it (see Checkpoint._failed)."""
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         """Moves the position of assigned partitions: the next poll starts at these offsets."""

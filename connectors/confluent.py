@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, GroupMetadataRefused, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
 from . import kafka_config
@@ -308,7 +308,10 @@ class ConfluentSource:
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
-    def in_group(self) -> bool:
+    def rejoin(self, why: str) -> None:
+        self._rebuild(why)
+
+    def in_group(self, metadata: object = None) -> bool:
         # librdkafka's metadata is opaque, and it sends its own current generation with
         # a transaction's offsets (it reports a lost assignment through the callbacks).
         return True
@@ -458,7 +461,10 @@ class ConfluentSink:
                 self._txn_call(offsets_call, _with_markers(offsets, markers), group_metadata)
             self._txn_call(self._producer.commit_transaction)
         except KafkaException as e:
-            raise DeliveryError(f"transaction not committed: {e.args[0].str()}") from e
+            error = e.args[0]
+            if error.code() in (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID):
+                raise GroupMetadataRefused(f"transaction not committed: {error.str()}") from e
+            raise DeliveryError(f"transaction not committed: {error.str()}") from e
         self._check_sent()
 
     def abort_transaction(self) -> None:

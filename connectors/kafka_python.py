@@ -18,6 +18,7 @@ import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import (
+    CommitFailedError,
     KafkaConfigurationError,
     KafkaConnectionError,
     KafkaError,
@@ -26,7 +27,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
-from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, GroupMetadataRefused, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
 from . import kafka_config
@@ -147,10 +148,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaPythonSource:
     def __init__(self, settings: KafkaSettings, group_id: str) -> None:
         self._settings = settings
-        config = kafka_config.kafka_python_consumer(settings, group_id)
+        self._config = config = kafka_config.kafka_python_consumer(settings, group_id)
         self._consumer = _connect(settings, lambda: KafkaConsumer(**config))
         # Held partitions -> the offset of the first record dropped while held.
         self._held: dict[TopicPartition, int | None] = {}
+        self._listener: _Listener | None = None
+        self._topics: list[str] = []
 
     def subscribe(
         self,
@@ -165,7 +168,28 @@ class KafkaPythonSource:
         for topic in topics:
             while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        self._consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked, self._held))
+        self._topics = list(topics)
+        self._listener = _Listener(on_assigned, on_revoked, self._held)
+        self._consumer.subscribe(self._topics, listener=self._listener)
+
+    def rejoin(self, why: str) -> None:
+        # Seen after a two-minute Redis pause with a member lost meanwhile: the broker
+        # answered every TxnOffsetCommit "unknown member" for minutes while kafka-python
+        # neither heartbeated that news nor joined again. A new consumer does.
+        log.warning("the group does not count this consumer as a member (%s); joining again", why)
+        lost = sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+        listener = self._listener
+        if listener is not None and listener._on_revoked and lost:
+            listener._on_revoked(lost)
+        self._held.clear()
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError:
+            pass  # it is being replaced either way
+        config = self._config
+        self._consumer = _connect(self._settings, lambda: KafkaConsumer(**config))
+        if self._topics and listener is not None:
+            self._consumer.subscribe(self._topics, listener=listener)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         try:
@@ -212,10 +236,11 @@ class KafkaPythonSource:
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
 
-    def in_group(self) -> bool:
+    def in_group(self, metadata: object = None) -> bool:
         # kafka-python's reset_generation() (a heartbeat or join answered "unknown member"
         # or "illegal generation") sets -1, before any callback has run.
-        return self._consumer.group_metadata().generation_id != _NO_GENERATION
+        found = metadata if metadata is not None else self._consumer.group_metadata()
+        return getattr(found, "generation_id", _NO_GENERATION) != _NO_GENERATION
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for (t, p), o in offsets.items():
@@ -341,6 +366,10 @@ class KafkaPythonSink:
             if offsets:
                 self._producer.send_offsets_to_transaction(_with_markers(offsets, markers), group_metadata)
             self._producer.commit_transaction()
+        except CommitFailedError as e:
+            # kafka-python's word for a TxnOffsetCommit answered IllegalGeneration or
+            # UnknownMemberId ("consumer group metadata mismatch").
+            raise GroupMetadataRefused(f"transaction not committed: {type(e).__name__}: {e}") from e
         except KafkaError as e:
             raise DeliveryError(f"transaction not committed: {type(e).__name__}: {e}") from e
         self._check_sent()

@@ -21,3 +21,9 @@ class ServiceUnavailableError(StreamwiseError):
 
 class DeliveryError(StreamwiseError):
     """A record could not be written to Kafka; nothing was committed for its batch."""
+
+
+class GroupMetadataRefused(DeliveryError):
+    """The broker refused a transaction's offsets: the member or generation sent with
+    them is not the group's (KIP-447 fencing: a zombie, or a consumer that has not yet
+    learned of a rebalance)."""

@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 from streamwise.connectors.base import Sink, Source
 from streamwise.connectors.records import OutgoingRecord
-from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import DeliveryError, GroupMetadataRefused, ServiceUnavailableError
 from streamwise.core.sensors import Sensor
 from streamwise.partitions import PartitionStates
 
@@ -53,6 +53,7 @@ class Checkpoint:
         sensor: Sensor,
         commit_interval_s: float,
         retry_backoff_max_s: float = 5.0,
+        stale_member_after_s: float = 45.0,
     ) -> None:
         self.source = source
         self.partitions = partitions
@@ -71,6 +72,10 @@ class Checkpoint:
         self._revocations = 0
         self._sink_retry_at = 0.0
         self._sink_backoff_s = 0.1
+        # The consumer's current metadata, and since when, while the broker keeps
+        # refusing it (see _refused); past stale_member_after_s the consumer joins again.
+        self.stale_member_after_s = stale_member_after_s
+        self._refused_since: tuple[object, float] | None = None
 
     # ----- step 1 ----------------------------------------------------------------
 
@@ -123,23 +128,26 @@ class Checkpoint:
             assert sink is not None
             offsets, self._offsets = self._offsets, {}
             markers = self.partitions.markers(offsets)
+            metadata = None
             try:
-                if not self.source.in_group():
-                    # Out of the group, not yet told what it lost (Source.in_group): the
-                    # work may be another member's, and a broker would not check it.
-                    raise DeliveryError("this worker fell out of its consumer group; its open work is not committed")
                 if sink.transactional:
                     # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
-                    sink.commit_transaction(offsets, self._fencing_metadata(), markers)
+                    metadata = self._fencing_metadata()
+                    self._require_member(metadata)
+                    sink.commit_transaction(offsets, metadata, markers)
                 else:
+                    self._require_member(None)
                     # 2: every output acknowledged; 3: only then the offsets move.
                     sink.flush()
                     self.source.commit(offsets, markers)
             except DeliveryError as e:
                 self._open = False
                 self._failed(e)
+                if isinstance(e, GroupMetadataRefused):
+                    self._refused(metadata, str(e))
                 return False
             self._open = False
+            self._refused_since = None
             # 4: the work is committed.
             self.partitions.committed(offsets)
             self.sensor.on_commit(len(offsets))
@@ -148,20 +156,47 @@ class Checkpoint:
         self._commit_markers()
         return True
 
+    def _refused(self, sent: object, why: str) -> None:
+        """The broker refused the offsets for their group metadata. Usually the consumer
+        learns of the rebalance at its next polls and the next commit goes with new
+        metadata. But kafka-python was seen (after a two-minute Redis pause with a
+        member lost meanwhile) to keep metadata the broker answered "unknown member" for
+        minutes, neither heartbeating that news nor joining again: every commit refused,
+        every partition rewound, for ever. A consumer still sending the same refused
+        metadata a session timeout later joins the group again as a new member."""
+        current = self.source.group_metadata()
+        if sent is None or sent != current:
+            self._refused_since = None
+            return
+        now = time.monotonic()
+        if self._refused_since is None or self._refused_since[0] != current:
+            self._refused_since = (current, now)
+        elif now - self._refused_since[1] >= self.stale_member_after_s:
+            self._refused_since = None
+            self.source.rejoin(why)
+
+    def _require_member(self, metadata: object) -> None:
+        """Refuses to commit as a worker out of its group, not yet told what it lost
+        (Source.in_group): the work may be another member's, and with that metadata the
+        broker would not check it."""
+        if not self.source.in_group(metadata):
+            raise DeliveryError("this worker fell out of its consumer group; its open work is not committed")
+
     def _commit_markers(self) -> None:
         """After step 5: the same committed offsets again, carrying the new snapshot
         epochs, so that Kafka knows a snapshot exists (see partitions.MARKER_PREFIX). No
         output is involved: a failure is logged and retried at the next commit."""
         offsets = self.partitions.stale_markers()
         sink = self.sink
-        if not offsets or sink is None or self._open or not self.source.in_group():
+        metadata = self.source.group_metadata()
+        if not offsets or sink is None or self._open or not self.source.in_group(metadata):
             return
         markers = self.partitions.markers(offsets)
         try:
             if sink.transactional:
                 sink.begin_transaction()
                 try:
-                    sink.commit_transaction(offsets, self.source.group_metadata(), markers)
+                    sink.commit_transaction(offsets, metadata, markers)
                 except DeliveryError:
                     # A producer that cannot abort either (kafka-python raises its own
                     # KafkaError from a fatal state) is rebuilt, as after a batch.

@@ -346,6 +346,7 @@ class StageLoop:
             sensor,
             commit_interval_s=kafka.commit_interval_ms / 1000.0,
             retry_backoff_max_s=kafka.retry_backoff_max_ms / 1000.0,
+            stale_member_after_s=kafka.session_timeout_ms / 1000.0,
         )
         source.subscribe(self.topics, on_assigned=self.partitions.on_assigned, on_revoked=self.partitions.on_revoked)
         last_activity = time.perf_counter()

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 from streamwise.connectors.base import RebalanceCallback, TopicPartition
 from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
 from streamwise.connectors.redis_state import FencedError, Snapshot, SnapshotInfo, SnapshotUnavailableError
-from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import DeliveryError, GroupMetadataRefused, ServiceUnavailableError
 from streamwise.core.sensors import Sensor
 
 if TYPE_CHECKING:
@@ -242,10 +242,14 @@ class StallAt:
     its partitions, fetches them, and its group metadata (member unknown, generation
     -1) is the kind a broker does not check a transaction's offsets against.
 
+    With ``metadata_kept``, the source's metadata keeps its old member and generation
+    meanwhile, which the broker refuses: kafka-python seen with a stalled heartbeat,
+    never told at all for a ``told_after_polls`` as large as the test's stream.
+
     Examples
     --------
     >>> StallAt("poll", n=5, seconds=0.5)
-    StallAt(at='poll', n=5, seconds=0.5, expire=True, told_after_polls=0)
+    StallAt(at='poll', n=5, seconds=0.5, expire=True, told_after_polls=0, metadata_kept=False)
     """
 
     at: str | int
@@ -253,6 +257,7 @@ class StallAt:
     seconds: float = 1.0
     expire: bool = True
     told_after_polls: int = 0
+    metadata_kept: bool = False
 
 
 Marker = CrashAt | DeliveryErrorAt | StoreDownAt | FencedAt | StallAt
@@ -352,7 +357,7 @@ class Faults:
                 self.fired.append(f"stall at {call} #{m.n}")
                 if m.expire:
                     for source in self.sources:
-                        source.broker.expire(source, told_after_polls=m.told_after_polls)
+                        source.broker.expire(source, m.told_after_polls, m.metadata_kept)
                 time.sleep(m.seconds)
         return apply
 
@@ -600,7 +605,7 @@ class MemoryBroker:
                 high[tp] = max(high.get(tp, 0), offset)
             return back
 
-    def expire(self, source: MemorySource, told_after_polls: int = 0) -> None:
+    def expire(self, source: MemorySource, told_after_polls: int = 0, metadata_kept: bool = False) -> None:
         """Drops ``source`` from its group as if its session had timed out (a worker
         paused too long: a zombie). Its partitions go to the other members at once; its
         later commits are refused; its next poll tells it and it joins again. With
@@ -613,7 +618,7 @@ class MemoryBroker:
                 group.held.pop(source.member_id, None)
                 source._expired = True
                 source._told_in_polls = told_after_polls
-                source._lost = told_after_polls > 0
+                source._lost = told_after_polls > 0 and not metadata_kept
                 self._rebalance(group)
 
     def _join(self, source: MemorySource) -> None:
@@ -681,7 +686,7 @@ class MemoryBroker:
         group = self.group(metadata.group_id)
         alive = any(m.member_id == metadata.member_id for m in group.members)
         if not alive or metadata.generation != group.generation:
-            raise DeliveryError(
+            raise GroupMetadataRefused(
                 f"fenced: member {metadata.member_id} of generation {metadata.generation} is not in group"
                 f" {metadata.group_id}'s generation {group.generation}"
             )
@@ -869,8 +874,25 @@ class MemorySource:
             return GroupMetadata(self.group_id, None, -1)
         return GroupMetadata(self.group_id, self.member_id, self.generation)
 
-    def in_group(self) -> bool:
-        return not self._lost
+    def rejoin(self, why: str) -> None:
+        """Gives up every partition (the revocation callback) and joins as a new member."""
+        broker = self.broker
+        with broker._lock:
+            lost = sorted(self._assigned)
+            self._assigned, self._to_assign, self._to_revoke = set(), set(), set()
+            self._positions.clear()
+            self._paused.clear()
+            self._expired, self._lost, self._told_in_polls = False, False, 0
+        if lost and self._on_revoked:
+            self._on_revoked(lost)
+        broker._leave(self)
+        with broker._lock:
+            self.member_id = next(broker._member_ids)
+        broker._join(self)
+
+    def in_group(self, metadata: object = None) -> bool:
+        found = metadata if metadata is not None else self.group_metadata()
+        return isinstance(found, GroupMetadata) and found.generation != -1
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

@@ -342,6 +342,27 @@ def test_a_zombie_worker_back_after_its_session_expired_writes_nothing_twice(sta
     assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
 
 
+def test_a_worker_whose_consumer_never_learns_it_was_dropped_joins_again(reference):
+    # kafka-python seen with a stalled heartbeat: the group dropped worker a, its
+    # metadata keeps the old member and generation, which the broker refuses, and the
+    # consumer is never told. a must join again on its own (after a session timeout of
+    # refusals) instead of rewinding for ever; nothing is written twice or lost.
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    settings = _settings()
+    stuck = Faults(StallAt("poll", n=6, seconds=0.5, told_after_polls=10**9, metadata_kept=True))
+    a = memory_runner(cfg, settings, broker, store, stuck, worker_index=0)
+    b = memory_runner(cfg, settings, broker, store, Faults(), worker_index=1)
+    assert _run_together(a, b) == []
+    assert stuck.fired == ["stall at poll #6"]
+    out = _outputs(broker, cfg.output.topic)
+    counts = Counter(r["id"] for r in out)
+    assert sorted(counts) == list(range(N_EVENTS)) and max(counts.values()) == 1
+    assert broker.offsets_went_back(cfg.group_id) == []
+    assert [r["id"] for r in out if r["models"] != reference["models"][r["id"]]] == []
+    assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
+
+
 class MissingState(Sensor):
     def __init__(self) -> None:
         self.reported: dict[int, str] = {}
