@@ -89,6 +89,13 @@ class PartitionState:
     saved: tuple[bytes, Any] | None = None
 
 
+def _behind(committed: Mapping[TopicPartition, int | None], snapshot: Mapping[TopicPartition, int]) -> dict[Any, Any]:
+    """Where Kafka's committed offsets read behind the snapshot. A snapshot covers
+    committed work only, so they never are, unless the read is stale or someone moved
+    the group's offsets back by hand."""
+    return {tp: (committed.get(tp), at) for tp, at in snapshot.items() if (committed.get(tp) or 0) < at}
+
+
 @dataclass
 class Waiting:
     """A partition assigned to this worker whose state is not in memory."""
@@ -347,6 +354,16 @@ class PartitionStates:
                 st.epoch = processor.epoch = snap.info.epoch
                 st.saved = (snap.payload, snap.info)
                 log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
+            # Read again, now that the claim is taken: the first read can be stale. A
+            # worker stopped (SIGSTOP, a long pause) inside it got, on waking, the answer
+            # from before its stop, while another worker had taken the partition over,
+            # committed it to the end and snapshotted it; restoring that newer snapshot
+            # with the old committed offsets wrote 689 outputs a second time.
+            committed = self.source.committed(tps)
+            behind = _behind(committed, offsets)
+            if behind:
+                log.error("partition %s: Kafka's committed offsets are behind its snapshot %s (moved back by"
+                          " hand?); restoring at the snapshot, writing from the committed offsets", p, behind)
         self._start_at(st, tps, offsets, committed)
         return st
 
@@ -380,6 +397,8 @@ class PartitionStates:
             committed = self.source.committed(tps)
         except ServiceUnavailableError:
             return False
+        if _behind(committed, info.offsets_by_tp()):
+            return False  # not the committed state this copy was taken from: wait for the store
         processor = self.make_processor(self.sensor)
         processor.restore_state(decode_state(payload))
         st = PartitionState(p, processor, emit_from={}, positions={}, owner=old.owner, saved=old.saved)
