@@ -239,6 +239,8 @@ class Checkpoint:
         is committed first, then a final snapshot if it was. New partitions: restored and
         seeked. Returns the partitions whose position was reset: records already polled
         for them are stale."""
+        if self.partitions.states and not self.source.in_group():
+            self._fell_out()
         assigned, revoked = self.partitions.take_rebalance()
         if revoked:
             committed = self.commit()
@@ -278,6 +280,23 @@ class Checkpoint:
             log.warning("transaction not aborted (%s: %s); building a new producer", type(e).__name__, e)
             self.sensor.on_fault("producer")
             self._close_sink()
+
+    def _fell_out(self) -> None:
+        """The consumer knows it fell out of its group (Source.in_group): every partition's
+        state is given up, the open work aborted, and each partition waits until the
+        worker is back in the group, then restores from the store and Kafka as they are
+        then. kafka-python's cooperative protocol keeps such partitions as "owned" when it
+        joins again and reports no new assignment for them: seen after a SIGSTOP, the
+        worker went on from its state of before the stop, wrote 500 outputs a second time
+        and moved the group's offset back, while another worker had taken the partition
+        to its end meanwhile. Its in-memory copies of snapshots are dropped too."""
+        log.warning("this worker fell out of its consumer group; its partitions wait until it is back")
+        sink = self.sink
+        if self._open and sink is not None and sink.transactional:
+            self._abort(sink)
+        self._open = False
+        self._offsets = {}
+        self.partitions.rewind(list(self.partitions.states), lost=True)
 
     def _rewind(self, why: str) -> None:
         self._open = False
