@@ -289,14 +289,16 @@ class Checkpoint:
         joins again and reports no new assignment for them: seen after a SIGSTOP, the
         worker went on from its state of before the stop, wrote 500 outputs a second time
         and moved the group's offset back, while another worker had taken the partition
-        to its end meanwhile. Its in-memory copies of snapshots are dropped too."""
+        to its end meanwhile. (Its in-memory snapshot copies stay usable while the store
+        is down: restored with Kafka's committed offsets read afresh, an older snapshot
+        re-learns up to them and writes nothing before them, as any restore.)"""
         log.warning("this worker fell out of its consumer group; its partitions wait until it is back")
         sink = self.sink
         if self._open and sink is not None and sink.transactional:
             self._abort(sink)
         self._open = False
         self._offsets = {}
-        self.partitions.rewind(list(self.partitions.states), lost=True)
+        self.partitions.rewind(list(self.partitions.states))
 
     def _rewind(self, why: str) -> None:
         self._open = False

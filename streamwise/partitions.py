@@ -240,7 +240,7 @@ class PartitionStates:
                 self._save(st)
             st.saved = None  # only a rewound partition restores from it
 
-    def rewind(self, partitions: Sequence[int], lost: bool = False) -> None:
+    def rewind(self, partitions: Sequence[int]) -> None:
         """Forgets the in-memory state of these partitions, after a batch whose outputs
         did not land; each waits, paused, to be restored from its snapshot (re-learning
         up to the committed offsets, as a restart would) after the next poll.
@@ -254,8 +254,6 @@ class PartitionStates:
         for p in sorted(set(partitions)):
             st = self.states.pop(p, None)
             if st is not None:
-                if lost:
-                    st.saved = None  # may be another worker's partition by now
                 self.retired[p] = st
                 # Due at once; a failed restore then backs off from 0.5 s, as any other.
                 self.waiting[p] = Waiting(list(st.positions), "rewound", time.monotonic(), 0.25)
