@@ -177,10 +177,10 @@ class KafkaPythonSource:
         # answered every TxnOffsetCommit "unknown member" for minutes while kafka-python
         # neither heartbeated that news nor joined again. A new consumer does.
         log.warning("the group does not count this consumer as a member (%s); joining again", why)
-        lost = sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
         listener = self._listener
-        if listener is not None and listener._on_revoked and lost:
-            listener._on_revoked(lost)
+        lost = self._consumer.assignment()
+        if listener is not None and lost:
+            listener.on_partitions_revoked(lost)  # the same path as a revocation by the group
         self._held.clear()
         try:
             self._consumer.close(autocommit=False)

@@ -53,7 +53,7 @@ class Checkpoint:
         sensor: Sensor,
         commit_interval_s: float,
         retry_backoff_max_s: float = 5.0,
-        stale_member_after_s: float = 45.0,
+        stale_member_after_s: float = 45.0,  # Kafka's default session.timeout.ms; the runner passes ours
     ) -> None:
         self.source = source
         self.partitions = partitions
