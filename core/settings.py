@@ -16,7 +16,16 @@ from collections.abc import Mapping
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
@@ -145,6 +154,34 @@ class KafkaSettings(BaseModel):
         return self
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a Redis URL, or None. Checked at start, so a typo is one
+    line naming the key rather than redis-py's traceback on first use. The URL itself is
+    never quoted: it may carry a password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a Redis URL ({e})"
+    if parts.scheme not in _REDIS_SCHEMES:
+        given = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        return f"not a Redis URL: {given}; use redis://host:port/db, rediss:// (TLS) or unix:///path"
+    if parts.scheme == "unix":
+        return None if parts.path else "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return f"{parts.scheme}:// needs a host, e.g. {parts.scheme}://127.0.0.1:6379/0"
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"the database after the host must be a number, got {db!r}"
+    del port  # parsed only so that a port that is not a number fails here
+    return None
+
+
 class RedisSettings(BaseModel):
     """Where the snapshots live. ``url`` may be ``redis://`` or ``rediss://`` (TLS); the
     other fields add what a URL carries badly: files, a separate ACL password, Sentinel."""
@@ -168,6 +205,14 @@ class RedisSettings(BaseModel):
     sentinel_password: SecretStr | None = None
     # Short: a Redis outage must be noticed (and the partition paused) promptly.
     socket_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _a_redis_url(cls, url: SecretStr) -> SecretStr:
+        problem = redis_url_problem(url.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return url
 
     @model_validator(mode="after")
     def _consistent(self) -> RedisSettings:

@@ -149,8 +149,12 @@ def _build_one(step: str | dict[str, Any]) -> Any:
     kwargs = {k: build_value(v) for k, v in params.items()}
     try:
         return cls(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"{name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - River constructors raise AttributeError, AssertionError...
+        # Whatever a River constructor raises on bad parameters (a model given as a string
+        # meets attribute access, a bad enum an assert), it is the config's fault: report it
+        # with the step's name so the user sees which key, not a traceback.
+        detail = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{name}: {detail}") from None
 
 
 def build_estimator(steps: list[str | dict[str, Any]]) -> Any:

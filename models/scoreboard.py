@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from river import metrics, utils
+from streamwise.models.learner import is_batch_learner
 from streamwise.models.model import Model
 from streamwise.models.prequential import Prediction, make_metric, peek
 
@@ -202,6 +203,27 @@ class ModelScores:
         }
 
 
+def metric_fits(metric_name: str, estimator: Any) -> bool:
+    """Whether River's metric ``metric_name`` can score ``estimator``'s predictions (the
+    config checks this at load, the scoreboard again when a model joins).
+
+    Examples
+    --------
+    >>> from river import linear_model
+    >>> metric_fits("Accuracy", linear_model.LogisticRegression())
+    True
+    >>> metric_fits("MAE", linear_model.LogisticRegression())
+    False
+    """
+    metric = make_metric(metric_name)
+    task = getattr(estimator, "task", None) if is_batch_learner(estimator) else None
+    if task is not None:
+        # Batch learners are not River estimators: their task says which metrics fit.
+        kinds = {"classification": metrics.base.ClassificationMetric, "regression": metrics.base.RegressionMetric}
+        return isinstance(metric, kinds[task])
+    return bool(metric.works_with(estimator))
+
+
 class Scoreboard:
     """Every model's metrics; :meth:`score` is the scoring rule, applied once per label.
 
@@ -226,15 +248,7 @@ class Scoreboard:
 
     def add(self, model: Model) -> ModelScores:
         """Fresh metrics for ``model``, which must be able to score the pipeline's metric."""
-        wanted_task = getattr(model.estimator, "task", None) if model.predicts_in_batches else None
-        metric = make_metric(self.metric_name)
-        if wanted_task is not None:
-            # Batch learners are not River estimators: their task says which metrics fit.
-            kinds = {"classification": metrics.base.ClassificationMetric, "regression": metrics.base.RegressionMetric}
-            ok = isinstance(metric, kinds[wanted_task])
-        else:
-            ok = metric.works_with(model.estimator)
-        if not ok:
+        if not metric_fits(self.metric_name, model.estimator):
             raise ValueError(f"metric {self.metric_name} does not work with model {model.name!r}")
         scores = ModelScores(self.metric_name, self.plan, is_classifier=model.is_classifier)
         model.scores = scores

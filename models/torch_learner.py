@@ -33,6 +33,7 @@ Determinism and state
 from __future__ import annotations
 
 import io
+import os
 import math
 import zlib
 from collections.abc import Sequence
@@ -76,7 +77,18 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}") from None
+    # Asked for by name, a GPU that is not there is a config error at build, not a
+    # traceback at the first mini-batch ("auto" falls back to the CPU instead).
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no GPU here; use auto to take one when present")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return resolved
 
 
 def _bucket(token: str, width: int) -> int:
@@ -140,6 +152,14 @@ class _TorchMiniBatchBase:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if batch_size < 1 or steps_per_batch < 1 or hash_width < 0:
             raise ValueError("batch_size and steps_per_batch must be >= 1, hash_width >= 0")
+        if any(int(h) < 1 for h in hidden_layers):
+            raise ValueError(f"hidden_layers: every layer needs at least one unit, got {list(hidden_layers)}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if warm_start is not None and not os.path.isfile(warm_start):
+            raise ValueError(f"warm_start: no file at {warm_start}")
         self.features = list(features) if features is not None else None
         self.hash_width = int(hash_width)
         self.hidden_layers = [int(h) for h in hidden_layers]

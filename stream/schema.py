@@ -74,6 +74,15 @@ def _duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(_duration)]
 
 
+def _refuse_repeats(key: str, values: list[Any]) -> None:
+    # Keyed by type too: True and 1 are equal in Python but distinct labels in JSON.
+    seen: set[tuple[type, Any]] = set()
+    for v in values:
+        if (type(v), v) in seen:
+            raise ValueError(f"{key}: {v!r} is listed twice")
+        seen.add((type(v), v))
+
+
 class FieldSpec(BaseModel):
     """How one event field is typed and bounded. ``"float"`` alone is a shorthand."""
 
@@ -92,6 +101,22 @@ class FieldSpec(BaseModel):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        # A bound that is NaN compares false with everything, and min > max accepts
+        # nothing: either would dead-letter every event, so both are refused here.
+        for side in ("min", "max"):
+            bound = getattr(self, side)
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"{side}: must be a finite number, got {bound}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}: no value could pass")
+        if self.categories is not None:
+            if not self.categories:
+                raise ValueError("categories: empty, so no value could pass; list them or leave the key out")
+            _refuse_repeats("categories", self.categories)
+        return self
 
     @property
     def string_limit(self) -> int:
@@ -136,6 +161,7 @@ class EventSchema(BaseModel):
             wrong = [c for c in self.classes if not isinstance(c, kind) or (kind is int and isinstance(c, bool))]
             if wrong:
                 raise ValueError(f"classes: {wrong[0]!r} is not a {self.label_type} label")
+            _refuse_repeats("classes", self.classes)
         return self
 
 

@@ -437,10 +437,16 @@ def _store(redis_url: str | None) -> Any:
     from pydantic import SecretStr
 
     from streamwise.connectors.redis_state import open_state_store
+    from streamwise.core.errors import ConfigError
+    from streamwise.core.settings import redis_url_problem
 
     settings = Settings()
     redis = settings.redis
     if redis_url:
+        # model_copy does not validate: check the URL as RedisSettings would.
+        problem = redis_url_problem(redis_url)
+        if problem:
+            raise ConfigError(f"--redis-url: {problem}")
         redis = redis.model_copy(update={"url": SecretStr(redis_url)})
     # The CLI reads snapshots even where the service runs with them off.
     return open_state_store(redis, settings.snapshot.model_copy(update={"enabled": True}))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamwise.core.errors import ConfigError
-from streamwise.models.catalog import ModelSpec
+from streamwise.models.catalog import ModelSpec, build_estimator
 from streamwise.models.config import (
     ChampionConfig,
     DriftConfig,
@@ -27,6 +27,7 @@ from streamwise.models.config import (
 from streamwise.models.forecast import ForecastConfig
 from streamwise.models.prequential import make_metric
 from streamwise.models.rules import RuleError, RuleSet, RuleSpec
+from streamwise.models.scoreboard import metric_fits
 from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
 from streamwise.stream.schema import EventSchema
 
@@ -106,32 +107,78 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
-        self._check_forecast()
-        make_metric(self.metric)
-        if self.champion.metric is not None:
-            make_metric(self.champion.metric)
-        if self.input.labels_topic is not None and self.input.labels_topic == self.input.topic:
-            raise ValueError("input.labels_topic must differ from input.topic")
-        for spec in self.models:
+        # Every problem is collected with its key path, so one start shows them all and
+        # each line names the key to fix (not "<root>").
+        problems = self._check_forecast() + self._check_topics()
+        for loc, name in ((("metric",), self.metric), (("champion", "metric"), self.champion.metric)):
+            if name is not None:
+                try:
+                    make_metric(name)
+                except ValueError as e:
+                    problems.append((loc, str(e)))
+        for i, spec in enumerate(self.models):
             if spec.init_from is not None and spec.init_from.pipeline == self.name:
-                raise ValueError(f"models: {spec.name!r} init_from names this pipeline; name another one")
+                problems.append(
+                    (("models", i, "init_from", "pipeline"),
+                     f"{spec.name!r} init_from names this pipeline; name another one")
+                )
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
-        self._check_learning_extras()
-        problems = check_stream_steps(self.event_schema, self.cleaners, self.features) + self._check_rules()
+            problems.append((("models",), f"model names must be unique, repeated: {', '.join(dupes)}"))
+        problems += self._check_learning_extras()
+        problems += check_stream_steps(self.event_schema, self.cleaners, self.features) + self._check_rules()
+        if not any(loc[:1] in {("metric",), ("champion",)} for loc, _ in problems):
+            problems += self._check_metric_fits()
         if problems:
             # Raised as a ValidationError so each problem keeps its own key path.
             raise pydantic.ValidationError.from_exception_data(
                 "PipelineConfig",
                 [
-                    InitErrorDetails(type=PydanticCustomError("stream_step", "{reason}", {"reason": reason}),
+                    InitErrorDetails(type=PydanticCustomError("pipeline", "{reason}", {"reason": reason}),
                                      loc=loc, input=None)
                     for loc, reason in problems
                 ],
             )
         return self
+
+    def _check_topics(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Each topic has one role: the service reads its own predictions back as events,
+        or mixes dead letters into the predictions, if two roles share one."""
+        roles: list[tuple[tuple[str, ...], str]] = [
+            (("input", "topic"), self.input.topic),
+            (("input", "labels_topic"), self.input.labels_topic or ""),
+            (("output", "topic"), self.output.topic),
+            (("output", "dead_letter_topic"), self.dead_letter_topic),
+            (("output", "alerts_topic"), self.alerts_topic),
+            (("name",), self.learn_topic if self.scope == "global" else ""),
+        ]
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for j, (loc, topic) in enumerate(roles):
+            for earlier, other in roles[:j]:
+                if topic and topic == other:
+                    what = "the learn topic of scope: global" if loc == ("name",) else f"topic {topic!r}"
+                    problems.append((loc, f"{what} is also {_key_path(earlier)}; each topic has one role"))
+                    break
+        return problems
+
+    def _check_metric_fits(self) -> list[tuple[tuple[str | int, ...], str]]:
+        # Found here rather than when the first partition builds its models, which would
+        # be a traceback after the worker has joined the group.
+        if self.forecast is not None:
+            return []
+        wanted = [("metric", self.metric)]
+        if self.champion.metric is not None:
+            wanted.append(("champion.metric", self.champion.metric))
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, spec in enumerate(self.models):
+            estimator = build_estimator(spec.steps)
+            for key, name in wanted:
+                if not metric_fits(name, estimator):
+                    problems.append(
+                        (("models", i, "steps"), f"{key} {name} cannot score model {spec.name!r}'s predictions")
+                    )
+        return problems
 
     def _check_rules(self) -> list[tuple[tuple[str | int, ...], str]]:
         """(key path, reason) for each rule whose condition or outcome is wrong: every rule
@@ -164,44 +211,57 @@ class PipelineConfig(BaseModel):
         """The compiled rules (checked at load, so this does not fail)."""
         return RuleSet.compile(self.rules, *self._rule_inputs())
 
-    def _check_learning_extras(self) -> None:
+    def _check_learning_extras(self) -> list[tuple[tuple[str | int, ...], str]]:
         """``search`` and ``self_training`` where they can work (models/search.py,
-        models/self_training.py); the error names the model's key."""
+        models/self_training.py); each problem names the model's key."""
+        from streamwise.models.search import build_search
+
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         for i, spec in enumerate(self.models):
-            where = f"models[{i}]"
             if spec.search is not None:
                 if self.task not in ("classification", "regression"):
-                    raise ValueError(f"{where}.search: only for task classification or regression")
-                from streamwise.models.catalog import build_estimator
-                from streamwise.models.search import build_search
-
-                try:
-                    build_search(build_estimator(spec.steps), spec.search, self.metric)
-                except ValueError as e:
-                    raise ValueError(f"{where}.{e}") from None
+                    problems.append((("models", i, "search"), "only for task classification or regression"))
+                else:
+                    try:
+                        build_search(build_estimator(spec.steps), spec.search, self.metric)
+                    except ValueError as e:
+                        # The message starts with its key under the model ("search.space.x: ...").
+                        key, _, reason = str(e).partition(": ")
+                        if not key.startswith("search") or not reason:
+                            key, reason = "search", str(e)
+                        problems.append((("models", i, *key.split(".")), reason))
             if spec.self_training is not None:
                 if self.task != "classification":
-                    raise ValueError(f"{where}.self_training: only for task classification")
-                if self.input.labels_topic is not None:
-                    raise ValueError(
-                        f"{where}.self_training: needs inline labels; with input.labels_topic any event's label may"
-                        " still come (models/self_training.py)"
-                    )
+                    problems.append((("models", i, "self_training"), "only for task classification"))
+                elif self.input.labels_topic is not None:
+                    problems.append((
+                        ("models", i, "self_training"),
+                        "needs inline labels; with input.labels_topic any event's label may still come"
+                        " (models/self_training.py)",
+                    ))
+        return problems
 
-    def _check_forecast(self) -> None:
+    def _check_forecast(self) -> list[tuple[tuple[str | int, ...], str]]:
         if (self.task == "forecast") != (self.forecast is not None):
-            raise ValueError("task: forecast and a forecast: block go together")
+            return [(("forecast",), "task: forecast and a forecast: block go together")]
         if self.forecast is None:
-            return
+            return []
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         target = self.event_schema.features.get(self.forecast.target)
         if target is None or target.type not in ("float", "int"):
-            raise ValueError(f"forecast.target {self.forecast.target!r} must be a numeric feature of the schema")
+            problems.append(
+                (("forecast", "target"), f"{self.forecast.target!r} must be a numeric feature of the schema")
+            )
         if self.input.labels_topic is not None:
-            raise ValueError("a forecast learns from the series itself: no input.labels_topic")
+            problems.append((("input", "labels_topic"), "a forecast learns from the series itself: no labels topic"))
         from streamwise.models.forecast import ForecastModel
 
-        for spec in self.models:
-            ForecastModel(spec.name, spec.steps, self.forecast.metric)
+        for i, spec in enumerate(self.models):
+            try:
+                ForecastModel(spec.name, spec.steps, self.forecast.metric)
+            except ValueError as e:
+                problems.append((("models", i, "steps"), str(e)))
+        return problems
 
     @property
     def alerts_topic(self) -> str:
@@ -251,14 +311,44 @@ def parse_pipeline_config(data: Any, source: str = "pipeline") -> PipelineConfig
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error:
+    plain YAML keeps the last one silently, so a second ``models:`` or ``metric:`` would
+    quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" then overriding a key is what merges are for
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # unhashable: the base constructor says so
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read pipeline config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a pipeline config is YAML in UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        # One line: what is wrong and where, instead of PyYAML's excerpt of the file.
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML: {e.problem or e.context}{where}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return parse_pipeline_config(data, str(path))

@@ -20,7 +20,7 @@ from streamwise.checkpoint import Checkpoint
 from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Admin, Sink, Source, StateStore, TopicPartition
 from streamwise.connectors.redis_state import open_state_store
-from streamwise.core.errors import ConfigError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, ServiceUnavailableError, StreamwiseError
 from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
 from streamwise.core.settings import Settings
 from streamwise.models.prequential import peek
@@ -136,6 +136,7 @@ class Runner:
         one partition, so one worker of the group learns and the others stand by)."""
         cfg = self.config
         kafka = self.settings.kafka
+        check_pipeline_builds(cfg)
         store = self._store if self._store is not None else self._state_store()
         # A model's init_from source is read and checked first: a bad one stops the start
         # in one line, before anything is created or joined.
@@ -466,6 +467,28 @@ class StageLoop:
             if processor.champion != processor.reported_champion:
                 sensor.on_champion_change(processor.reported_champion, processor.champion, partition)
                 processor.reported_champion = processor.champion
+
+
+def check_pipeline_builds(config: PipelineConfig) -> None:
+    """Builds what each partition will build (steps, models, scoreboard, rules) once,
+    before any service is touched. The config's own checks catch what they know of; this
+    catches the rest, so a pipeline that cannot be built stops the start with one line
+    naming the model, instead of a traceback after the worker has joined its group."""
+    try:
+        PipelineProcessor(config)
+        return
+    except StreamwiseError:
+        raise
+    except Exception as whole:  # noqa: BLE001 - anything a River or torch constructor raises
+        # Which model? Build each alone; a failure none of them has alone is the pipeline's.
+        for i, spec in enumerate(config.models):
+            try:
+                PipelineProcessor(config.model_copy(update={"models": [spec]}))
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(
+                    f"pipeline {config.name}: models[{i}] ({spec.name}): cannot be built: {type(e).__name__}: {e}"
+                ) from None
+        raise ConfigError(f"pipeline {config.name}: cannot be built: {type(whole).__name__}: {whole}") from None
 
 
 def _partition_count(admin: Admin, topic: str) -> int:

@@ -1,0 +1,213 @@
+"""A pipeline config that cannot work is refused when it is loaded, in one line per
+problem, each naming the key to fix: never a traceback, never "<root>", and never a
+config that loads and then misbehaves (a topic with two roles, a key given twice)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamwise.core.errors import ConfigError
+from streamwise.core.settings import Settings, redis_url_problem
+from streamwise.pipeline_config import load_pipeline_config, parse_pipeline_config
+
+LR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
+
+
+def torch_with(**params: Any) -> dict[str, Any]:
+    return {"models": [{"name": "t", "steps": [{"streamwise.TorchMiniBatchClassifier": params}]}]}
+
+BASE: dict[str, Any] = {
+    "name": "p",
+    "input": {"topic": "events"},
+    "output": {"topic": "predictions"},
+    "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"a": "float", "c": "category"}},
+    "models": [{"name": "lr", "steps": LR}],
+}
+
+
+def refusal(changes: dict[str, Any]) -> str:
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = data
+        for part in path:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline_config(data, "p.yaml")
+    message = str(caught.value)
+    assert "<root>" not in message and "Traceback" not in message
+    return message
+
+
+def test_the_base_config_loads():
+    assert parse_pipeline_config(copy.deepcopy(BASE)).models[0].name == "lr"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # A River constructor that raises something other than TypeError on its parameters.
+        ({"models": [{"name": "bag", "steps": [{"ensemble.BaggingClassifier": {"model": "naive_bayes.GaussianNB"}}]}]},
+         "p.yaml: models[0].steps: ensemble.BaggingClassifier: AttributeError"),
+        # A metric the model cannot be scored by.
+        ({"metric": "MAE"}, "p.yaml: models[0].steps: metric MAE cannot score model 'lr'"),
+        ({"champion.metric": "RMSE"}, "p.yaml: models[0].steps: champion.metric RMSE cannot score model 'lr'"),
+        ({"metric": "Acuracy"}, "p.yaml: metric: unknown River metric 'Acuracy'"),
+        # The torch learner's parameters, checked when it is built.
+        (torch_with(hidden_layers=[8, 0]),
+         "p.yaml: models[0].steps: streamwise.TorchMiniBatchClassifier: hidden_layers: every layer needs at least one"),
+        (torch_with(lr=-1),
+         "lr must be a positive number, got -1"),
+        (torch_with(warm_start="/no/such.pt"),
+         "warm_start: no file at /no/such.pt"),
+        # No machine has a hundredth GPU: refused with or without one.
+        (torch_with(device="cuda:99"),
+         "device 'cuda:99'"),
+        (torch_with(device="cuda:x"),
+         "device must be auto, cpu, cuda or cuda:<index>"),
+        # Schema bounds and lists that no value could pass, or that say a thing twice.
+        ({"schema.features.a": {"type": "float", "min": float("nan")}},
+         "p.yaml: schema.features.a: min: must be a finite number"),
+        ({"schema.features.a": {"type": "int", "max": float("inf")}},
+         "p.yaml: schema.features.a: max: must be a finite number"),
+        ({"schema.features.a": {"type": "float", "min": 5, "max": 1}},
+         "p.yaml: schema.features.a: min 5.0 is above max 1.0"),
+        ({"schema.features.c": {"type": "category", "categories": ["x", "y", "x"]}},
+         "p.yaml: schema.features.c: categories: 'x' is listed twice"),
+        ({"schema.features.c": {"type": "category", "categories": []}}, "schema.features.c: categories: empty"),
+        ({"schema.classes": [True, False, True]}, "p.yaml: schema: classes: True is listed twice"),
+        # Whole-config checks name their key.
+        ({"models": [{"name": "lr", "steps": LR}, {"name": "lr", "steps": LR}]},
+         "p.yaml: models: model names must be unique, repeated: lr"),
+        ({"models.0.init_from": {"pipeline": "p", "model": "lr"}},
+         "p.yaml: models[0].init_from.pipeline: 'lr' init_from names this pipeline"),
+        ({"task": "forecast"}, "p.yaml: forecast: task: forecast and a forecast: block go together"),
+    ],
+)
+def test_a_config_that_cannot_work_is_one_line_naming_its_key(changes, expected):
+    assert expected in refusal(changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"output.topic": "events"},
+         "p.yaml: output.topic: topic 'events' is also input.topic; each topic has one role"),
+        ({"input.labels_topic": "events"}, "p.yaml: input.labels_topic: topic 'events' is also input.topic"),
+        ({"output.dead_letter_topic": "predictions"},
+         "p.yaml: output.dead_letter_topic: topic 'predictions' is also output.topic"),
+        ({"output.alerts_topic": "events.dlq"},
+         "p.yaml: output.alerts_topic: topic 'events.dlq' is also output.dead_letter_topic"),
+        ({"input.labels_topic": "predictions"}, "p.yaml: output.topic: topic 'predictions' is also input.labels_topic"),
+        ({"output.topic": "p.learn"}, "p.yaml: name: the learn topic of scope: global is also output.topic"),
+    ],
+)
+def test_one_topic_in_two_roles_is_refused(changes, expected):
+    assert expected in refusal(changes)
+
+
+def test_the_learn_topic_name_is_free_with_scope_partition():
+    data = copy.deepcopy(BASE)
+    data["scope"] = "partition"
+    data["output"]["topic"] = "p.learn"
+    assert parse_pipeline_config(data).output.topic == "p.learn"
+
+
+def test_every_problem_is_reported_at_once():
+    own = {"pipeline": "p", "model": "lr"}
+    message = refusal({"metric": "MAE", "output.topic": "events", "models.0.init_from": own})
+    assert len(message.splitlines()) == 3, message
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 9\)"):
+        load_pipeline_config(path)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: p\ninput: {topic: events}\noutput: {topic: predictions}\nmetric: Accuracy\nmetric: F1\n")
+    expected = r"twice\.yaml: not valid YAML: key 'metric' is given twice at line 5, column 1$"
+    with pytest.raises(ConfigError, match=expected):
+        load_pipeline_config(path)
+
+
+def test_a_yaml_merge_may_override_a_merged_key(tmp_path: Path):
+    import yaml
+
+    path = tmp_path / "merge.yaml"
+    data = copy.deepcopy(BASE)
+    data["input"] = {"<<": {"topic": "base", "group_id": "g"}, "topic": "events"}
+    text = yaml.safe_dump(data).replace("'<<':", "<<:")
+    path.write_text(text)
+    config = load_pipeline_config(path)
+    assert (config.input.topic, config.input.group_id) == ("events", "g")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", None),
+        ("rediss://user:pw@cache.example.com:6380", None),
+        ("unix:///run/redis.sock?db=2", None),
+        ("notaurl", "not a Redis URL: no scheme"),
+        ("http://127.0.0.1:6379", "not a Redis URL: http://"),
+        ("redis://", "redis:// needs a host"),
+        ("redis://host:port/0", "not a Redis URL (Port could not be cast"),
+        ("redis://host:6379/zero", "the database after the host must be a number, got 'zero'"),
+        ("unix://", "unix:// needs the socket's path"),
+    ],
+)
+def test_a_redis_url_is_checked_without_showing_it(url, expected):
+    problem = redis_url_problem(url)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected)
+        assert "pw@" not in problem
+
+
+def test_a_bad_redis_url_in_the_environment_is_one_line(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("STREAMWISE_REDIS__URL", "redis://:s3cret@/0")
+    with pytest.raises(ConfigError) as caught:
+        Settings()
+    assert "redis.url" in str(caught.value) and "needs a host" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_the_snapshots_command_refuses_a_bad_redis_url_in_one_line():
+    from streamwise.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["snapshots", "list", "--pipeline", "p", "--redis-url", "localhost:6379"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--redis-url: not a Redis URL" in lines[0], result.output
+
+
+def test_a_pipeline_that_cannot_be_built_stops_the_runner_before_any_service():
+    """A config made in code skips the loader's checks (model_copy does not validate):
+    the runner builds the pipeline once before it touches Kafka or Redis, and names the
+    model that fails."""
+    from streamwise.runner import Runner, check_pipeline_builds
+
+    good = copy.deepcopy(BASE)
+    good["models"].append({"name": "bayes", "steps": ["naive_bayes.GaussianNB"]})
+    config = parse_pipeline_config(good)
+    check_pipeline_builds(config)  # the valid config builds
+    broken = config.model_copy(update={"metric": "MAE"})
+    with pytest.raises(ConfigError, match=r"^pipeline p: models\[0\] \(lr\): cannot be built: ValueError: metric MAE"):
+        check_pipeline_builds(broken)
+    # Nothing listens on port 9: were a service touched first, this would be a
+    # ServiceUnavailableError about Kafka or Redis instead.
+    settings = Settings.model_validate(
+        {"kafka": {"bootstrap_servers": "127.0.0.1:9"}, "redis": {"url": "redis://127.0.0.1:9/0"}}
+    )
+    with pytest.raises(ConfigError, match="cannot be built"):
+        Runner(broken, settings).run(until_idle_s=0.1)
