@@ -36,11 +36,48 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"]
 
 
+def bootstrap_servers_problem(servers: str) -> str | None:
+    """Why ``servers`` is not a comma-separated list of ``host[:port]``, or None. Both
+    clients would otherwise take an empty or malformed list and retry it forever.
+
+    Examples
+    --------
+    >>> bootstrap_servers_problem("b1:9092, b2:9092,[::1]:9093,broker") is None
+    True
+    >>> bootstrap_servers_problem("b1:90x2")
+    "'b1:90x2': the port must be a number from 1 to 65535"
+    """
+    entries = [e.strip() for e in servers.split(",")]
+    if not any(entries):
+        return "empty; give host:port[,host:port]"
+    for entry in entries:
+        if not entry:
+            return "an empty entry between commas"
+        hostport = entry.split("://", 1)[-1]  # a listener name prefix, e.g. SASL_SSL://
+        host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+        if not sep:
+            host, port = hostport, ""
+        if not host or host in {"[", "[]"}:
+            return f"{entry!r}: no host"
+        if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return f"{entry!r}: the port must be a number from 1 to 65535"
+    return None
+
+
 class KafkaSettings(BaseModel):
     # A misspelt key in a dict or YAML is an error, as a misspelt env var is (Settings).
     model_config = ConfigDict(extra="forbid")
 
     bootstrap_servers: str = "127.0.0.1:9092"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, servers: str) -> str:
+        problem = bootstrap_servers_problem(servers)
+        if problem:
+            raise ValueError(problem)
+        return servers
+
     # Which Kafka client library the connectors use (env STREAMWISE_KAFKA__CLIENT).
     # kafka-python is pure Python; confluent (librdkafka) costs far less CPU per record.
     client: Literal["kafka-python", "confluent"] = "kafka-python"

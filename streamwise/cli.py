@@ -46,8 +46,15 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO l
 
 
 def _settings(bootstrap_servers: str | None) -> Settings:
+    from streamwise.core.errors import ConfigError
+    from streamwise.core.settings import bootstrap_servers_problem
+
     settings = Settings()
-    if bootstrap_servers:
+    if bootstrap_servers is not None:
+        # model_copy does not validate: check the option as KafkaSettings would.
+        problem = bootstrap_servers_problem(bootstrap_servers)
+        if problem:
+            raise ConfigError(f"--bootstrap-servers: {problem}")
         settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap_servers})
     return settings
 
@@ -153,6 +160,14 @@ def run(
             typer.echo("scope: partition: each input partition runs every step and its own replica of every model")
         return
     if workers > 1:
+        # Checked once here, so that a bad config or setting is one line, not one per worker.
+        from streamwise.runner import check_pipeline_builds
+
+        try:
+            _settings(bootstrap_servers)
+            check_pipeline_builds(load_pipeline_config(config))
+        except StreamwiseError as e:
+            raise _fail(e) from None
         raise typer.Exit(_run_workers(workers, sys.argv[1:]))
     try:
         pipeline = load_pipeline_config(config)

@@ -211,3 +211,34 @@ def test_a_pipeline_that_cannot_be_built_stops_the_runner_before_any_service():
     )
     with pytest.raises(ConfigError, match="cannot be built"):
         Runner(broken, settings).run(until_idle_s=0.1)
+
+
+@pytest.mark.parametrize(
+    ("servers", "expected"),
+    [("", "empty"), (" , ", "empty"), ("b1:9092,,b2:9092", "an empty entry"), (":9092", "no host"),
+     ("b1:port", "'b1:port': the port must be a number"), ("b1:70000", "from 1 to 65535")],
+)
+def test_bootstrap_servers_that_cannot_be_reached_are_refused(monkeypatch: pytest.MonkeyPatch, servers, expected):
+    monkeypatch.setenv("STREAMWISE_KAFKA__BOOTSTRAP_SERVERS", servers)
+    with pytest.raises(ConfigError, match=rf"kafka\.bootstrap_servers.*{expected}"):
+        Settings()
+
+
+def test_a_bad_config_with_several_workers_is_one_line(tmp_path: Path):
+    """Checked by the parent before it starts the workers, not once by each."""
+    from streamwise.cli import app
+    from typer.testing import CliRunner
+
+    path = tmp_path / "bad.yaml"
+    data = copy.deepcopy(BASE)
+    data["metric"] = "MAE"
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "--workers", "2"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "models[0].steps: metric MAE cannot score model 'lr'" in lines[0]
+    path.write_text(yaml.safe_dump(BASE))
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "--bootstrap-servers", "b1:x"])
+    assert result.exit_code == 2 and "--bootstrap-servers: 'b1:x': the port must be a number" in result.output
