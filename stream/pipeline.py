@@ -669,7 +669,14 @@ def check_stream_steps(schema: EventSchema, cleaners: Sequence[Any], features: S
     for section, steps in (("cleaners", cleaners), ("features", features)):
         for i, step in enumerate(steps):
             step.check(c, (section, i))
-            c.available.update(step.outputs(c))
+            added = step.outputs(c)
+            # A name written twice means the later step silently replaces the earlier
+            # value (or a field of the event) for every model: refused, with the names.
+            clash = sorted(added & c.available)
+            if clash:
+                shown = ", ".join(map(repr, clash[:5])) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+                c.problem((section, i), f"writes {shown}, already a field of the event or of an earlier step; rename it")
+            c.available.update(added)
     return c.problems
 
 

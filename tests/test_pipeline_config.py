@@ -242,3 +242,18 @@ def test_a_bad_config_with_several_workers_is_one_line(tmp_path: Path):
     path.write_text(yaml.safe_dump(BASE))
     result = CliRunner().invoke(app, ["run", "--config", str(path), "--bootstrap-servers", "b1:x"])
     assert result.exit_code == 2 and "--bootstrap-servers: 'b1:x': the port must be a number" in result.output
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        # A ratio named after a field of the event would replace it for every model.
+        ([{"kind": "ratio", "numerator": "a", "denominator": "a", "name": "a"}],
+         "p.yaml: features[0]: writes 'a', already a field of the event or of an earlier step"),
+        # The same one-hot twice writes each of its columns twice.
+        ([{"kind": "one_hot", "fields": ["c"]}, {"kind": "one_hot", "fields": ["c"]}],
+         "p.yaml: features[1]: writes 'c=__other__'"),
+    ],
+)
+def test_a_feature_name_written_twice_is_refused(features, expected):
+    assert expected in refusal({"features": features})
