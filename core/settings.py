@@ -194,7 +194,7 @@ class KafkaSettings(BaseModel):
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def redis_url_problem(url: str) -> str | None:
+def redis_url_problem(url: str, need_host: bool = True) -> str | None:
     """Why ``url`` cannot be a Redis URL, or None. Checked at start, so a typo is one
     line naming the key rather than redis-py's traceback on first use. The URL itself is
     never quoted: it may carry a password."""
@@ -210,7 +210,8 @@ def redis_url_problem(url: str) -> str | None:
         return f"not a Redis URL: {given}; use redis://host:port/db, rediss:// (TLS) or unix:///path"
     if parts.scheme == "unix":
         return None if parts.path else "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
-    if not parts.hostname:
+    if not parts.hostname and need_host:
+        # With Sentinel the host comes from the sentinels; the URL gives scheme and db.
         return f"{parts.scheme}:// needs a host, e.g. {parts.scheme}://127.0.0.1:6379/0"
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
@@ -243,16 +244,11 @@ class RedisSettings(BaseModel):
     # Short: a Redis outage must be noticed (and the partition paused) promptly.
     socket_timeout_s: float = Field(2.0, gt=0)
 
-    @field_validator("url")
-    @classmethod
-    def _a_redis_url(cls, url: SecretStr) -> SecretStr:
-        problem = redis_url_problem(url.get_secret_value())
-        if problem:
-            raise ValueError(problem)
-        return url
-
     @model_validator(mode="after")
     def _consistent(self) -> RedisSettings:
+        problem = redis_url_problem(self.url.get_secret_value(), need_host=not self.sentinels)
+        if problem:
+            raise ValueError(f"url: {problem}")
         if bool(self.sentinels) != bool(self.sentinel_master):
             raise ValueError("sentinels, sentinel_master: Sentinel needs both the sentinels and the master's name")
         if (self.ssl_cert_file is None) != (self.ssl_key_file is None):

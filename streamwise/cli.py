@@ -459,7 +459,7 @@ def _store(redis_url: str | None) -> Any:
     redis = settings.redis
     if redis_url:
         # model_copy does not validate: check the URL as RedisSettings would.
-        problem = redis_url_problem(redis_url)
+        problem = redis_url_problem(redis_url, need_host=not redis.sentinels)
         if problem:
             raise ConfigError(f"--redis-url: {problem}")
         redis = redis.model_copy(update={"url": SecretStr(redis_url)})

@@ -181,6 +181,15 @@ def test_a_bad_redis_url_in_the_environment_is_one_line(monkeypatch: pytest.Monk
     assert "s3cret" not in str(caught.value)
 
 
+def test_with_sentinel_the_redis_url_needs_no_host():
+    from streamwise.core.settings import RedisSettings
+
+    sentinel = {"sentinels": ["127.0.0.1:26379"], "sentinel_master": "streamwise"}
+    assert RedisSettings(url="rediss:///0", **sentinel).sentinels == ["127.0.0.1:26379"]
+    with pytest.raises(ValueError, match="redis:// needs a host"):
+        RedisSettings(url="redis:///0")
+
+
 def test_the_snapshots_command_refuses_a_bad_redis_url_in_one_line():
     from streamwise.cli import app
     from typer.testing import CliRunner
