@@ -69,6 +69,15 @@ def _logging(verbose: bool) -> None:
         logging.getLogger("kafka").setLevel(logging.ERROR)
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    # `kill -USR1 <pid>` writes every thread's stack to stderr and the worker goes on:
+    # where a worker that looks stuck is waiting, without stopping it (Java's SIGQUIT).
+    import faulthandler
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+
+
 def _fail(e: StreamwiseError) -> typer.Exit:
     typer.echo(f"streamwise: {e}", err=True)
     return typer.Exit(2)
@@ -159,6 +168,7 @@ def run(
         else:
             typer.echo("scope: partition: each input partition runs every step and its own replica of every model")
         return
+    _dump_stacks_on_sigusr1()
     if workers > 1:
         # Checked once here, so that a bad config or setting is one line, not one per worker.
         from streamwise.runner import check_pipeline_builds
