@@ -74,8 +74,14 @@ def _dump_stacks_on_sigusr1() -> None:
     # where a worker that looks stuck is waiting, without stopping it (Java's SIGQUIT).
     import faulthandler
 
-    if hasattr(signal, "SIGUSR1"):
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    try:
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    except (ValueError, OSError, AttributeError):
+        # A stderr without a file descriptor (an embedding or a test runner capturing it):
+        # nothing to write the stacks to, and nothing else depends on it.
+        pass
 
 
 def _fail(e: StreamwiseError) -> typer.Exit:
