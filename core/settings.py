@@ -202,7 +202,7 @@ def redis_url_problem(url: str, need_host: bool = True) -> str | None:
 
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - reading it raises ValueError for a port that is not a number
     except ValueError as e:
         return f"not a Redis URL ({e})"
     if parts.scheme not in _REDIS_SCHEMES:
@@ -216,7 +216,6 @@ def redis_url_problem(url: str, need_host: bool = True) -> str | None:
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         return f"the database after the host must be a number, got {db!r}"
-    del port  # parsed only so that a port that is not a number fails here
     return None
 
 
@@ -429,6 +428,19 @@ def _one_line(e: ValidationError) -> str:
     else:
         msg = f"{where}: {msg}" if where else msg
     return msg + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+def with_changes(section: BaseModel, option: str, **changes: Any) -> Any:
+    """``section`` (e.g. ``settings.kafka``) with ``changes`` from a command-line option,
+    validated as the settings themselves are (``model_copy`` validates nothing); a
+    :class:`ConfigError` names ``option``, e.g. ``--bootstrap-servers: ...``."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as e:
+        line = _one_line(e)
+        for key in changes:  # the option already names the key
+            line = line.removeprefix(f"{key}: ")
+        raise ConfigError(f"{option}: {line}") from None
 
 
 class Settings(BaseSettings):

@@ -46,16 +46,11 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO l
 
 
 def _settings(bootstrap_servers: str | None) -> Settings:
-    from streamwise.core.errors import ConfigError
-    from streamwise.core.settings import bootstrap_servers_problem
+    from streamwise.core.settings import with_changes
 
     settings = Settings()
     if bootstrap_servers is not None:
-        # model_copy does not validate: check the option as KafkaSettings would.
-        problem = bootstrap_servers_problem(bootstrap_servers)
-        if problem:
-            raise ConfigError(f"--bootstrap-servers: {problem}")
-        settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap_servers})
+        settings.kafka = with_changes(settings.kafka, "--bootstrap-servers", bootstrap_servers=bootstrap_servers)
     return settings
 
 
@@ -465,20 +460,13 @@ RedisOpt = Annotated[
 
 
 def _store(redis_url: str | None) -> Any:
-    from pydantic import SecretStr
-
     from streamwise.connectors.redis_state import open_state_store
-    from streamwise.core.errors import ConfigError
-    from streamwise.core.settings import redis_url_problem
+    from streamwise.core.settings import with_changes
 
     settings = Settings()
     redis = settings.redis
     if redis_url:
-        # model_copy does not validate: check the URL as RedisSettings would.
-        problem = redis_url_problem(redis_url, need_host=not redis.sentinels)
-        if problem:
-            raise ConfigError(f"--redis-url: {problem}")
-        redis = redis.model_copy(update={"url": SecretStr(redis_url)})
+        redis = with_changes(redis, "--redis-url", url=redis_url)
     # The CLI reads snapshots even where the service runs with them off.
     return open_state_store(redis, settings.snapshot.model_copy(update={"enabled": True}))
 
