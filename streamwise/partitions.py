@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,9 +84,13 @@ class PartitionState:
     paused: bool = False
     replayed: int = 0
     # The newest snapshot this worker restored or wrote under its claim (payload and
-    # SnapshotInfo): a rewind while the store is down restores from it (see
+    # SnapshotInfo): a restore while the store is down starts from it (see
     # PartitionStates._restore_locally). It costs one encoded state of memory per partition.
     saved: tuple[bytes, Any] | None = None
+    # Restored without any snapshot (none in the store, none named by Kafka, no warm
+    # start): until the first one is written, an empty state re-learning from offset 0
+    # is this partition's restore, which needs no store either.
+    from_scratch: bool = False
 
 
 def _behind(committed: Mapping[TopicPartition, int | None], snapshot: Mapping[TopicPartition, int]) -> dict[Any, Any]:
@@ -170,8 +174,9 @@ class PartitionStates:
         self.waiting: dict[int, Waiting] = {}
         # Partitions this worker gave up, kept for the run's summary and for tests.
         self.retired: dict[int, PartitionState] = {}
-        # Rewound partitions restored from this worker's own snapshot while the store was down.
-        self.local_restores = 0
+        # Per partition, how often it was restored from what this worker kept in memory
+        # while the store was down (_restore_locally).
+        self.local_restores: Counter[int] = Counter()
         self.health = StoreHealth()
         self._quiet = Sensor()
         self._assigned: list[TopicPartition] = []
@@ -236,9 +241,10 @@ class PartitionStates:
             if st is None:
                 continue
             self.retired[p] = st
-            if snapshot and st.unsnapshotted:
+            # Not while the store is known to be down: a socket timeout per partition
+            # given up would hold the rebalance (and this worker's heartbeat) back.
+            if snapshot and st.unsnapshotted and self.health.available():
                 self._save(st)
-            st.saved = None  # only a rewound partition restores from it
 
     def rewind(self, partitions: Sequence[int]) -> None:
         """Forgets the in-memory state of these partitions, after a batch whose outputs
@@ -270,7 +276,8 @@ class PartitionStates:
                 self._attach(self.states[p], group)
                 continue
             pending = self.waiting.pop(p, None)
-            self.retired.pop(p, None)
+            # What this worker held of it before stays in self.retired: while the store is
+            # down, a partition that comes back restores from it (_restore_locally).
             group = sorted(set(group) | set(pending.tps if pending else ()))
             self._restore_or_wait(p, group, pending)
 
@@ -354,6 +361,8 @@ class PartitionStates:
                 st.epoch = processor.epoch = snap.info.epoch
                 st.saved = (snap.payload, snap.info)
                 log.info("partition %s restored from snapshot epoch %s at %s", p, snap.info.epoch, offsets)
+            else:
+                st.from_scratch = not self.transfers
             # Read again, now that the claim is taken: the first read can be stale. A
             # worker stopped (SIGSTOP, a long pause) inside it got, on waking, the answer
             # from before its stop, while another worker had taken the partition over,
@@ -382,32 +391,46 @@ class PartitionStates:
         self.source.resume(tps)
 
     def _restore_locally(self, p: int, tps: list[TopicPartition]) -> bool:
-        """A rewound partition, while the store is down: restored from the newest snapshot
-        this worker wrote or restored itself, kept in memory, rather than held until the
-        store is back. That snapshot is the store's newest unless another worker claimed
-        the partition since; then this worker is a zombie whose commits Kafka refuses
-        (and Source.in_group holds them on kafka-python), and whose next snapshot the
-        store refuses, which drops the state again. Not for a partition just assigned:
-        take_on forgets what this worker held before, as another may have moved it on."""
+        """While the store is down: restores a partition this worker held before (rewound
+        after a failed commit, or given back to it by the group) from the restore point it
+        keeps in memory, rather than holding it until the store is back. That point is
+        the newest snapshot this worker restored or wrote (``saved``), or, for a partition
+        never snapshotted, an empty state (``from_scratch``); either way the restore goes
+        as one from the store does: re-learn from the point's offsets to Kafka's committed
+        ones, write from there on. What another worker did meanwhile is thus re-learned
+        from the log, and the point is refused when it cannot be the newest one: when
+        Kafka's committed offsets are behind it, or their marker names a later snapshot
+        epoch (another worker snapshotted the partition since). A snapshot written by
+        another worker whose epoch Kafka has not heard of yet is older than the committed
+        offsets, so re-learning past it ends in the same state; that worker's newer claim
+        then refuses this worker's next snapshot, which drops the state and restores it
+        from the store (PartitionStates.fenced). A zombie (out of its group without
+        knowing) commits nothing: Kafka refuses its offsets, Source.in_group holds them."""
         old = self.retired.get(p)
-        if old is None or old.saved is None:
+        if old is None or (old.saved is None and not old.from_scratch):
             return False
-        payload, info = old.saved
+        payload, info = old.saved if old.saved is not None else (None, None)
+        since = info.offsets_by_tp() if info is not None else {}
+        epoch = info.epoch if info is not None else 0
         try:
             committed = self.source.committed(tps)
+            named = max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
         except ServiceUnavailableError:
             return False
-        if _behind(committed, info.offsets_by_tp()):
-            return False  # not the committed state this copy was taken from: wait for the store
+        if named > epoch or _behind(committed, since):
+            return False  # not the newest restore point: wait for the store
         processor = self.make_processor(self.sensor)
-        processor.restore_state(decode_state(payload))
-        st = PartitionState(p, processor, emit_from={}, positions={}, owner=old.owner, saved=old.saved)
-        st.epoch = processor.epoch = info.epoch
-        self._start_at(st, tps, info.offsets_by_tp(), committed)
+        if payload is not None:
+            processor.restore_state(decode_state(payload))
+        st = PartitionState(p, processor, emit_from={}, positions={}, owner=old.owner, saved=old.saved,
+                            from_scratch=old.from_scratch)
+        st.epoch = processor.epoch = epoch
+        self._start_at(st, tps, since, committed)
         self.waiting.pop(p, None)
         self.states[p] = st
-        self.local_restores += 1
-        log.warning("partition %s restored from its snapshot epoch %s kept in memory (store down)", p, info.epoch)
+        self.local_restores[p] += 1
+        where = f"its snapshot epoch {epoch} kept in memory" if payload is not None else "an empty state (never snapshotted)"
+        log.warning("partition %s restored from %s while the store is down", p, where)
         return True
 
     def _warm_start(self, p: int, processor: PipelineProcessor) -> None:

@@ -776,18 +776,22 @@ class MemorySource:
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self.broker._join(self)
 
-    def _rebalance_news(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
+    def _rebalance_news(self) -> tuple[list[TopicPartition], list[TopicPartition], bool]:
+        """(revoked, assigned, dropped): ``dropped`` when this poll tells an expired member it was
+        dropped. It loses everything, and joins again only once its revocation callback
+        has returned (poll): joined before, it could be granted a partition it is still
+        giving up, and its release would then take that grant back from the group."""
         broker = self.broker
+        told = False
         with broker._lock:
             if self._expired and self._told_in_polls > 0:
                 self._told_in_polls -= 1
             elif self._expired:
-                # Told at last that the group dropped it: everything is lost; join again.
                 self._expired = False
                 self._lost = False
                 self._to_revoke = set(self._assigned)
                 self._to_assign = set()
-                self.broker._join(self)
+                told = True
             revoked = sorted(self._to_revoke & self._assigned)
             assigned = sorted(self._to_assign)
             self._to_revoke, self._to_assign = set(), set()
@@ -802,17 +806,21 @@ class MemorySource:
                 self._paused.discard(tp)
             if not self._lost:
                 self.generation = group.generation
-        return revoked, assigned
+        return revoked, assigned, told
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         self.faults.before("poll")
         broker = self.broker
-        revoked, assigned = self._rebalance_news()
+        revoked, assigned, dropped = self._rebalance_news()
         if revoked:
             if self._on_revoked:
                 self._on_revoked(revoked)
             # The callback has returned: the group goes on and gives them to others.
             broker._release(self, set(revoked))
+        if dropped:
+            broker._join(self)  # what it is granted comes with the next poll
+            with broker._lock:
+                self.generation = broker.group(self.group_id).generation
         if assigned and self._on_assigned:
             self._on_assigned(assigned)
         deadline = time.monotonic() + timeout_ms / 1000.0

@@ -238,22 +238,24 @@ class PredictionTimes(Sensor):
         self.times += [time.monotonic()] * len(latencies)
 
 
+@pytest.mark.parametrize("down_at_save", [3, 1], ids=["after-snapshots", "before-any-snapshot"])
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_a_delivery_error_while_the_store_is_down_rewinds_from_memory_without_waiting(guarantee, reference):
-    # The store goes down for 3 s at the third snapshot; a commit fails meanwhile, which
-    # rewinds every partition to its newest snapshot. That snapshot is this worker's own,
-    # still in memory: the partitions restore from it at once and the stream goes on,
-    # instead of waiting for the store (the rest of the stream takes well under 3 s).
+def test_a_delivery_error_while_the_store_is_down_rewinds_from_memory_without_waiting(guarantee, down_at_save, reference):
+    # The store goes down for 3 s at a snapshot; a commit fails meanwhile, which rewinds
+    # every partition to its newest snapshot. That snapshot is this worker's own, still in
+    # memory (or, down at the first one, there is none: the partition re-learns from
+    # offset 0, as its restore from the store would): the partitions restore at once and
+    # the stream goes on, instead of waiting for the store (the rest takes well under 3 s).
     cfg = _config()
     broker, store = _broker(), MemoryStateStore()
     faulted, written = Faulted(), PredictionTimes()
     at = "commit_transaction" if guarantee == "exactly_once" else "commit"
-    faults = Faults(StoreDownAt("save", n=3, seconds=3.0), DeliveryErrorAt(at, n=13))
+    faults = Faults(StoreDownAt("save", n=down_at_save, seconds=3.0), DeliveryErrorAt(at, n=13))
     settings = _settings(guarantee, max_unsnapshotted_events=10_000)
     runner = memory_runner(cfg, settings, broker, store, faults, sensors=[faulted, written])
     runner.run(until_idle_s=IDLE_S)
-    assert faults.fired == ["StoreDownAt at save #3", f"delivery error at {at} #13"]
-    assert faulted.faults["commit"] == 1 and runner.partitions.local_restores >= 1
+    assert faults.fired == [f"StoreDownAt at save #{down_at_save}", f"delivery error at {at} #13"]
+    assert faulted.faults["commit"] == 1 and runner.partitions.local_restores.total() >= 1
     store_back = store._data.down_until
     assert max(written.times) < store_back - 1.0, "the rewound partitions waited for the store"
     # The stop could not snapshot: the store was still down. A restart once it is back
@@ -262,6 +264,81 @@ def test_a_delivery_error_while_the_store_is_down_rewinds_from_memory_without_wa
     runner = memory_runner(cfg, settings, broker, store, Faults())
     runner.run(until_idle_s=IDLE_S)
     _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
+
+
+def _wait_for(what: str, check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("b_snapshots", [False, True], ids=["no-newer-snapshot", "b-snapshotted-since"])
+def test_a_partition_given_back_while_the_store_is_down_restores_from_memory(b_snapshots, reference):
+    # a holds both partitions, then b joins and takes partition 1. The store goes down;
+    # the group drops b, so partition 1 goes back to a, and to b again once b has joined
+    # anew. Neither can read a snapshot: each restores from what it kept in memory of
+    # partition 1 (its newest snapshot of it, or an empty state where it never had one)
+    # and re-learns what the other committed since, so partition 1 is served all through
+    # the outage, and nothing is written twice or differs from an uncrashed run. Unless
+    # b snapshotted partition 1 after a gave it up: then a's copy is not the newest
+    # (Kafka's committed offsets name b's epoch) and a waits for the store; b's is.
+    cfg = _config()
+    broker, store = MemoryBroker(), MemoryStateStore()
+    broker.create_topic("phishing.events", partitions=PARTITIONS)
+    events = list(iter_events("Phishing", limit=N_EVENTS))
+
+    def publish(first: int, end: int) -> None:
+        # The timestamps _broker() gives them (its clock also stamps the outputs, which
+        # here come between the two halves): event time is part of the learned state.
+        for i in range(first, end):
+            key, value = events[i]
+            broker.produce("phishing.events", value, key=key, timestamp_ms=1_700_000_000_000 + i)
+
+    def epoch_named_for_partition_1() -> int:
+        committed = broker.group(cfg.group_id).committed.get(("phishing.events", 1))
+        return epoch_of_marker(committed[1]) if committed else 0
+
+    publish(0, 200)
+    settings = _settings(max_unsnapshotted_events=10_000)
+    settings.snapshot.every_events = 30 if b_snapshots else 10_000
+    written = PredictionTimes()
+    a = memory_runner(cfg, settings, broker, store, worker_index=0)
+    b = memory_runner(cfg, settings, broker, store, worker_index=1, sensors=[written])
+    errors: list[BaseException] = []
+    threads = [_start(a, errors)]
+    _wait_for("a committed 100 events", lambda: sum(broker.committed(cfg.group_id).values()) >= 100)
+    threads.append(_start(b, errors))
+    _wait_for("b restored partition 1", lambda: 1 in b.partitions.states)
+    publish(200, 300)  # b's first events of partition 1: enough for a snapshot every 30
+    if b_snapshots:
+        restored = b.partitions.states[1].epoch
+
+        def b_snapshotted() -> bool:
+            st = b.partitions.states.get(1)
+            return st is not None and epoch_named_for_partition_1() >= st.epoch > restored
+
+        _wait_for("b snapshotted partition 1 and Kafka names that epoch", b_snapshotted)
+    store.go_down(4.0)
+    down_at, store_back = time.monotonic(), store._data.down_until
+    broker.expire(b._source)
+    publish(300, N_EVENTS)
+    _wait_for("every event written", lambda: len(_outputs(broker, cfg.output.topic)) >= N_EVENTS, timeout_s=3.0)
+    served_at = time.monotonic()
+    _join(*threads)
+    assert errors == []
+    assert served_at < store_back, "the partitions given back waited for the store"
+    assert b.partitions.local_restores[1] >= 1
+    if b_snapshots:
+        assert a.partitions.local_restores[1] == 0, "a restored partition 1 from a copy older than b's snapshot"
+    assert any(down_at < t < store_back for t in written.times), "b wrote nothing after joining anew"
+    # The stops could not snapshot: the store was still down. A restart once it is back
+    # re-learns from the newest snapshots to the committed offsets and writes nothing.
+    time.sleep(max(0.0, store_back - time.monotonic()))
+    runner = memory_runner(cfg, settings, broker, store, worker_index=2)
+    runner.run(until_idle_s=IDLE_S)
+    _assert_like_reference(broker, store, runner, reference)
+    assert broker.offsets_went_back(cfg.group_id) == []
 
 
 @pytest.mark.parametrize(
