@@ -177,6 +177,10 @@ class KafkaPythonSource:
         # answered every TxnOffsetCommit "unknown member" for minutes while kafka-python
         # neither heartbeated that news nor joined again. A new consumer does.
         log.warning("the group does not count this consumer as a member (%s); joining again", why)
+        config = self._config
+        # Built first: where no broker answers, this raises ServiceUnavailableError with
+        # the old consumer still in place, and the caller tries again later.
+        fresh = _connect(self._settings, lambda: KafkaConsumer(**config))
         listener = self._listener
         lost = self._consumer.assignment()
         if listener is not None and lost:
@@ -186,8 +190,7 @@ class KafkaPythonSource:
             self._consumer.close(autocommit=False)
         except KafkaError:
             pass  # it is being replaced either way
-        config = self._config
-        self._consumer = _connect(self._settings, lambda: KafkaConsumer(**config))
+        self._consumer = fresh
         if self._topics and listener is not None:
             self._consumer.subscribe(self._topics, listener=listener)
 

@@ -172,8 +172,14 @@ class Checkpoint:
         if self._refused_since is None or self._refused_since[0] != current:
             self._refused_since = (current, now)
         elif now - self._refused_since[1] >= self.stale_member_after_s:
+            try:
+                self.source.rejoin(why)
+            except ServiceUnavailableError as e:
+                # Kept stale: the next refused commit tries again.
+                log.warning("could not join the group again (%s); trying again at the next refused commit", e)
+                self.sensor.on_fault("kafka")
+                return
             self._refused_since = None
-            self.source.rejoin(why)
 
     def _require_member(self, metadata: object) -> None:
         """Refuses to commit as a worker out of its group, not yet told what it lost

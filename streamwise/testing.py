@@ -883,7 +883,10 @@ class MemorySource:
         return GroupMetadata(self.group_id, self.member_id, self.generation)
 
     def rejoin(self, why: str) -> None:
-        """Gives up every partition (the revocation callback) and joins as a new member."""
+        """Gives up every partition (the revocation callback) and joins as a new member.
+        A ``DeliveryErrorAt("rejoin", error=ServiceUnavailableError)`` makes it fail first
+        (no broker answered the new consumer), as kafka-python's source does, unchanged."""
+        self.faults.before("rejoin")
         broker = self.broker
         with broker._lock:
             lost = sorted(self._assigned)

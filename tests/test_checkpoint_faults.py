@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from streamwise.core.errors import ServiceUnavailableError
 from streamwise.core.sensors import Sensor
 from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings
 from streamwise.models.state import fingerprint
@@ -419,19 +420,25 @@ def test_a_zombie_worker_back_after_its_session_expired_writes_nothing_twice(sta
     assert _state_in_store(store, cfg.name) == reference["state"]["snapshot"]
 
 
-def test_a_worker_whose_consumer_never_learns_it_was_dropped_joins_again(reference):
+@pytest.mark.parametrize("first_rejoin_fails", [False, True], ids=["rejoins", "rejoin-fails-once"])
+def test_a_worker_whose_consumer_never_learns_it_was_dropped_joins_again(first_rejoin_fails, reference):
     # kafka-python seen with a stalled heartbeat: the group dropped worker a, its
     # metadata keeps the old member and generation, which the broker refuses, and the
     # consumer is never told. a must join again on its own (after a session timeout of
-    # refusals) instead of rewinding for ever; nothing is written twice or lost.
+    # refusals) instead of rewinding for ever; nothing is written twice or lost. Its
+    # first attempt may find no broker answering: it tries again, it does not stop.
     cfg = _config()
     broker, store = _broker(), MemoryStateStore()
     settings = _settings()
-    stuck = Faults(StallAt("poll", n=6, seconds=0.5, told_after_polls=10**9, metadata_kept=True))
+    markers: list[Any] = [StallAt("poll", n=6, seconds=0.5, told_after_polls=10**9, metadata_kept=True)]
+    if first_rejoin_fails:
+        markers.append(DeliveryErrorAt("rejoin", n=1, error=ServiceUnavailableError))
+    stuck = Faults(*markers)
     a = memory_runner(cfg, settings, broker, store, stuck, worker_index=0)
     b = memory_runner(cfg, settings, broker, store, Faults(), worker_index=1)
     assert _run_together(a, b) == []
-    assert stuck.fired == ["stall at poll #6"]
+    assert stuck.fired == ["stall at poll #6"] + (["delivery error at rejoin #1"] if first_rejoin_fails else [])
+    assert stuck.calls["rejoin"] == (2 if first_rejoin_fails else 1)
     out = _outputs(broker, cfg.output.topic)
     counts = Counter(r["id"] for r in out)
     assert sorted(counts) == list(range(N_EVENTS)) and max(counts.values()) == 1
