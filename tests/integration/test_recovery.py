@@ -547,3 +547,63 @@ def test_redis_paused_for_two_minutes_with_a_worker_lost_meanwhile(settings, boo
     r = _redis.Redis.from_url(private_redis["url"])
     orphans = [k for k in r.scan_iter(match=f"streamwise:{cfg.name}:*:blob:*") if r.ttl(k) != -1]
     assert not orphans, f"{len(orphans)} chunks no manifest adopted"
+
+
+def test_partitions_given_back_while_redis_is_paused_are_served_from_memory(settings, bootstrap, unique, private_redis, tmp_path):
+    """Worker a holds all 6 partitions (none snapshotted yet) when Redis is paused
+    (SIGSTOP). Worker b joins, takes some of them, cannot restore them, and is killed:
+    the group gives them back to a, which held them before and restores them from memory
+    (re-learning from offset 0 up to what is committed), so every partition is served
+    again while Redis is still paused. Before, they waited for Redis. Every id exactly once."""
+    import threading
+
+    partitions, n = 6, 4800
+    topic = f"{unique}.events"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    events = list(iter_events("synth.Agrawal", {"seed": 11}, limit=n))
+
+    def publish_live() -> None:  # ~60 events/s for 80 s
+        for i in range(0, n, 60):
+            produce(bootstrap, topic, events[i : i + 60])
+            time.sleep(1.0)
+
+    producer = threading.Thread(target=publish_live)
+    producer.start()
+    cfg = _config(f"{unique}-back", topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    env = _worker_env(private_redis["url"])
+    log = open(tmp_path / "workers.log", "wb")
+    keeper = _start(path, env, index=0, until_idle=10.0, log=log)
+    joiner = None
+    try:
+        _wait_committed(bootstrap, cfg.group_id, 300, keeper)
+        private_redis["proc"].send_signal(signal.SIGSTOP)
+        joiner = _start(path, env, index=1, log=log)
+        time.sleep(12)  # b joins and is given its share, which it cannot restore
+        joiner.send_signal(signal.SIGKILL)
+        joiner.wait()
+        killed_at = time.time()
+        time.sleep(30)  # a session timeout (6 s), the rebalance, the restores from memory
+        resumed_at = time.time()
+        assert keeper.poll() is None, "the worker exited while Redis was paused"
+        private_redis["proc"].send_signal(signal.SIGCONT)
+        producer.join()
+        assert keeper.wait(timeout=300) == 0, (tmp_path / "workers.log").read_text()[-3000:]
+    finally:
+        private_redis["proc"].send_signal(signal.SIGCONT)
+        for proc in (keeper, joiner):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    records = consume(bootstrap, cfg.output.topic, n, timeout_s=120)
+    counts = collections.Counter(json.loads(r.value)["id"] for r in records)
+    assert counts == collections.Counter(range(n)), f"{sum(c > 1 for c in counts.values())} repeated, {n - len(counts)} missing"
+    # Written in the last 10 s before Redis came back: every partition, b's share too.
+    served = {json.loads(r.value)["source"]["partition"] for r in records if resumed_at - 10 < r.timestamp / 1000.0 < resumed_at}
+    text = (tmp_path / "workers.log").read_text()
+    assert served == set(range(partitions)), (
+        f"partitions served in the 10 s before Redis came back: {sorted(served)} (b killed"
+        f" {resumed_at - killed_at:.0f} s before); log tail:\n{text[-3000:]}"
+    )
+    assert "while the store is down" in text
