@@ -478,29 +478,35 @@ def test_a_zombie_worker_is_fenced_in_kafka_and_in_redis(bootstrap, credit_topic
     _never_goes_back(history)
 
 
+def _publish_live(bootstrap: str, topic: str, partitions: int, n: int, seed: int):
+    """Creates ``topic`` and publishes ``n`` Agrawal events into it, ~60 a second, from a
+    thread (returned, started): events that keep arriving through the fault."""
+    import threading
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    events = list(iter_events("synth.Agrawal", {"seed": seed}, limit=n))
+
+    def publish() -> None:
+        for i in range(0, n, 60):
+            produce(bootstrap, topic, events[i : i + 60])
+            time.sleep(1.0)
+
+    producer = threading.Thread(target=publish)
+    producer.start()
+    return producer
+
+
 def test_redis_paused_for_two_minutes_with_a_worker_lost_meanwhile(settings, bootstrap, unique, private_redis, tmp_path):
     """12 partitions, two workers, events arriving live. Redis is paused (SIGSTOP) for
     120 s and one worker is killed during it: the other keeps serving the partitions it
     holds (no gap over 10 s in their output), holds the ones it takes over until Redis is
     back, then restores them; every id exactly once, and no orphan chunk is left."""
-    import threading
-
     import redis as _redis
 
-    partitions, n = 12, 9000
-    topic = f"{unique}.events"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    admin.close()
-    events = list(iter_events("synth.Agrawal", {"seed": 7}, limit=n))
-
-    def publish_live() -> None:  # ~60 events/s for 150 s
-        for i in range(0, n, 60):
-            produce(bootstrap, topic, events[i : i + 60])
-            time.sleep(1.0)
-
-    producer = threading.Thread(target=publish_live)
-    producer.start()
+    n, topic = 9000, f"{unique}.events"
+    producer = _publish_live(bootstrap, topic, partitions=12, n=n, seed=7)  # 150 s
     cfg = _config(f"{unique}-outage", topic)
     path = _write(cfg, tmp_path / "pipeline.yaml")
     env = _worker_env(private_redis["url"])
@@ -555,22 +561,8 @@ def test_partitions_given_back_while_redis_is_paused_are_served_from_memory(sett
     the group gives them back to a, which held them before and restores them from memory
     (re-learning from offset 0 up to what is committed), so every partition is served
     again while Redis is still paused. Before, they waited for Redis. Every id exactly once."""
-    import threading
-
-    partitions, n = 6, 4800
-    topic = f"{unique}.events"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    admin.close()
-    events = list(iter_events("synth.Agrawal", {"seed": 11}, limit=n))
-
-    def publish_live() -> None:  # ~60 events/s for 80 s
-        for i in range(0, n, 60):
-            produce(bootstrap, topic, events[i : i + 60])
-            time.sleep(1.0)
-
-    producer = threading.Thread(target=publish_live)
-    producer.start()
+    partitions, n, topic = 6, 4800, f"{unique}.events"
+    producer = _publish_live(bootstrap, topic, partitions=partitions, n=n, seed=11)  # 80 s
     cfg = _config(f"{unique}-back", topic)
     path = _write(cfg, tmp_path / "pipeline.yaml")
     env = _worker_env(private_redis["url"])
