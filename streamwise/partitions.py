@@ -351,7 +351,7 @@ class PartitionStates:
                     # docs/snapshots.md: a snapshot this version cannot read counts as missing.
                     log.error("partition %s: snapshot epoch %s refused: %s", p, snap.info.epoch, e)
                     snap = None
-            expected = max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
+            expected = self._named_epoch(tps)
             if snap is None and expected > 0:
                 self._state_lost(p, expected)
             elif snap is None and self.transfers:
@@ -390,6 +390,10 @@ class PartitionStates:
         self.source.seek({tp: st.positions[tp] for tp in tps})
         self.source.resume(tps)
 
+    def _named_epoch(self, tps: list[TopicPartition]) -> int:
+        """The newest snapshot epoch Kafka's committed offsets name for the partition (0: none)."""
+        return max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
+
     def _restore_locally(self, p: int, tps: list[TopicPartition]) -> bool:
         """While the store is down: restores a partition this worker held before (rewound
         after a failed commit, or given back to it by the group) from the restore point it
@@ -414,7 +418,7 @@ class PartitionStates:
         epoch = info.epoch if info is not None else 0
         try:
             committed = self.source.committed(tps)
-            named = max(map(epoch_of_marker, self.source.committed_markers(tps).values()), default=0)
+            named = self._named_epoch(tps)
         except ServiceUnavailableError:
             return False
         if named > epoch or _behind(committed, since):
