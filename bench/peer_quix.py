@@ -20,7 +20,7 @@ five times the bytes.
 Both are timed alike: from the first event handed to the application to the return
 from its ``run()``, after processing ``n`` events and committing them; each side's
 figure is the best of ``--rounds`` runs, taken in alternating order. quixstreams is
-in the ``bench`` extra (``pip install -e '.[bench]'``).
+installed by ``dev/bootstrap --bench``.
 
     .venv/bin/python bench/peer_quix.py [--repeat 10] [--guarantee exactly_once]
 """

@@ -27,6 +27,8 @@ Every ratio is computed inside one part, from two things measured one after the 
 on the same broker. The whole run takes under 15 minutes on a 2-core machine; a part
 whose turn comes after the deadline is skipped and says so.
 
+    dev/bootstrap --bench        # once: Quix Streams, for the peer part
+    eval "$(dev/up)"             # Kafka, Redis
     .venv/bin/python bench/run_all.py [--out docs/benchmarks.md] [--only latency,scale] [--quick]
 """
 
@@ -74,8 +76,8 @@ def parts() -> list[Part]:
         # confluent, and the first batches (a young model, the first checkpoints) weighed
         # in the ratio more than they do in a service that runs for hours.
         Part("clients", "G1 model efficiency and G2 I/O tax, per Kafka client",
-             [*py, str(BENCH / "clients.py"), "--repeat", "40", "--arf-events", "5000"],
-             ["--repeat", "4", "--arf-events", "1000"], 240),
+             [*py, str(BENCH / "clients.py"), "--repeat", "40", "--arf-events", "5000", "--rounds", "3"],
+             ["--repeat", "4", "--arf-events", "1000", "--rounds", "1"], 400),
         Part("kafka_tools", "G2: the bare passthrough ÷ Kafka's own perf tools",
              [*py, str(BENCH / "kafka_tools.py"), "--repeat", "12", "--records", "150000"],
              ["--repeat", "4", "--records", "40000"], 150),

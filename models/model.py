@@ -113,6 +113,9 @@ class Model:
     self_training: SelfTraining | None = None
     metric_name = "Accuracy"
     n_pseudo = 0
+    # Whether the estimator learns with learn_one(x, y) alone (neither an anomaly detector
+    # nor a batch or sequence learner); worked out at the first label.
+    _plain: bool | None = None
 
     def __init__(
         self,
@@ -287,6 +290,18 @@ class Model:
         mini-batch waits; ``key`` and ``event_id`` reach only a learner that ``uses_keys``);
         False when the estimator raised."""
         est = self.estimator
+        plain = self._plain
+        if plain is None:
+            plain = self._plain = not (self.is_anomaly_detector or self.predicts_in_batches or self.uses_keys)
+        if plain:
+            # A River classifier or regressor, the common case: no argument packing.
+            try:
+                est.learn_one(x, y)
+            except Exception as e:
+                self._learn_failed(e)
+                return False
+            self.n_learned += 1
+            return True
         if self.is_anomaly_detector:
             learned = self._guarded_learn(est.learn_one, x)
         elif self.uses_keys:
@@ -304,10 +319,13 @@ class Model:
         try:
             learn(*args, **kwargs)
         except Exception as e:
-            self.last_error = describe_error(e)
-            self._fault(ModelFault.LEARN)
+            self._learn_failed(e)
             return False
         return True
+
+    def _learn_failed(self, e: Exception) -> None:
+        self.last_error = describe_error(e)
+        self._fault(ModelFault.LEARN)
 
     def learn_pseudo(self, x: dict[str, Any], prediction: Prediction | None) -> bool:
         """Learns an unlabelled event from its own confident ``prediction`` (self-training,
