@@ -78,6 +78,9 @@ class Sink(Protocol):
     consumer's offsets inside its transaction: outputs and progress land together or not at all."""
 
     transactional: bool
+    # Optional (default False): True when commit_transaction may run on another thread
+    # while the worker processes the next batch, because its wait for the broker does
+    # not hold the interpreter (see streamwise/checkpoint.py, kafka.commit_in_background).
 
     def send(self, record: OutgoingRecord) -> None: ...
 

@@ -397,6 +397,10 @@ class _HungCall(DeliveryError):
 
 
 class ConfluentSink:
+    # librdkafka waits for the broker in C, without the GIL: a commit on another thread
+    # costs the worker's thread nothing (streamwise/checkpoint.py).
+    commits_in_background = True
+
     def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
         self._timeout_s = settings.request_timeout_ms / 1000.0
         # Set once a call hung (_bounded): every later call fails at once, and close()

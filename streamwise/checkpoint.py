@@ -16,6 +16,10 @@ through it. The steps, in order:
    any offset moves.
 3. **Commit.** The transaction commits (outputs and offsets become visible to
    ``read_committed`` readers together, or not at all), or the offsets are committed.
+   A transaction may commit in the background (``kafka.commit_in_background``) while
+   the next batch is polled and processed; that batch's outputs are sent only once the
+   commit has succeeded, and every path above waits for it first (:meth:`_settle`), so
+   the steps keep their order. A commit with a snapshot due after it is waited for.
 4. **Progress.** Only now is the work counted as committed, per partition.
 5. **Snapshot.** Partitions that are due, and whose every processed record is
    committed, are snapshotted. A snapshot is therefore never ahead of Kafka: its
@@ -30,6 +34,7 @@ is closed and built again. None of this stops the worker.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -54,11 +59,15 @@ class Checkpoint:
         commit_interval_s: float,
         retry_backoff_max_s: float = 5.0,
         stale_member_after_s: float = 45.0,  # Kafka's default session.timeout.ms; the runner passes ours
+        commit_in_background: bool = False,
     ) -> None:
         self.source = source
         self.partitions = partitions
         self.sensor = sensor
         self.commit_interval_s = commit_interval_s
+        self.commit_in_background = commit_in_background
+        # The transaction committing on its own thread, if one is (see commit()).
+        self._in_flight: _CommitInFlight | None = None
         self.retry_backoff_max_s = retry_backoff_max_s
         self._make_sink = make_sink
         self.sink: Sink | None = make_sink()
@@ -84,6 +93,10 @@ class Checkpoint:
         False when the batch could not be sent (then everything uncommitted was rewound)."""
         if not outputs and not offsets:
             return True
+        # Nothing is sent while the previous transaction commits; should it fail, this
+        # batch's state was rewound with every other, and its outputs are dropped.
+        if not self._settle():
+            return False
         sink = self._sink()
         if sink is None:
             self._rewind("no producer")
@@ -114,8 +127,13 @@ class Checkpoint:
 
     # ----- steps 2 to 5 ------------------------------------------------------------
 
-    def commit(self) -> bool:
-        """Steps 2–5. True when everything processed so far is committed."""
+    def commit(self, wait: bool = True) -> bool:
+        """Steps 2–5. True when everything processed so far is committed. ``wait=False``
+        (the worker's loop, after a batch): the transaction may commit on a thread of its
+        own (``commit_in_background``), and True then says that it is under way; its
+        outcome is taken before anything else happens here (:meth:`_settle`)."""
+        if not self._settle():
+            return False
         if self.sink is None:
             # A producer closed after a fatal error is built again now rather than at
             # the next batch: its init_transactions aborts the transaction the broken
@@ -134,6 +152,15 @@ class Checkpoint:
                     # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
                     metadata = self._fencing_metadata()
                     self._require_member(metadata)
+                    if (
+                        not wait
+                        and self.commit_in_background
+                        and getattr(sink, "commits_in_background", False)
+                        and not self.partitions.snapshot_pending()
+                    ):
+                        self._in_flight = _CommitInFlight(sink, offsets, metadata, markers)
+                        self._open = False
+                        return True
                     sink.commit_transaction(offsets, metadata, markers)
                 else:
                     self._require_member(None)
@@ -147,11 +174,34 @@ class Checkpoint:
                     self._refused(metadata, str(e))
                 return False
             self._open = False
-            self._refused_since = None
-            # 4: the work is committed.
-            self.partitions.committed(offsets)
-            self.sensor.on_commit(len(offsets))
+            self._committed(offsets)
         # 5: snapshots of what is due and committed.
+        self.partitions.snapshot_due()
+        self._commit_markers()
+        return True
+
+    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Step 4: the work up to these offsets is committed."""
+        self._refused_since = None
+        self.partitions.committed(offsets)
+        self.sensor.on_commit(len(offsets))
+
+    def _settle(self) -> bool:
+        """Waits for the transaction committing in the background, if any, and takes its
+        outcome as commit() takes a commit's: steps 4 and 5, or the abort and rewind of
+        every partition. False when it failed. Step 5 snapshots only partitions whose
+        every processed record is committed, so none that the batch processed meanwhile."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return True
+        try:
+            in_flight.wait()
+        except DeliveryError as e:
+            self._failed(e)
+            if isinstance(e, GroupMetadataRefused):
+                self._refused(in_flight.metadata, str(e))
+            return False
+        self._committed(in_flight.offsets)
         self.partitions.snapshot_due()
         self._commit_markers()
         return True
@@ -216,6 +266,11 @@ class Checkpoint:
                 st = self.partitions.states.get(tp[1])
                 if st is not None:
                     st.marked_epoch = 0
+            if isinstance(e, GroupMetadataRefused):
+                # The same sign of a member the group dropped as a refused batch: an idle
+                # worker (its partitions read to the end) commits nothing else, and would
+                # otherwise never join again.
+                self._refused(metadata, str(e))
 
     def _fencing_metadata(self) -> object:
         """The group metadata the transaction's offsets are sent with.
@@ -245,6 +300,12 @@ class Checkpoint:
         is committed first, then a final snapshot if it was. New partitions: restored and
         seeked. Returns the partitions whose position was reset: records already polled
         for them are stale."""
+        if self._in_flight is not None and (
+            self.partitions.rebalance_noted() or self.partitions.waiting or not self.source.in_group()
+        ):
+            # Partitions change hands, or restore from what Kafka has committed: only
+            # once the commit under way has ended, one way or the other.
+            self._settle()
         if self.partitions.states and not self.source.in_group():
             self._fell_out()
         assigned, revoked = self.partitions.take_rebalance()
@@ -329,9 +390,49 @@ class Checkpoint:
         return self.sink
 
     def _close_sink(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and not in_flight.finished(self.retry_backoff_max_s):
+            # Still inside a call on the producer (a worker stopping on an error): closing
+            # it under that call is not safe; the next producer with the same
+            # transactional id fences it.
+            log.warning("producer abandoned with a commit still under way")
+            self.sink = None
+            return
         sink, self.sink = self.sink, None
         try:
             if sink is not None:
                 sink.close()
         except Exception as e:  # noqa: BLE001 - a broken producer may fail to close
             log.debug("producer close failed: %s", e)
+
+
+class _CommitInFlight:
+    """One transaction's commit (steps 2 and 3) on a thread of its own. Nothing else uses
+    the producer until :meth:`wait` has returned: the checkpoint settles it first."""
+
+    def __init__(
+        self, sink: Sink, offsets: dict[TopicPartition, int], metadata: object, markers: dict[TopicPartition, str]
+    ) -> None:
+        self.offsets = offsets
+        self.metadata = metadata
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(sink, markers), name="streamwise-commit", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, sink: Sink, markers: dict[TopicPartition, str]) -> None:
+        try:
+            sink.commit_transaction(self.offsets, self.metadata, markers)
+        except BaseException as e:  # noqa: BLE001 - raised again on the worker's thread
+            self._error = e
+
+    def wait(self) -> None:
+        """Returns when the commit succeeded; raises what it raised otherwise."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def finished(self, within_s: float) -> bool:
+        self._thread.join(within_s)
+        return not self._thread.is_alive()

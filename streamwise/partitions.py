@@ -550,6 +550,20 @@ class PartitionStates:
                     continue
                 self._save(st)
 
+    def snapshot_pending(self) -> bool:
+        """Whether some partition is due for a snapshot (by events or by time), which
+        the next commit should be waited for to take."""
+        if self.store is None:
+            return False
+        now, every, seconds = time.monotonic(), self.snapshot.every_events, self.snapshot.every_seconds
+        return any(st.unsnapshotted and (st.unsnapshotted >= every or now - st.last_snapshot >= seconds)
+                   for st in self.states.values())
+
+    def rebalance_noted(self) -> bool:
+        """Whether a rebalance callback noted something that take_rebalance has not taken."""
+        with self._lock:
+            return bool(self._assigned or self._revoked)
+
     def snapshot_wanted(self) -> bool:
         # Without a store (snapshots off) no snapshot waits for a commit: counting events
         # since the last one would end every transaction after the first every_events,

@@ -346,6 +346,7 @@ class StageLoop:
             self.partitions,
             sensor,
             commit_interval_s=kafka.commit_interval_ms / 1000.0,
+            commit_in_background=kafka.commit_in_background,
             retry_backoff_max_s=kafka.retry_backoff_max_ms / 1000.0,
             stale_member_after_s=kafka.session_timeout_ms / 1000.0,
         )
@@ -384,7 +385,7 @@ class StageLoop:
                 t0 = time.perf_counter()
                 outputs, offsets = self.partitions.process(records)
                 if checkpoint.add(outputs, offsets) and checkpoint.due():
-                    checkpoint.commit()
+                    checkpoint.commit(wait=False)
                 now = time.perf_counter()
                 elapsed = now - t0
                 sensor.on_batch(len(records), elapsed)

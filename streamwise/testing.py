@@ -315,6 +315,7 @@ class Faults:
         self.log: list[str] = []
         self.fired: list[str] = []
         self.crashed = False
+        self._crash_message: str | None = None
         self.sensor = _FaultSensor(self)
         # The process's group members, for StallAt(expire=True).
         self.sources: list[MemorySource] = []
@@ -336,7 +337,10 @@ class Faults:
         markers (:class:`StoreDownAt`, :class:`FencedAt`) for the caller to apply."""
         with self._lock:
             if self.crashed:
-                raise SimulatedCrash(f"{call}: this process has crashed")
+                # The one crash, whichever thread meets it first: a transaction that
+                # commits in the background crashes on its thread while the worker's
+                # own thread is polling.
+                raise SimulatedCrash(self._crash_message or f"{call}: this process has crashed")
             self.calls[call] += 1
             self.log.append(call)
             step = _STEP_OF_CALL.get(call)
@@ -370,7 +374,7 @@ class Faults:
 
     def _crash(self, marker: CrashAt, call: str) -> None:
         self.crashed = True
-        message = marker.describe(call)
+        message = self._crash_message = marker.describe(call)
         self.fired.append(message)
         raise SimulatedCrash(message)
 
@@ -960,6 +964,10 @@ class MemorySink:
     ...     print(e)
     producer fenced: a newer producer with transactional id w0 started
     """
+
+    # As confluent's: the checkpoint may commit on another thread (the fault tests run
+    # both ways, kafka.commit_in_background).
+    commits_in_background = True
 
     def __init__(self, broker: MemoryBroker, transactional_id: str | None = None, faults: Faults | None = None) -> None:
         self.broker = broker

@@ -38,6 +38,8 @@ from streamwise.testing import (
     Faults,
     FencedAt,
     MemoryBroker,
+    MemorySink,
+    MemorySource,
     MemoryStateStore,
     SimulatedCrash,
     StallAt,
@@ -181,9 +183,12 @@ def _crash_then_restart(crash: CrashAt, settings: Settings, restart_faults: Faul
     return broker, store, runner, summary, delivered
 
 
+@pytest.mark.parametrize("background", [True, False], ids=["commit-in-background", "commit-waited-for"])
 @pytest.mark.parametrize("crash", CRASHES)
-def test_a_crash_at_each_checkpoint_step_then_a_restart_delivers_every_event_once(crash, reference):
-    broker, store, runner, summary, _ = _crash_then_restart(crash, _settings())
+def test_a_crash_at_each_checkpoint_step_then_a_restart_delivers_every_event_once(crash, background, reference):
+    settings = _settings()
+    settings.kafka.commit_in_background = background
+    broker, store, runner, summary, _ = _crash_then_restart(crash, settings)
     _assert_like_reference(broker, store, runner, reference)
 
 
@@ -352,24 +357,77 @@ def test_a_partition_given_back_while_the_store_is_down_restores_from_memory(b_s
         ("at_least_once", "commit"),
     ],
 )
-def test_a_delivery_error_rewinds_and_still_delivers_every_event(guarantee, at, reference):
+@pytest.mark.parametrize("background", [True, False], ids=["commit-in-background", "commit-waited-for"])
+def test_a_delivery_error_rewinds_and_still_delivers_every_event(guarantee, at, background, reference):
     cfg = _config()
     broker, store = _broker(), MemoryStateStore()
     faulted = Faulted()
     faults = Faults(DeliveryErrorAt(at, n=100 if at == "send" else 4))
-    runner = memory_runner(cfg, _settings(guarantee), broker, store, faults, sensors=[faulted])
+    settings = _settings(guarantee)
+    settings.kafka.commit_in_background = background
+    runner = memory_runner(cfg, settings, broker, store, faults, sensors=[faulted])
     runner.run(until_idle_s=IDLE_S)
     assert faults.fired == [f"delivery error at {at} #{100 if at == 'send' else 4}"]
     assert faulted.faults["commit"] == 1
     _assert_like_reference(broker, store, runner, reference, exactly_once=guarantee == "exactly_once")
 
 
-def _start(runner: Runner, errors: list[BaseException]) -> threading.Thread:
+@pytest.mark.parametrize("background", [True, False], ids=["commit-in-background", "commit-waited-for"])
+def test_a_commit_in_background_overlaps_the_next_batch_and_a_slow_one_delays_no_output(
+    background, reference, monkeypatch
+):
+    # Every commit takes 20 ms (a broker's round trips). In the background, the worker
+    # polls and processes the next batch meanwhile; its outputs go out only after that
+    # commit returned, and each transaction holds exactly its own batches' outputs.
+    spans: list[tuple[float, float]] = []
+    polls: list[float] = []
+    sent_during_commit: list[float] = []
+    committing = threading.Event()
+    commit, poll, send = MemorySink.commit_transaction, MemorySource.poll, MemorySink.send
+
+    def slow_commit(self: MemorySink, *args: Any, **kwargs: Any) -> None:
+        committing.set()
+        started = time.monotonic()
+        time.sleep(0.02)
+        try:
+            commit(self, *args, **kwargs)
+        finally:
+            committing.clear()
+            spans.append((started, time.monotonic()))
+
+    def timed_poll(self: MemorySource, *args: Any, **kwargs: Any) -> Any:
+        polls.append(time.monotonic())
+        return poll(self, *args, **kwargs)
+
+    def checked_send(self: MemorySink, record: Any) -> None:
+        if committing.is_set():
+            sent_during_commit.append(time.monotonic())
+        send(self, record)
+
+    monkeypatch.setattr(MemorySink, "commit_transaction", slow_commit)
+    monkeypatch.setattr(MemorySource, "poll", timed_poll)
+    monkeypatch.setattr(MemorySink, "send", checked_send)
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    settings = _settings()
+    settings.kafka.commit_in_background = background
+    runner = memory_runner(cfg, settings, broker, store)
+    runner.run(until_idle_s=IDLE_S)
+    overlapped = [t for t in polls if any(start < t < end for start, end in spans)]
+    if background:
+        assert len(overlapped) >= len(spans) // 2, (len(overlapped), len(spans))
+    else:
+        assert overlapped == []
+    assert sent_during_commit == []
+    _assert_like_reference(broker, store, runner, reference)
+
+
+def _start(runner: Runner, errors: list[BaseException], until_idle_s: float = 1.0) -> threading.Thread:
     """Runs a worker in a thread, as one process of a group; its error goes to ``errors``."""
 
     def run() -> None:
         try:
-            runner.run(until_idle_s=1.0)
+            runner.run(until_idle_s=until_idle_s)
         except BaseException as e:  # noqa: BLE001 - reported to the test, which fails on it
             errors.append(e)
 
@@ -384,10 +442,10 @@ def _join(*threads: threading.Thread) -> None:
     assert not any(t.is_alive() for t in threads), "a worker never went idle"
 
 
-def _run_together(*runners: Runner) -> list[BaseException]:
+def _run_together(*runners: Runner, until_idle_s: float = 1.0) -> list[BaseException]:
     """Runs workers side by side until each is idle; returns their errors."""
     errors: list[BaseException] = []
-    _join(*[_start(r, errors) for r in runners])
+    _join(*[_start(r, errors, until_idle_s) for r in runners])
     return errors
 
 
@@ -436,7 +494,10 @@ def test_a_worker_whose_consumer_never_learns_it_was_dropped_joins_again(first_r
     stuck = Faults(*markers)
     a = memory_runner(cfg, settings, broker, store, stuck, worker_index=0)
     b = memory_runner(cfg, settings, broker, store, Faults(), worker_index=1)
-    assert _run_together(a, b) == []
+    # b may read a's partitions to their end before a has been refused for a session
+    # timeout (1 s); a then idles, and only its snapshot markers are refused, which
+    # count too: idle for 2.5 s rather than 1, it has that time to join again.
+    assert _run_together(a, b, until_idle_s=2.5) == []
     assert stuck.fired == ["stall at poll #6"] + (["delivery error at rejoin #1"] if first_rejoin_fails else [])
     # A failed rejoin is tried again (a later refusal may rejoin once more: still right).
     assert stuck.calls["rejoin"] >= (2 if first_rejoin_fails else 1)
