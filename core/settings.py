@@ -122,10 +122,11 @@ class KafkaSettings(BaseModel):
     # 1.1-1.4× the throughput of a commit per poll, as much as 100-250 gave, p99 within
     # the Kafka echo's every time (100-250 sometimes 2-4×; 1,000 always 3-9×).
     commit_interval_ms: int = Field(50, ge=0)
-    # true: with the confluent client, a transaction commits on a thread of its own
-    # while the worker polls and processes the next batch, whose outputs wait in memory
-    # until that commit has succeeded (dropped, and every partition rewound, if it
-    # failed: as for any failed commit). The broker's round trips of a commit (~10 ms
+    # true: with the confluent client, a transaction commits (at least once: the flush
+    # and the offset commit run) on a thread of its own while the worker polls and
+    # processes the next batch, whose outputs wait in memory until that commit has
+    # succeeded (dropped, and every partition rewound, if it failed: as for any failed
+    # commit). The broker's round trips of a commit (~10 ms
     # here, ~5% of the time at the default interval) then cost no processing time. A
     # commit with a snapshot due after it is waited for, as with false. kafka-python
     # always waits: its commit is Python code that would compete with the batch.

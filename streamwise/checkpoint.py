@@ -147,24 +147,33 @@ class Checkpoint:
             offsets, self._offsets = self._offsets, {}
             markers = self.partitions.markers(offsets)
             metadata = None
+            background = (
+                not wait
+                and self.commit_in_background
+                and getattr(sink, "commits_in_background", False)
+                and not self.partitions.snapshot_pending()
+            )
             try:
                 if sink.transactional:
                     # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
                     metadata = self._fencing_metadata()
                     self._require_member(metadata)
-                    if (
-                        not wait
-                        and self.commit_in_background
-                        and getattr(sink, "commits_in_background", False)
-                        and not self.partitions.snapshot_pending()
-                    ):
-                        self._in_flight = _CommitInFlight(sink, offsets, metadata, markers)
+                    if background:
+                        self._in_flight = _CommitInFlight(
+                            lambda: sink.commit_transaction(offsets, metadata, markers), offsets, metadata
+                        )
                         self._open = False
                         return True
                     sink.commit_transaction(offsets, metadata, markers)
                 else:
                     self._require_member(None)
                     # 2: every output acknowledged; 3: only then the offsets move.
+                    if background:
+                        self._in_flight = _CommitInFlight(
+                            lambda: (sink.flush(), self.source.commit(offsets, markers)), offsets, None
+                        )
+                        self._open = False
+                        return True
                     sink.flush()
                     self.source.commit(offsets, markers)
             except DeliveryError as e:
@@ -407,23 +416,20 @@ class Checkpoint:
 
 
 class _CommitInFlight:
-    """One transaction's commit (steps 2 and 3) on a thread of its own. Nothing else uses
-    the producer until :meth:`wait` has returned: the checkpoint settles it first."""
+    """Steps 2 and 3 (``commit``: the transaction's commit, or at least once the flush
+    and the offset commit) on a thread of its own. Nothing else uses the producer, nor
+    commits offsets, until :meth:`wait` has returned: the checkpoint settles it first."""
 
-    def __init__(
-        self, sink: Sink, offsets: dict[TopicPartition, int], metadata: object, markers: dict[TopicPartition, str]
-    ) -> None:
+    def __init__(self, commit: Callable[[], object], offsets: dict[TopicPartition, int], metadata: object) -> None:
         self.offsets = offsets
         self.metadata = metadata
         self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(sink, markers), name="streamwise-commit", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(commit,), name="streamwise-commit", daemon=True)
         self._thread.start()
 
-    def _run(self, sink: Sink, markers: dict[TopicPartition, str]) -> None:
+    def _run(self, commit: Callable[[], object]) -> None:
         try:
-            sink.commit_transaction(self.offsets, self.metadata, markers)
+            commit()
         except BaseException as e:  # noqa: BLE001 - raised again on the worker's thread
             self._error = e
 
