@@ -153,36 +153,31 @@ class Checkpoint:
                 and getattr(sink, "commits_in_background", False)
                 and not self.partitions.snapshot_pending()
             )
+            # Ended now, whatever the outcome: committed, under way, or failed and rewound.
+            self._open = False
             try:
                 if sink.transactional:
                     # 2 + 3: offsets into the transaction, fenced by group metadata; commit.
                     metadata = self._fencing_metadata()
                     self._require_member(metadata)
-                    if background:
-                        self._in_flight = _CommitInFlight(
-                            lambda: sink.commit_transaction(offsets, metadata, markers), offsets, metadata
-                        )
-                        self._open = False
-                        return True
-                    sink.commit_transaction(offsets, metadata, markers)
+
+                    def finish() -> None:
+                        sink.commit_transaction(offsets, metadata, markers)
                 else:
                     self._require_member(None)
-                    # 2: every output acknowledged; 3: only then the offsets move.
-                    if background:
-                        self._in_flight = _CommitInFlight(
-                            lambda: (sink.flush(), self.source.commit(offsets, markers)), offsets, None
-                        )
-                        self._open = False
-                        return True
-                    sink.flush()
-                    self.source.commit(offsets, markers)
+
+                    def finish() -> None:
+                        # 2: every output acknowledged; 3: only then the offsets move.
+                        sink.flush()
+                        self.source.commit(offsets, markers)
+
+                if background:
+                    self._in_flight = _CommitInFlight(finish, offsets, metadata)
+                    return True
+                finish()
             except DeliveryError as e:
-                self._open = False
-                self._failed(e)
-                if isinstance(e, GroupMetadataRefused):
-                    self._refused(metadata, str(e))
+                self._commit_failed(e, metadata)
                 return False
-            self._open = False
             self._committed(offsets)
         # 5: snapshots of what is due and committed.
         self.partitions.snapshot_due()
@@ -195,6 +190,13 @@ class Checkpoint:
         self.partitions.committed(offsets)
         self.sensor.on_commit(len(offsets))
 
+    def _commit_failed(self, error: DeliveryError, metadata: object) -> None:
+        """Steps 2-3 failed: abort and rewind; a refusal of the group metadata also
+        counts toward joining the group again (see _refused)."""
+        self._failed(error)
+        if isinstance(error, GroupMetadataRefused):
+            self._refused(metadata, str(error))
+
     def _settle(self) -> bool:
         """Waits for the transaction committing in the background, if any, and takes its
         outcome as commit() takes a commit's: steps 4 and 5, or the abort and rewind of
@@ -206,9 +208,7 @@ class Checkpoint:
         try:
             in_flight.wait()
         except DeliveryError as e:
-            self._failed(e)
-            if isinstance(e, GroupMetadataRefused):
-                self._refused(in_flight.metadata, str(e))
+            self._commit_failed(e, in_flight.metadata)
             return False
         self._committed(in_flight.offsets)
         self.partitions.snapshot_due()

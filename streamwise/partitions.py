@@ -543,8 +543,7 @@ class PartitionStates:
         for st in list(self.states.values()):
             if not st.unsnapshotted or not self._fully_committed(st):
                 continue
-            due = st.unsnapshotted >= self.snapshot.every_events or now - st.last_snapshot >= self.snapshot.every_seconds
-            if force or due:
+            if force or self._due(st, now):
                 if not self.health.available():
                     self._apply_backpressure(st)
                     continue
@@ -555,9 +554,12 @@ class PartitionStates:
         the next commit should be waited for to take."""
         if self.store is None:
             return False
-        now, every, seconds = time.monotonic(), self.snapshot.every_events, self.snapshot.every_seconds
-        return any(st.unsnapshotted and (st.unsnapshotted >= every or now - st.last_snapshot >= seconds)
-                   for st in self.states.values())
+        now = time.monotonic()
+        return any(st.unsnapshotted and self._due(st, now) for st in self.states.values())
+
+    def _due(self, st: PartitionState, now: float) -> bool:
+        """Past snapshot.every_events events or snapshot.every_seconds since its last snapshot."""
+        return st.unsnapshotted >= self.snapshot.every_events or now - st.last_snapshot >= self.snapshot.every_seconds
 
     def rebalance_noted(self) -> bool:
         """Whether a rebalance callback noted something that take_rebalance has not taken."""

@@ -157,19 +157,23 @@ def _assert_same_as_reference(bootstrap, cfg, reference, store):
     assert _fingerprints(store, cfg.name) == reference["fingerprints"]
 
 
-def test_kill_9_at_ten_random_points_changes_no_output_and_no_model(bootstrap, credit_topic, unique, reference, tmp_path):
-    cfg = _config(f"{unique}-crash", credit_topic)
-    path = _write(cfg, tmp_path / "pipeline.yaml")
-    env = _worker_env()
-    rng = random.Random(20261127)
-    kill_points = sorted(rng.sample(range(500, N_EVENTS - 1000), 10))
-    log = open(tmp_path / "workers.log", "wb")
-    for point in kill_points:
+def _kill_9_at(rng: random.Random, kills: int, among: range, bootstrap: str, cfg, path: Path, env, log) -> None:
+    """Starts a worker and kills it (SIGKILL) once ``kills`` times, each soon after the
+    group's committed count passes a point drawn from ``among``."""
+    for point in sorted(rng.sample(among, kills)):
         proc = _start(path, env, log=log)
         _wait_committed(bootstrap, cfg.group_id, point, proc)
         time.sleep(rng.uniform(0, 0.3))  # land anywhere: mid-batch, mid-transaction, mid-snapshot
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def test_kill_9_at_ten_random_points_changes_no_output_and_no_model(bootstrap, credit_topic, unique, reference, tmp_path):
+    cfg = _config(f"{unique}-crash", credit_topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    env = _worker_env()
+    log = open(tmp_path / "workers.log", "wb")
+    _kill_9_at(random.Random(20261127), 10, range(500, N_EVENTS - 1000), bootstrap, cfg, path, env, log)
     final = _start(path, env, until_idle=2.0, log=log)
     assert final.wait(timeout=180) == 0, (tmp_path / "workers.log").read_text()[-3000:]
     _assert_same_as_reference(bootstrap, cfg, reference, reference["store"])
@@ -184,14 +188,8 @@ def test_at_least_once_kill_9_at_three_points_loses_no_event_and_learns_the_same
     cfg = _config(f"{unique}-alo", credit_topic)
     path = _write(cfg, tmp_path / "pipeline.yaml")
     env = {**_worker_env(), "STREAMWISE_KAFKA__GUARANTEE": "at_least_once"}
-    rng = random.Random(20261202)
     log = open(tmp_path / "workers.log", "wb")
-    for point in sorted(rng.sample(range(1000, N_EVENTS - 3000), 3)):
-        proc = _start(path, env, log=log)
-        _wait_committed(bootstrap, cfg.group_id, point, proc)
-        time.sleep(rng.uniform(0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _kill_9_at(random.Random(20261202), 3, range(1000, N_EVENTS - 3000), bootstrap, cfg, path, env, log)
     final = _start(path, env, until_idle=2.0, log=log)
     assert final.wait(timeout=180) == 0, (tmp_path / "workers.log").read_text()[-3000:]
     records = [json.loads(r.value) for r in consume(bootstrap, cfg.output.topic, N_EVENTS, timeout_s=120)]
