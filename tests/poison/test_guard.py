@@ -153,3 +153,39 @@ def test_an_undeclared_label_that_a_torch_model_cannot_learn_stays_with_the_mode
     assert sum(r.topic == "out" for r in out) == 4
     (model,) = processor.models
     assert model.faults == {"learn": 1} and model.last_error.startswith("ValueError: label 'maybe'")
+
+@pytest.mark.parametrize("labels_topic", [False, True], ids=["inline labels", "labels topic"])
+def test_a_poll_longer_than_a_chunk_gives_what_small_polls_give(
+    labels_topic: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long poll is processed CHUNK records at a time (for the CPU cache); what comes
+    out, what is learned and what the guard dead-letters are those of the same records
+    in polls of 37, a raising record included."""
+    original = PipelineProcessor.__dict__["_process_batch"]
+    sizes: list[int] = []
+
+    def counted(self: Any, records: Any) -> Any:
+        sizes.append(len(records))
+        if any(json.loads(r.value).get("a") == MARK for r in records if r.topic == "ev"):
+            raise RuntimeError("a bug, triggered by one record")
+        return original(self, records)
+
+    monkeypatch.setattr(PipelineProcessor, "_process_batch", counted)
+    records = _records(1000, labels_topic, poison_at=701)
+    whole = PipelineProcessor(_config("linear_model.LogisticRegression", labels_topic))
+    one_poll = whole.process(records)
+    # Cut into CHUNK-sized pieces, then halves around the record that raised.
+    assert max(sizes) == PipelineProcessor.CHUNK < len(records)
+    small = PipelineProcessor(_config("linear_model.LogisticRegression", labels_topic))
+    polls = [r for i in range(0, len(records), 37) for r in small.process(records[i : i + 37])]
+
+    def body(r: Any) -> Any:
+        d = json.loads(r.value) if r.topic == "out" else r.value
+        if isinstance(d, dict):
+            d.pop("latency_s", None)
+        return r.topic, r.key, d
+
+    assert [body(r) for r in one_poll] == [body(r) for r in polls]
+    assert sum(r.topic.endswith(".dlq") for r in one_poll) == 1
+    assert sum(r.topic == "out" for r in one_poll) == 999
+    assert fingerprint(whole.snapshot_state()["learners"]) == fingerprint(small.snapshot_state()["learners"])
