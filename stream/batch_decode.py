@@ -39,6 +39,11 @@ __all__ = ["BatchDecoder"]
 INT64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 # orjson refuses JSON nested deeper than this; a record that might be goes to the EventDecoder.
 _MAX_OPENINGS = 1000
+# Bytes with digits read as "d" and "E" as "e", "+" deleted: a number too large for a
+# double has an exponent of three digits or more ("eddd") or 309 digits (_unread_refused).
+_DIGITS = bytes.maketrans(b"0123456789E", b"dddddddddde")
+_LONG_EXPONENT = b"eddd"
+_TOO_MANY_DIGITS = b"d" * 309
 
 
 def _text(limit: int) -> Any:
@@ -138,18 +143,23 @@ class BatchDecoder:
         features = self._features
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
+        # The fields msgspec read, plus the colons of the records it did not decode.
+        fields = 0
         for value in values:
             # A value of at most _MAX_OPENINGS bytes cannot open more than that: not counted.
             if value is None or len(value) > limit or (
                 len(value) > _MAX_OPENINGS and value.count(b"[") + value.count(b"{") > _MAX_OPENINGS
             ):
+                fields += value.count(b":") if value is not None else 0
                 out.append(self._slow(value))
                 continue
             try:
                 d = decoder.decode(value)
             except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                fields += value.count(b":")
                 out.append(self._slow(value))
                 continue
+            fields += len(d)
             x = {}
             for name in features:
                 v = d.get(name)
@@ -172,6 +182,17 @@ class BatchDecoder:
                     id=d[id_name], x=x, y=y, key=k, event_time=d.get(event_time) if event_time is not None else None
                 )
             )
+        # Every key is followed by a colon: as many colons in the poll as fields read
+        # means that msgspec skipped no field unread (the usual case: one count per
+        # poll). Else each record is looked at (_unread_refused).
+        try:
+            colons = b"".join(values).count(b":")  # type: ignore[arg-type]
+        except TypeError:  # a None among them
+            colons = b"".join([v for v in values if v is not None]).count(b":")
+        if colons != fields:
+            for at, value in enumerate(values):
+                if value is not None and _unread_refused(value):
+                    out[at] = self._slow(value)
         return out
 
     def _slow(self, value: bytes | None) -> DecodedEvent | RejectedEvent:
@@ -179,3 +200,26 @@ class BatchDecoder:
             return self.fallback.decode(value)
         except RejectedEvent as e:
             return e
+
+
+def _unread_refused(value: bytes) -> bool:
+    """Whether ``value`` may hold, in a field that msgspec skips without reading it
+    through, what the EventDecoder (orjson) refuses the whole record for: bytes that are
+    not UTF-8, or a number beyond a double (1e400, or 400 digits). A superset (a string
+    like "e123" is taken too): the EventDecoder gives those records their verdict.
+
+    Examples
+    --------
+    >>> [_unread_refused(v) for v in (b'{"a": 1.5e-7}', b'{"a": 1e400}', b'{"\\xff": 1}', '{"é": 1}'.encode())]
+    [False, True, True, False]
+    """
+    marked = value.translate(_DIGITS, b"+")
+    if _LONG_EXPONENT in marked or _TOO_MANY_DIGITS in marked:
+        return True
+    if value.isascii():
+        return False
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return True
+    return False

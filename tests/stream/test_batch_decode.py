@@ -60,7 +60,10 @@ raw = (
                        b'{"id": "' + b"i" * 1025 + b'", "price": 1, "f": 0.5}',
                        b'{"id": 9223372036854775808, "f": 0.5}',
                        b'{"id": 1, "price": 1, "f": 0.5, "shop": "' + b"s" * 1025 + b'", "n": 9223372036854775808}',
-                       b'{"id": 1, "f": 0.5, "x": ' + b"[" * 1100 + b"]" * 1100 + b"}"])
+                       b'{"id": 1, "f": 0.5, "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+                       # what msgspec skips unread in a field the schema does not name
+                       b'{"id": 1, "price": 1, "f": 0.5, "extra": 1e400}',
+                       b'{"id": 1, "price": 1, "f": 0.5, "extra": "\xe9t\xe9"}'])
     | st.none()
 )
 
@@ -153,3 +156,35 @@ def test_the_fast_path_serves_the_shipped_examples() -> None:
     boolean_categories = EventSchema(id="id", features={"c": {"type": "category", "categories": [True, "x"]}})
     assert not BatchDecoder(boolean_categories).fast
     assert BatchDecoder(boolean_categories).decode_many([b'{"id": 1, "c": true}'])[0].x == {"c": True}
+
+
+UNNAMED_FIELDS = [
+    # refused by the EventDecoder (orjson) for a field no schema names
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": 1e400}', "number is infinity"),
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": -2E+308}', "number is infinity"),
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": [1, {"deep": 1e0309}]}', "number is infinity"),
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": 1' + b"0" * 400 + b"}", "number is infinity"),
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": "\xe9t\xe9"}', "not UTF-8"),  # Latin-1
+    (b'{"id": 1, "price": 1, "f": 0.5, "\xff": 2}', "not UTF-8"),
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": "\xed\xa0\x80"}', "not UTF-8"),  # a surrogate
+    # accepted by both
+    ('{"id": 1, "price": 1, "f": 0.5, "extra": "été", "e123": 1.5e-300, "n2": 1e+30}'.encode(), None),
+    (b'{"id": 1, "price": 1, "f": 0.5, "extra": 12345678901234567890123}', None),
+]
+
+
+def test_a_field_no_schema_names_gets_the_one_at_a_time_verdict() -> None:
+    """msgspec skips a field the schema does not name without reading it through; what
+    orjson refuses there (bytes that are not UTF-8, a number beyond a double) must be
+    refused all the same, in a poll of good records and alone."""
+    good = b'{"id": 2, "price": 1, "f": 0.5}'
+    for name, schema in SCHEMAS.items():
+        batch = BatchDecoder(schema)
+        for value, refused in UNNAMED_FIELDS:
+            expected = _signature(_one_at_a_time(batch.fallback, value))
+            assert [_signature(r) for r in batch.decode_many([good, value, None, good])][1] == expected, (name, value)
+            assert _signature(batch.decode_many([value])[0]) == expected, (name, value)
+            if refused is not None:
+                assert expected[0] == "rejected" and refused in expected[2], (name, value, expected)
+            elif name == "int label, key is id":  # f is its one required feature
+                assert expected[0] != "rejected", (name, value, expected)
