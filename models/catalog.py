@@ -147,6 +147,11 @@ def _build_one(step: str | dict[str, Any]) -> Any:
         raise ValueError(f"a step is a dotted River name or a one-key mapping, got {step!r}")
     cls = _resolve(name)
     kwargs = {k: build_value(v) for k, v in params.items()}
+    if name not in _STREAMWISE_LEARNERS:  # those check their own parameters
+        for key, value in kwargs.items():
+            problem = _scalar_problem(cls, key, value)
+            if problem is not None:
+                raise ValueError(f"{name}: {key}: {problem}")
     try:
         return cls(**kwargs)
     except Exception as e:  # noqa: BLE001 - River constructors raise AttributeError, AssertionError...
@@ -155,6 +160,63 @@ def _build_one(step: str | dict[str, Any]) -> Any:
         # with the step's name so the user sees which key, not a traceback.
         detail = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
         raise ValueError(f"{name}: {detail}") from None
+
+
+# The annotations River writes for plain parameters, as the types a YAML scalar may have.
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "None": (type(None),),
+}
+
+
+def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
+    """Why a YAML scalar (a string, number or boolean) cannot be the River parameter
+    ``key``, by its annotation (``grace_period: int``) or, without one, its default's
+    type (``l2=0.0``); None when it can or when nothing says. River's constructors take
+    what they are given, so a string for a number would fail only at the first event.
+    Built objects, lists and mappings are left to the constructor.
+
+    Examples
+    --------
+    >>> from river import linear_model, tree
+    >>> _scalar_problem(linear_model.LogisticRegression, "l2", "abc")
+    "expects a number, got the string 'abc'"
+    >>> _scalar_problem(tree.HoeffdingTreeClassifier, "grace_period", 2.5)
+    'expects an integer, got 2.5'
+    >>> [_scalar_problem(tree.HoeffdingTreeClassifier, k, v) for k, v in [("delta", 1), ("max_depth", None)]]
+    [None, None]
+    """
+    if not isinstance(value, (str, int, float, type(None))):
+        return None
+    try:
+        param = inspect.signature(cls).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        return None  # an unknown name is the constructor's TypeError
+    annotation, default = param.annotation, param.default
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.split("|")]
+        if not all(p in _PLAIN_TYPES for p in parts):
+            return None
+        allowed = tuple(t for p in parts for t in _PLAIN_TYPES[p])
+    elif annotation is param.empty and type(default) in (bool, int, float, str):
+        allowed = _PLAIN_TYPES[type(default).__name__]
+    else:
+        return None
+    if value is None and default is None:
+        allowed += (type(None),)
+    if type(value) in allowed or (type(value) is float and int in allowed and value.is_integer()):
+        return None
+    wanted = ("a number" if float in allowed else "an integer" if int in allowed
+              else "true or false" if bool in allowed else "a string" if str in allowed else "nothing (null)")
+    got = f"the string {value!r}" if isinstance(value, str) else repr(value)
+    if isinstance(value, str) and wanted != "a string":
+        try:
+            float(value)
+            got += " (a number in quotes)"
+        except ValueError:
+            pass
+    return f"expects {wanted}, got {got}"
 
 
 def build_estimator(steps: list[str | dict[str, Any]]) -> Any:

@@ -87,12 +87,14 @@ def _fail(e: StreamwiseError) -> typer.Exit:
 def _parse_params(params: list[str]) -> dict[str, Any]:
     import yaml
 
+    from streamwise.pipeline_config import ConfigLoader
+
     out: dict[str, Any] = {}
     for p in params:
         k, sep, v = p.partition("=")
         if not sep or not k:
             raise typer.BadParameter(f"{p!r}: expected NAME=VALUE", param_hint="--param")
-        out[k] = yaml.safe_load(v)  # 42 → int, 0.5 → float, true → bool
+        out[k] = yaml.load(v, Loader=ConfigLoader)  # noqa: S506 - 42 → int, 1e-7 → float, true → bool
     return out
 
 

@@ -7,6 +7,7 @@ config fails before the first event instead of in the middle of a stream.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,6 +161,23 @@ class PipelineConfig(BaseModel):
                     what = "the learn topic of scope: global" if loc == ("name",) else f"topic {topic!r}"
                     problems.append((loc, f"{what} is also {_key_path(earlier)}; each topic has one role"))
                     break
+        # A name Kafka refuses would otherwise fail only when the worker creates or
+        # subscribes to it, after joining the group. A default name is reported at the
+        # key it is made from.
+        derived = {("output", "dead_letter_topic"): (self.output.dead_letter_topic, ("input", "topic")),
+                   ("output", "alerts_topic"): (self.output.alerts_topic, ("name",))}
+        for loc, topic in roles:
+            reason = kafka_topic_problem(topic) if topic else None
+            if reason is None:
+                continue
+            given, source = derived.get(loc, (topic, loc))
+            if given is None:
+                reason = f"the {loc[-1].replace('_', ' ')} it makes, {topic[:60]!r}, {reason}"
+            else:
+                source = loc
+            if loc == ("name",):
+                reason = f"the learn topic of scope: global it makes, {topic[:60]!r}, {reason}"
+            problems.append((source, reason))
         return problems
 
     def _check_metric_fits(self) -> list[tuple[tuple[str | int, ...], str]]:
@@ -286,6 +304,32 @@ class PipelineConfig(BaseModel):
         return self.output.dead_letter_topic or f"{self.input.topic}.dlq"
 
 
+# Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic).
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+_TOPIC_MAX_LENGTH = 249
+
+
+def kafka_topic_problem(topic: str) -> str | None:
+    """Why Kafka would refuse ``topic`` as a topic name, or None.
+
+    Examples
+    --------
+    >>> kafka_topic_problem("payments.events-v2"), kafka_topic_problem("my topic")
+    (None, "has characters Kafka refuses in a topic name (' '); it allows ASCII letters, digits, '.', '_' and '-'")
+    >>> kafka_topic_problem("x" * 250)
+    'is 250 characters long; Kafka allows at most 249'
+    """
+    if topic in (".", ".."):
+        return "is not a name Kafka allows for a topic"
+    if not _TOPIC_CHARS.fullmatch(topic):
+        bad = "".join(sorted(set(_TOPIC_CHARS.sub("", topic))))
+        return (f"has characters Kafka refuses in a topic name ({bad[:10]!r}); "
+                "it allows ASCII letters, digits, '.', '_' and '-'")
+    if len(topic) > _TOPIC_MAX_LENGTH:
+        return f"is {len(topic)} characters long; Kafka allows at most {_TOPIC_MAX_LENGTH}"
+    return None
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -311,10 +355,18 @@ def parse_pipeline_config(data: Any, source: str = "pipeline") -> PipelineConfig
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error:
     plain YAML keeps the last one silently, so a second ``models:`` or ``metric:`` would
-    quietly replace the first."""
+    quietly replace the first. And ``1e-7`` is a number, as in YAML 1.2 and JSON: PyYAML
+    (YAML 1.1) reads a float without a dot as a string, which a River estimator would
+    take as its ``delta`` and fail on at the first event.
+
+    Examples
+    --------
+    >>> yaml.load("{delta: 1e-7, n: -2E3, v: 1.5, id: 12e, name: e5}", Loader=ConfigLoader)
+    {'delta': 1e-07, 'n': -2000.0, 'v': 1.5, 'id': '12e', 'name': 'e5'}
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -334,6 +386,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# The floats YAML 1.1 leaves out: an exponent without a dot, or without a sign (1e-7, 1E5,
+# 2.5e3). Added to this loader only; PyYAML's own stay as they are.
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     try:
@@ -343,7 +404,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a pipeline config is YAML in UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         # One line: what is wrong and where, instead of PyYAML's excerpt of the file.
         mark = e.problem_mark

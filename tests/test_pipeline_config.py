@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from streamwise.core.errors import ConfigError
 from streamwise.core.settings import Settings, redis_url_problem
+from streamwise.models.catalog import build_estimator
 from streamwise.pipeline_config import load_pipeline_config, parse_pipeline_config
 
 LR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
@@ -110,6 +111,32 @@ def test_one_topic_in_two_roles_is_refused(changes, expected):
     assert expected in refusal(changes)
 
 
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"input.topic": "card events"}, "p.yaml: input.topic: has characters Kafka refuses in a topic name (' ')"),
+        ({"output.topic": "scores/v2"}, "p.yaml: output.topic: has characters Kafka refuses in a topic name ('/')"),
+        ({"input.labels_topic": ".."}, "p.yaml: input.labels_topic: is not a name Kafka allows"),
+        ({"output.dead_letter_topic": "é"}, "p.yaml: output.dead_letter_topic: has characters Kafka refuses"),
+        ({"output.alerts_topic": "a" * 250}, "p.yaml: output.alerts_topic: is 250 characters long; Kafka allows at most 249"),
+        # a default name is reported at the key it is made from
+        ({"input.topic": "e" * 247}, "p.yaml: input.topic: the dead letter topic it makes, "),
+        ({"name": "n" * 243}, "p.yaml: name: the alerts topic it makes, "),
+        ({"name": "n" * 244, "output.alerts_topic": "alerts"},
+         "p.yaml: name: the learn topic of scope: global it makes, "),
+    ],
+)
+def test_a_topic_name_kafka_refuses_is_refused_at_its_key(changes, expected):
+    assert expected in refusal(changes)
+
+
+def test_the_longest_topic_names_kafka_takes_are_taken():
+    data = copy.deepcopy(BASE)
+    data["input"]["topic"] = "e" * 245  # its dead-letter topic: 249 characters
+    data["name"] = "n" * 242  # its alerts topic: 249 characters
+    assert parse_pipeline_config(data).dead_letter_topic == "e" * 245 + ".dlq"
+
+
 def test_the_learn_topic_name_is_free_with_scope_partition():
     data = copy.deepcopy(BASE)
     data["scope"] = "partition"
@@ -148,6 +175,43 @@ def test_a_yaml_merge_may_override_a_merged_key(tmp_path: Path):
     path.write_text(text)
     config = load_pipeline_config(path)
     assert (config.input.topic, config.input.group_id) == ("events", "g")
+
+
+def test_a_number_with_an_exponent_is_a_number(tmp_path: Path):
+    """PyYAML (YAML 1.1) reads 1e-7 as a string; River would take it as the tree's delta
+    and fail at the first event."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "name: p\ninput: {topic: events}\noutput: {topic: predictions}\n"
+        "schema: {id: id, label: label, label_type: bool, features: {a: {type: float, max: 1E3}}}\n"
+        "models:\n  - name: tree\n    steps:\n      - tree.HoeffdingTreeClassifier: {delta: 1e-7, tau: 5e-2}\n"
+    )
+    config = load_pipeline_config(path)
+    tree = build_estimator(config.models[0].steps)
+    assert (tree.delta, tree.tau, config.event_schema.features["a"].max) == (1e-7, 0.05, 1000.0)
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "expected"),
+    [
+        ("l2", "abc", "l2: expects a number, got the string 'abc'"),
+        ("l2", "0.1", "l2: expects a number, got the string '0.1' (a number in quotes)"),
+        ("l2", True, "l2: expects a number, got True"),
+    ],
+)
+def test_a_river_parameter_of_the_wrong_type_is_refused_at_load(param, value, expected):
+    steps = [{"linear_model.LogisticRegression": {param: value}}]
+    message = refusal({"models": [{"name": "lr", "steps": steps}]})
+    assert f"p.yaml: models[0].steps: linear_model.LogisticRegression: {expected}" in message
+
+
+def test_river_parameters_of_the_right_type_are_taken():
+    steps = [{"tree.HoeffdingTreeClassifier": {"grace_period": 50.0, "delta": 1, "max_depth": None,
+                                               "split_criterion": "gini", "binary_split": True}}]
+    data = copy.deepcopy(BASE)
+    data["models"] = [{"name": "tree", "steps": steps}]
+    tree = build_estimator(parse_pipeline_config(data).models[0].steps)
+    assert (tree.grace_period, tree.split_criterion, tree.binary_split) == (50, "gini", True)
 
 
 @pytest.mark.parametrize(
