@@ -143,20 +143,21 @@ class BatchDecoder:
         features = self._features
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
-        # The fields msgspec read, plus the colons of the records it did not decode.
-        fields = 0
+        # The fields msgspec read, and the colons and '":' of the records it did not decode.
+        fields, colons, key_ends = 0, 0, 0
         for value in values:
             # A value of at most _MAX_OPENINGS bytes cannot open more than that: not counted.
             if value is None or len(value) > limit or (
                 len(value) > _MAX_OPENINGS and value.count(b"[") + value.count(b"{") > _MAX_OPENINGS
             ):
-                fields += value.count(b":") if value is not None else 0
+                if value is not None:
+                    colons, key_ends = colons + value.count(b":"), key_ends + value.count(b'":')
                 out.append(self._slow(value))
                 continue
             try:
                 d = decoder.decode(value)
             except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-                fields += value.count(b":")
+                colons, key_ends = colons + value.count(b":"), key_ends + value.count(b'":')
                 out.append(self._slow(value))
                 continue
             fields += len(d)
@@ -182,14 +183,17 @@ class BatchDecoder:
                     id=d[id_name], x=x, y=y, key=k, event_time=d.get(event_time) if event_time is not None else None
                 )
             )
-        # Every key is followed by a colon: as many colons in the poll as fields read
-        # means that msgspec skipped no field unread (the usual case: one count per
-        # poll). Else each record is looked at (_unread_refused).
+        # Did msgspec skip a field unread? Every key is followed by a colon: no more
+        # colons in the poll than fields read says no (one count of a byte per poll, the
+        # usual case). Colons inside strings ("12:30") add to the count: then the keys'
+        # ends, '":', are counted, which is exact for JSON written without a blank before
+        # a colon (json.dumps, orjson, Jackson and most writers). Else each record is
+        # looked at (_unread_refused).
         try:
-            colons = b"".join(values).count(b":")  # type: ignore[arg-type]
+            whole = b"".join(values)  # type: ignore[arg-type]
         except TypeError:  # a None among them
-            colons = b"".join([v for v in values if v is not None]).count(b":")
-        if colons != fields:
+            whole = b"".join([v for v in values if v is not None])
+        if whole.count(b":") - colons != fields and whole.count(b'":') - key_ends != fields:
             for at, value in enumerate(values):
                 if value is not None and _unread_refused(value):
                     out[at] = self._slow(value)
