@@ -166,6 +166,10 @@ def _build_one(step: str | dict[str, Any]) -> Any:
 _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "None": (type(None),),
 }
+# An annotation naming a River class (optim.base.Optimizer, base.DriftDetector, Splitter):
+# no YAML scalar can be one. Type aliases that stand for plain values are not such names.
+_RIVER_CLASS = re.compile(r"(?:[a-z_]+\.)*[A-Z][A-Za-z0-9]*")
+_NOT_CLASSES = {"base.typing.FeatureName"}
 
 
 def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
@@ -184,6 +188,8 @@ def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
     'expects an integer, got 2.5'
     >>> [_scalar_problem(tree.HoeffdingTreeClassifier, k, v) for k, v in [("delta", 1), ("max_depth", None)]]
     [None, None]
+    >>> _scalar_problem(linear_model.LogisticRegression, "optimizer", "SGD")
+    "expects a River optim.base.Optimizer, written {module.Class: {parameters}}, got the string 'SGD'"
     """
     if not isinstance(value, (str, int, float, type(None))):
         return None
@@ -194,11 +200,13 @@ def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
     if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
         return None  # an unknown name is the constructor's TypeError
     annotation, default = param.annotation, param.default
+    classes: list[str] = []
     if isinstance(annotation, str):
         parts = [p.strip() for p in annotation.split("|")]
-        if not all(p in _PLAIN_TYPES for p in parts):
-            return None
-        allowed = tuple(t for p in parts for t in _PLAIN_TYPES[p])
+        classes = [p for p in parts if p not in _PLAIN_TYPES]
+        if not all(_RIVER_CLASS.fullmatch(p) and p not in _NOT_CLASSES for p in classes):
+            return None  # a list, a callable, an alias: left to the constructor
+        allowed = tuple(t for p in parts if p in _PLAIN_TYPES for t in _PLAIN_TYPES[p])
     elif annotation is param.empty and type(default) in (bool, int, float, str):
         allowed = _PLAIN_TYPES[type(default).__name__]
     else:
@@ -208,9 +216,13 @@ def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
     if type(value) in allowed or (type(value) is float and int in allowed and value.is_integer()):
         return None
     wanted = ("a number" if float in allowed else "an integer" if int in allowed
-              else "true or false" if bool in allowed else "a string" if str in allowed else "nothing (null)")
+              else "true or false" if bool in allowed else "a string" if str in allowed
+              else f"a River {' or '.join(classes)}, written {{module.Class: {{parameters}}}}" if classes
+              else "nothing (null)")
     got = f"the string {value!r}" if isinstance(value, str) else repr(value)
-    if isinstance(value, str) and wanted != "a string":
+    if isinstance(value, str) and classes and _DOTTED.match(value):
+        got += f" (write {{{value}: {{}}}})"
+    elif isinstance(value, str) and wanted != "a string":
         try:
             float(value)
             got += " (a number in quotes)"

@@ -52,8 +52,12 @@ def test_the_base_config_loads():
     ("changes", "expected"),
     [
         # A River constructor that raises something other than TypeError on its parameters.
-        ({"models": [{"name": "bag", "steps": [{"ensemble.BaggingClassifier": {"model": "naive_bayes.GaussianNB"}}]}]},
+        ({"models": [{"name": "bag", "steps": [{"ensemble.BaggingClassifier": {"model": ["naive_bayes.GaussianNB"]}}]}]},
          "p.yaml: models[0].steps: ensemble.BaggingClassifier: AttributeError"),
+        # A River object named where it must be built: the fix is said.
+        ({"models": [{"name": "bag", "steps": [{"ensemble.BaggingClassifier": {"model": "naive_bayes.GaussianNB"}}]}]},
+         "p.yaml: models[0].steps: ensemble.BaggingClassifier: model: expects a River base.Classifier, written "
+         "{module.Class: {parameters}}, got the string 'naive_bayes.GaussianNB' (write {naive_bayes.GaussianNB: {}})"),
         # A metric the model cannot be scored by.
         ({"metric": "MAE"}, "p.yaml: models[0].steps: metric MAE cannot score model 'lr'"),
         ({"champion.metric": "RMSE"}, "p.yaml: models[0].steps: champion.metric RMSE cannot score model 'lr'"),
@@ -197,6 +201,7 @@ def test_a_number_with_an_exponent_is_a_number(tmp_path: Path):
         ("l2", "abc", "l2: expects a number, got the string 'abc'"),
         ("l2", "0.1", "l2: expects a number, got the string '0.1' (a number in quotes)"),
         ("l2", True, "l2: expects a number, got True"),
+        ("optimizer", "SGD", "optimizer: expects a River optim.base.Optimizer, written {module.Class: {parameters}}"),
     ],
 )
 def test_a_river_parameter_of_the_wrong_type_is_refused_at_load(param, value, expected):
