@@ -149,6 +149,7 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes in this consumer group, on this host.")] = 1,
     worker_index: Annotated[int, typer.Option(min=0, envvar="STREAMWISE_WORKER_INDEX", show_envvar=True, help="This worker's slot on this host; names its transactional and static member id.")] = 0,
     explain: Annotated[bool, typer.Option("--explain", help="Print which steps run in which stage (scope) and exit.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check the config and settings, build the pipeline once, and exit: 0 when it would start, 2 with one line per problem. Touches no service.")] = False,
     bootstrap_servers: BootstrapOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -170,6 +171,21 @@ def run(
             typer.echo(explain_stages(pipeline))
         else:
             typer.echo("scope: partition: each input partition runs every step and its own replica of every model")
+        return
+    if check:
+        # What a deployment can run before it rolls out a config: everything `run` checks
+        # before it connects (the config, the settings, every model built once).
+        from streamwise.runner import check_pipeline_builds
+
+        try:
+            settings = _settings(bootstrap_servers)
+            pipeline = load_pipeline_config(config)
+            check_pipeline_builds(pipeline)
+        except StreamwiseError as e:
+            raise _fail(e) from None
+        models = ", ".join(m.name for m in pipeline.models)
+        typer.echo(f"{config}: ok: pipeline {pipeline.name}, {pipeline.input.topic} -> {pipeline.output.topic}, "
+                   f"models {models}, Kafka client {settings.kafka.client}")
         return
     _dump_stacks_on_sigusr1()
     if workers > 1:

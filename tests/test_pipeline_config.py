@@ -335,3 +335,27 @@ def test_a_bad_config_with_several_workers_is_one_line(tmp_path: Path):
 )
 def test_a_feature_name_written_twice_is_refused(features, expected):
     assert expected in refusal({"features": features})
+
+
+def test_run_check_builds_the_pipeline_and_touches_no_service(tmp_path: Path, monkeypatch):
+    """`streamwise run --check`: 0 and one line for a config that would start, 2 and the
+    problem naming its key for one that would not; with no Kafka or Redis anywhere."""
+    import yaml
+    from streamwise.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("STREAMWISE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("STREAMWISE_REDIS__URL", "redis://127.0.0.1:2/0")
+    monkeypatch.setenv("STREAMWISE_KAFKA__CLIENT", "confluent")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(BASE))
+    result = CliRunner().invoke(app, ["run", "-c", str(good), "--check"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{good}: ok: pipeline p, events -> predictions, models lr, Kafka client confluent"
+    bad = tmp_path / "bad.yaml"
+    data = copy.deepcopy(BASE)
+    data["models"] = [{"name": "lr", "steps": [{"linear_model.LogisticRegression": {"l2": "0.1"}}]}]
+    bad.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", "-c", str(bad), "--check"])
+    assert result.exit_code == 2
+    assert "models[0].steps: linear_model.LogisticRegression: l2: expects a number" in result.output
