@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from streamwise.core.errors import StreamwiseError
+from streamwise.core.errors import ConfigError, StreamwiseError
 from streamwise.core.settings import Settings
 
 app = typer.Typer(
@@ -175,7 +175,7 @@ def run(
     if check:
         # What a deployment can run before it rolls out a config: everything `run` checks
         # before it connects (the config, the settings, every model built once).
-        from streamwise.runner import check_pipeline_builds
+        from streamwise.runner import check_pipeline_builds, dry_run_problems
 
         try:
             settings = _settings(bootstrap_servers)
@@ -183,6 +183,11 @@ def run(
             check_pipeline_builds(pipeline)
         except StreamwiseError as e:
             raise _fail(e) from None
+        # A model that raises on valid events only warns at a start (the others serve);
+        # a check before a roll-out says no.
+        problems = dry_run_problems(pipeline)
+        if problems:
+            raise _fail(ConfigError("\n".join(problems))) from None
         models = ", ".join(m.name for m in pipeline.models)
         typer.echo(f"{config}: ok: pipeline {pipeline.name}, {pipeline.input.topic} -> {pipeline.output.topic}, "
                    f"models {models}, Kafka client {settings.kafka.client}")

@@ -7,7 +7,9 @@ batch (outputs, offsets, commit, snapshots) is written down once, in
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -19,9 +21,11 @@ from streamwise import gc_tuning
 from streamwise.checkpoint import Checkpoint
 from streamwise.connectors import make_admin, make_sink, make_source
 from streamwise.connectors.base import Admin, Sink, Source, StateStore, TopicPartition
+from streamwise.connectors.records import ConsumedRecord
 from streamwise.connectors.redis_state import open_state_store
 from streamwise.core.errors import ConfigError, ServiceUnavailableError, StreamwiseError
 from streamwise.core.sensors import CountingSensor, Sensor, SensorSet
+from streamwise.core.stages import ModelFault
 from streamwise.core.settings import Settings
 from streamwise.models.prequential import peek
 from streamwise.partitions import PartitionStates
@@ -137,6 +141,9 @@ class Runner:
         cfg = self.config
         kafka = self.settings.kafka
         check_pipeline_builds(cfg)
+        # Said, not fatal: the other models serve while this one answers its error.
+        for problem in dry_run_problems(cfg):
+            log.warning("%s", problem)
         store = self._store if self._store is not None else self._state_store()
         # A model's init_from source is read and checked first: a bad one stops the start
         # in one line, before anything is created or joined.
@@ -490,6 +497,76 @@ def check_pipeline_builds(config: PipelineConfig) -> None:
                     f"pipeline {config.name}: models[{i}] ({spec.name}): cannot be built: {type(e).__name__}: {e}"
                 ) from None
         raise ConfigError(f"pipeline {config.name}: cannot be built: {type(whole).__name__}: {whole}") from None
+
+
+def made_up_records(config: PipelineConfig, n: int = 64) -> list[ConsumedRecord]:
+    """``n`` events that the schema accepts, with labels (inline, or on the labels topic
+    after the events): every feature inside its bounds and categories, values varied so
+    that scalers see a spread and classifiers both classes. For :func:`dry_run_problems`.
+
+    Examples
+    --------
+    >>> from streamwise.pipeline_config import load_pipeline_config
+    >>> record = made_up_records(load_pipeline_config("examples/phishing.yaml"), 4)[1]
+    >>> record.topic, json.loads(record.value)["https"], json.loads(record.value)["label"]
+    ('phishing.events', 0.3333333333333333, False)
+    """
+    schema = config.event_schema
+    now = time.time()
+    labels_topic = config.input.labels_topic
+    classes = list(schema.classes or [])
+
+    def label(i: int) -> Any:
+        if classes:
+            return classes[i % len(classes)]
+        return {"bool": i % 2 == 0, "int": i % 2, "float": float(i % 3), "category": "ab"[i % 2]}[schema.label_type]
+
+    def feature(spec: Any, i: int) -> Any:
+        if spec.categories:
+            return spec.categories[i % len(spec.categories)]
+        if spec.type in ("float", "int"):
+            low = spec.min if spec.min is not None else (spec.max - 3 if spec.max is not None else 0.0)
+            high = spec.max if spec.max is not None else low + 3
+            if spec.type == "int":
+                low, high = math.ceil(low), math.floor(high)
+                return low + i % (high - low + 1)
+            return low + (high - low) * (i % 4) / 3
+        return {"bool": i % 2 == 0, "category": "ab"[i % 2], "text": f"made up {'ab'[i % 2]}"[: spec.string_limit],
+                "timestamp": now - n + i}[spec.type]
+
+    events, label_records = [], []
+    for i in range(n):
+        event: dict[str, Any] = {schema.id: f"made-up-{i}"}
+        event.update({name: feature(spec, i) for name, spec in schema.features.items()})
+        if schema.key is not None and schema.key not in event:
+            event[schema.key] = f"k{i % 2}"
+        if schema.event_time is not None:
+            event[schema.event_time] = now - n + i
+        if schema.label is not None and labels_topic is None:
+            event[schema.label] = label(i)
+        events.append(ConsumedRecord(config.input.topic, 0, i, None, json.dumps(event).encode(), int(now * 1000)))
+        if labels_topic is not None:
+            body = {config.labels.id_field or schema.id: event[schema.id], config.labels.label_field: label(i)}
+            label_records.append(ConsumedRecord(labels_topic, 0, i, None, json.dumps(body).encode(), int(now * 1000)))
+    return events + label_records
+
+
+def dry_run_problems(config: PipelineConfig) -> list[str]:
+    """What goes wrong when the pipeline, built afresh, runs :func:`made_up_records`: one
+    line per model that raised predicting or learning (a parameter River takes when built
+    and refuses at the first event, such as an ARF's ``max_features: sqr``). Touches no
+    service; a forecast, whose events are a series, is not run."""
+    if config.forecast is not None:
+        return []
+    processor = PipelineProcessor(config)
+    processor.process(made_up_records(config))
+    index = {spec.name: i for i, spec in enumerate(config.models)}
+    return [
+        f"pipeline {config.name}: models[{index[m.name]}] ({m.name}): raises on events made up from the schema: "
+        + " ".join(str(m.last_error).split())
+        for m in processor.models
+        if m.name in index and (m.faults[ModelFault.PREDICT.value] or m.faults[ModelFault.LEARN.value])
+    ]
 
 
 def _partition_count(admin: Admin, topic: str) -> int:

@@ -14,6 +14,7 @@ from streamwise.core.settings import Settings, redis_url_problem
 from streamwise.models.catalog import build_estimator
 from streamwise.pipeline_config import load_pipeline_config, parse_pipeline_config
 
+ROOT = Path(__file__).resolve().parents[1]
 LR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
 
 
@@ -27,6 +28,10 @@ BASE: dict[str, Any] = {
     "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"a": "float", "c": "category"}},
     "models": [{"name": "lr", "steps": LR}],
 }
+
+
+# BASE with only numeric features: a config whose models serve every event.
+NUMERIC: dict[str, Any] = {**BASE, "schema": {**BASE["schema"], "features": {"a": "float", "n": "int"}}}
 
 
 def refusal(changes: dict[str, Any]) -> str:
@@ -348,14 +353,50 @@ def test_run_check_builds_the_pipeline_and_touches_no_service(tmp_path: Path, mo
     monkeypatch.setenv("STREAMWISE_REDIS__URL", "redis://127.0.0.1:2/0")
     monkeypatch.setenv("STREAMWISE_KAFKA__CLIENT", "confluent")
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(BASE))
+    good.write_text(yaml.safe_dump(NUMERIC))
     result = CliRunner().invoke(app, ["run", "-c", str(good), "--check"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{good}: ok: pipeline p, events -> predictions, models lr, Kafka client confluent"
     bad = tmp_path / "bad.yaml"
-    data = copy.deepcopy(BASE)
+    data = copy.deepcopy(NUMERIC)
     data["models"] = [{"name": "lr", "steps": [{"linear_model.LogisticRegression": {"l2": "0.1"}}]}]
     bad.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["run", "-c", str(bad), "--check"])
     assert result.exit_code == 2
     assert "models[0].steps: linear_model.LogisticRegression: l2: expects a number" in result.output
+
+
+def test_run_check_says_no_to_a_model_that_raises_on_valid_events(tmp_path: Path):
+    """ARF takes max_features: sqr when built and raises at its first event: --check
+    runs the pipeline on events made up from the schema and names the model."""
+    import yaml
+    from streamwise.cli import app
+    from streamwise.runner import dry_run_problems
+    from typer.testing import CliRunner
+
+    data = copy.deepcopy(NUMERIC)
+    data["models"].append({"name": "forest", "steps": [{"forest.ARFClassifier": {"max_features": "sqr"}}]})
+    path = tmp_path / "forest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", "-c", str(path), "--check"])
+    assert result.exit_code == 2
+    assert "models[1] (forest): raises on events made up from the schema: AttributeError: Invalid max_features" in result.output
+    assert dry_run_problems(parse_pipeline_config(NUMERIC)) == []
+    # BASE scales its category feature "c" with StandardScaler: every event would fail
+    assert dry_run_problems(parse_pipeline_config(BASE)) == [
+        "pipeline p: models[0] (lr): raises on events made up from the schema: "
+        "TypeError: unsupported operand type(s) for -: 'str' and 'float'"
+    ]
+
+
+def test_events_made_up_from_each_example_pass_its_schema_and_models():
+    from streamwise.processor import PipelineProcessor
+    from streamwise.runner import dry_run_problems, made_up_records
+
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        config = load_pipeline_config(path)
+        if config.forecast is not None:
+            continue
+        out = PipelineProcessor(config).process(made_up_records(config, 16))
+        assert [o.topic for o in out] == [config.output.topic] * 16, path.name
+        assert dry_run_problems(config) == [], path.name
