@@ -153,13 +153,21 @@ def _build_one(step: str | dict[str, Any]) -> Any:
             if problem is not None:
                 raise ValueError(f"{name}: {key}: {problem}")
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except Exception as e:  # noqa: BLE001 - River constructors raise AttributeError, AssertionError...
         # Whatever a River constructor raises on bad parameters (a model given as a string
         # meets attribute access, a bad enum an assert), it is the config's fault: report it
         # with the step's name so the user sees which key, not a traceback.
         detail = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
         raise ValueError(f"{name}: {detail}") from None
+    if name not in _STREAMWISE_LEARNERS:
+        # River keeps each parameter as given, in the attribute of its name (clone() reads
+        # them back). One it replaced was not taken: Hoeffding trees print a notice and
+        # use their default for a split_criterion or leaf_prediction they do not know.
+        for key, value in kwargs.items():
+            if isinstance(value, str) and isinstance(getattr(built, key, value), str) and getattr(built, key) != value:
+                raise ValueError(f"{name}: {key}: {value!r} is not one River knows (it would use {getattr(built, key)!r})")
+    return built
 
 
 # The annotations River writes for plain parameters, as the types a YAML scalar may have.

@@ -215,6 +215,14 @@ def test_a_river_parameter_of_the_wrong_type_is_refused_at_load(param, value, ex
     assert f"p.yaml: models[0].steps: linear_model.LogisticRegression: {expected}" in message
 
 
+def test_a_river_option_it_does_not_know_is_refused_at_load():
+    """A Hoeffding tree prints a notice and uses its default for a split_criterion it does
+    not know: the typo would silently change the model."""
+    steps = [{"tree.HoeffdingTreeClassifier": {"split_criterion": "ginni"}}]
+    assert ("p.yaml: models[0].steps: tree.HoeffdingTreeClassifier: split_criterion: 'ginni' is not one River knows "
+            "(it would use 'info_gain')") in refusal({"models": [{"name": "tree", "steps": steps}]})
+
+
 def test_river_parameters_of_the_right_type_are_taken():
     steps = [{"tree.HoeffdingTreeClassifier": {"grace_period": 50.0, "delta": 1, "max_depth": None,
                                                "split_criterion": "gini", "binary_split": True}}]
