@@ -22,7 +22,7 @@ from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
 from streamwise.core.sensors import Sensor
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.forecast import ForecastSet
-from streamwise.models.labels import LabelRecordError, decode_label_record
+from streamwise.models.labels import LabelRecordError, decode_label_record, join_id
 from streamwise.models.model import Model
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import Prediction
@@ -502,19 +502,20 @@ def learn_order(records: Iterable[ConsumedRecord]) -> list[LearnedEvent]:
     for k, record in enumerate(records):
         origin, item = decode_learn_record(record)
         if isinstance(item, Label):
-            event = events.get(item.event_id)
+            event = events.get(join_id(item.event_id))
             if event is None:
-                early.setdefault(item.event_id, (item.y, origin.timestamp_ms))
+                early.setdefault(join_id(item.event_id), (item.y, origin.timestamp_ms))
             elif event.learned_at is None:
                 event.y, event.learned_at, event.label_timestamp_ms = item.y, float(k), origin.timestamp_ms
             continue
-        if item.id in events:
+        joined = join_id(item.id)
+        if joined in events:
             continue
-        event = events[item.id] = LearnedEvent(k, origin, item)
+        event = events[joined] = LearnedEvent(k, origin, item)
         if item.y is not None:
             event.y, event.learned_at = item.y, k + 0.5
-        elif item.id in early:
-            (event.y, event.label_timestamp_ms), event.learned_at = early.pop(item.id), k + 0.5
+        elif joined in early:
+            (event.y, event.label_timestamp_ms), event.learned_at = early.pop(joined), k + 0.5
     return list(events.values())
 
 
@@ -577,7 +578,7 @@ class PipelineProcessor(_GuardedProcessor):
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record, item in items:
             if isinstance(item, Label):
-                self.learners.on_label(item.event_id, item.y, item.t)
+                self.learners.on_label(join_id(item.event_id), item.y, item.t)
                 continue
             if isinstance(item, RejectedEvent):
                 self._dead_letter(record, item.stage, item, out)
@@ -593,7 +594,7 @@ class PipelineProcessor(_GuardedProcessor):
             try:
                 # River models predict (and learn from an inline label) now; torch
                 # learners predict the whole batch in end_batch().
-                outcome = self.learners.on_event(item.id, item.x, item.y, record.timestamp_ms / 1000.0, key)
+                outcome = self.learners.on_event(join_id(item.id), item.x, item.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
                 out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
