@@ -25,6 +25,7 @@ The extra metrics, by task ("standard"):
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,11 @@ class MetricPlan:
     rolling_per_label: bool = False
 
 
+# An error at least this large (the square root of the largest double) is not scored:
+# squared by MSE, RMSE or R2 it would overflow.
+LARGEST_SCORED_ERROR = math.sqrt(sys.float_info.max)
+
+
 class ModelScores:
     """One model's metrics and counts; updated only by :meth:`Scoreboard.score`.
 
@@ -86,6 +92,15 @@ class ModelScores:
     metric could score (a prediction that is not None, probabilities that are not
     empty), as ``river.utils.Rolling`` does.
     """
+
+    # A regression error this many times the usual size makes a running rolling metric
+    # wrong as it leaves the window: subtracting it back cancels the digits of every other
+    # error (the labels after one of 1e300 left a window MAE of -8e8 for good, and the
+    # model that made it champion). Squared metrics square the ratio, hence a modest one.
+    HUGE_ERROR_RATIO = 1e4
+    # Not in snapshots written before these existed: read from the class then.
+    _watch_errors = False
+    _usual_error = 0.0
 
     def __init__(self, metric: str, plan: MetricPlan, *, is_classifier: bool) -> None:
         self.is_classifier = is_classifier
@@ -139,6 +154,50 @@ class ModelScores:
             objects.append((self.plan.champion_metric, self.champion))
         self._by_value = [m for name, m in objects if not self._takes_proba(name)]
         self._by_proba = [m for name, m in objects if self._takes_proba(name)]
+        self._watch_errors = not self.is_classifier and bool(self.champion is not None or self.rolling_metrics)
+
+    def _leaving_error(self) -> float:
+        """The largest regression error among the labels that the running rolling metrics
+        revert when the next label comes (their windows' oldest)."""
+        recent = self.recent
+        if recent is None:
+            return 0.0
+        plan = self.plan
+        largest = 0.0
+        for window, running in ((plan.champion_window, self.champion), (plan.window, self.rolling_metrics)):
+            if running and window and len(recent) >= window:
+                y, value, _ = recent[-window]
+                try:
+                    largest = max(largest, abs(y - value))
+                except TypeError:
+                    pass
+        return largest
+
+    def _watch(self, error: float, leaving: float) -> None:
+        """After a regression label was fed to the running rolling metrics: when the error
+        that just left a window was far beyond the usual size, the running metrics are
+        rebuilt from the window's labels (exact, as a replay is), instead of keeping what
+        the cancellation left."""
+        usual = self._usual_error
+        if usual > 0.0 and leaving > self.HUGE_ERROR_RATIO * usual:
+            self._rebuild_running()
+        # The usual size follows the last ten or so errors, each counted as at most ten
+        # times the usual: one huge error barely moves it, a lasting change of scale
+        # moves it within a few dozen labels, and it shrinks as fast as the errors do.
+        if usual > 0.0:
+            self._usual_error = usual + 0.1 * (min(error, 10.0 * usual) - usual)
+        else:
+            self._usual_error = error
+
+    def _rebuild_running(self) -> None:
+        plan = self.plan
+        if self.champion is not None and plan.champion_metric and plan.champion_window:
+            self.champion = self._replay(
+                _rolling(plan.champion_metric, plan.champion_window), plan.champion_metric, plan.champion_window
+            )
+        if self.rolling_metrics and plan.window:
+            self.rolling_metrics = {n: self._replay(_rolling(n, plan.window), n, plan.window) for n in self.rolling_metrics}
+        self._wire()
 
     def _replay(self, metric: Any, name: str, window: int) -> Any:
         """Feeds ``metric`` the last ``window`` labels it can score, oldest first."""
@@ -170,6 +229,7 @@ class ModelScores:
         whose estimator this model now runs); the cumulative metrics carry on."""
         self.recent, self.champion, self.last_scorable = other.recent, other.champion, other.last_scorable
         self.n_recent = other.n_recent
+        self._usual_error = other._usual_error
         self._rolling_cache = None
         self._wire()
 
@@ -183,7 +243,13 @@ class ModelScores:
         if not self.last_scorable:
             return math.nan, n
         if self.champion is not None:
-            return self.champion.get(), n
+            value = self.champion.get()
+            if isinstance(value, complex):
+                # What a running window left after rounding (a mean square of -1e-17 makes
+                # River's RMSE a complex number): the window's labels replayed say it exactly.
+                self._rebuild_running()
+                value = self.champion.get()
+            return (math.nan if isinstance(value, complex) else value), n
         metric = self._replay(make_metric(plan.champion_metric), plan.champion_metric, plan.champion_window)
         return metric.get(), n
 
@@ -270,11 +336,21 @@ class Scoreboard:
             scores.n_not_finite += 1
             scores.last_scorable = False
             return False
+        value = prediction.value
+        error = None
+        if not scores.is_classifier and value is not None and type(y) in (float, int):
+            error = abs(y - value)
+            if not error < LARGEST_SCORED_ERROR:
+                # Squared, it would overflow (River's MSE raises OverflowError) or be
+                # inf: a score no metric can hold, flagged like a NaN prediction.
+                scores.n_not_finite += 1
+                scores.last_scorable = False
+                return False
         scores.last_scorable = True
         scores.n += 1
         scores.n_recent += 1
-        value = prediction.value
         proba = prediction.proba
+        leaving = scores._leaving_error() if error is not None and scores._watch_errors else 0.0
         # Only what some metric can score is kept: a window holds the last labels scored.
         if scores.recent is not None:
             kept = proba if scores._keep_proba else None
@@ -283,6 +359,8 @@ class Scoreboard:
         if value is not None:
             for m in scores._by_value:
                 m.update(y, value)
+            if scores._watch_errors and error is not None:
+                scores._watch(error, leaving)
         if proba:
             for m in scores._by_proba:
                 m.update(y, proba)
