@@ -338,7 +338,9 @@ class Scoreboard:
             return False
         value = prediction.value
         error = None
-        if not scores.is_classifier and value is not None and type(y) in (float, int):
+        # Regression: a number for a number (np.float64 is a float; an anomaly score has
+        # a bool label, left alone).
+        if not scores.is_classifier and type(y) in (float, int) and isinstance(value, (float, int)):
             error = abs(y - value)
             if not error < LARGEST_SCORED_ERROR:
                 # Squared, it would overflow (River's MSE raises OverflowError) or be
