@@ -70,7 +70,10 @@ def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> float:
     """The user's Quix Streams application, run until it has scored ``n`` events."""
     # quixstreams pulls in authlib, which warns about its httpx module on import.
     warnings.filterwarnings("ignore", message=".*httpx module is deprecated")
-    from quixstreams import Application
+    try:
+        from quixstreams import Application
+    except ImportError as e:
+        raise SystemExit(f"peer_quix: quixstreams is not installed ({e}): run dev/bootstrap --bench") from None
     from river import linear_model, metrics, preprocessing
 
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
