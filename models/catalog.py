@@ -148,8 +148,12 @@ def _build_one(step: str | dict[str, Any]) -> Any:
     cls = _resolve(name)
     kwargs = {k: build_value(v) for k, v in params.items()}
     if name not in _STREAMWISE_LEARNERS:  # those check their own parameters
+        try:
+            signature = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            signature = {}
         for key, value in kwargs.items():
-            problem = _scalar_problem(cls, key, value)
+            problem = _scalar_problem(signature.get(key), value)
             if problem is not None:
                 raise ValueError(f"{name}: {key}: {problem}")
     try:
@@ -180,9 +184,9 @@ _RIVER_CLASS = re.compile(r"(?:[a-z_]+\.)*[A-Z][A-Za-z0-9]*")
 _NOT_CLASSES = {"base.typing.FeatureName"}
 
 
-def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
+def _scalar_problem(param: inspect.Parameter | None, value: Any) -> str | None:
     """Why a YAML scalar (a string, number or boolean) cannot be the River parameter
-    ``key``, by its annotation (``grace_period: int``) or, without one, its default's
+    ``param``, by its annotation (``grace_period: int``) or, without one, its default's
     type (``l2=0.0``); None when it can or when nothing says. River's constructors take
     what they are given, so a string for a number would fail only at the first event.
     Built objects, lists and mappings are left to the constructor.
@@ -190,20 +194,17 @@ def _scalar_problem(cls: type, key: str, value: Any) -> str | None:
     Examples
     --------
     >>> from river import linear_model, tree
-    >>> _scalar_problem(linear_model.LogisticRegression, "l2", "abc")
+    >>> lr, ht = (inspect.signature(c).parameters for c in (linear_model.LogisticRegression, tree.HoeffdingTreeClassifier))
+    >>> _scalar_problem(lr["l2"], "abc")
     "expects a number, got the string 'abc'"
-    >>> _scalar_problem(tree.HoeffdingTreeClassifier, "grace_period", 2.5)
+    >>> _scalar_problem(ht["grace_period"], 2.5)
     'expects an integer, got 2.5'
-    >>> [_scalar_problem(tree.HoeffdingTreeClassifier, k, v) for k, v in [("delta", 1), ("max_depth", None)]]
+    >>> [_scalar_problem(ht[k], v) for k, v in [("delta", 1), ("max_depth", None)]]
     [None, None]
-    >>> _scalar_problem(linear_model.LogisticRegression, "optimizer", "SGD")
+    >>> _scalar_problem(lr["optimizer"], "SGD")
     "expects a River optim.base.Optimizer, written {module.Class: {parameters}}, got the string 'SGD'"
     """
     if not isinstance(value, (str, int, float, type(None))):
-        return None
-    try:
-        param = inspect.signature(cls).parameters.get(key)
-    except (TypeError, ValueError):
         return None
     if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
         return None  # an unknown name is the constructor's TypeError

@@ -44,7 +44,7 @@ from streamwise.models.config import (
     ExplainConfig,
     LabelsConfig,
 )
-from streamwise.models.labels import PendingLabels
+from streamwise.models.labels import PendingLabels, join_id
 from streamwise.models.model import Model, linear_contributions
 from streamwise.models.prequential import Prediction, make_metric, peek
 from streamwise.models.scoreboard import MetricPlan, ModelScores, Scoreboard, metric_names
@@ -256,6 +256,7 @@ class ModelSet:
         """Predicts ``x`` with every River model now; learns at once from an inline ``y``,
         else waits for the label (when labels are delayed). ``key`` is the event's entity,
         for sequence learners."""
+        event_id = join_id(event_id)
         if t > self.now:
             self.now = t
         champion = self.selector.champion
@@ -295,6 +296,7 @@ class ModelSet:
     def on_label(self, event_id: Any, y: Any, t: float) -> None:
         """A label from the labels topic: scores the prediction made when its event arrived,
         then learns. A label for an unknown event is held for ``early_hold_s``."""
+        event_id = join_id(event_id)
         if t > self.now:
             self.now = t
         if self.pending.already_learned(event_id):

@@ -143,21 +143,20 @@ class BatchDecoder:
         features = self._features
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
-        # The fields msgspec read, and the colons and '":' of the records it did not decode.
-        fields, colons, key_ends = 0, 0, 0
+        # The fields msgspec read; the positions of the records it left to the EventDecoder.
+        fields, judged = 0, []
         for value in values:
             # A value of at most _MAX_OPENINGS bytes cannot open more than that: not counted.
             if value is None or len(value) > limit or (
                 len(value) > _MAX_OPENINGS and value.count(b"[") + value.count(b"{") > _MAX_OPENINGS
             ):
-                if value is not None:
-                    colons, key_ends = colons + value.count(b":"), key_ends + value.count(b'":')
+                judged.append(len(out))
                 out.append(self._slow(value))
                 continue
             try:
                 d = decoder.decode(value)
             except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-                colons, key_ends = colons + value.count(b":"), key_ends + value.count(b'":')
+                judged.append(len(out))
                 out.append(self._slow(value))
                 continue
             fields += len(d)
@@ -187,15 +186,14 @@ class BatchDecoder:
         # colons in the poll than fields read says no (one count of a byte per poll, the
         # usual case). Colons inside strings ("12:30") add to the count: then the keys'
         # ends, '":', are counted, which is exact for JSON written without a blank before
-        # a colon (json.dumps, orjson, Jackson and most writers). Else each record is
-        # looked at (_unread_refused).
-        try:
-            whole = b"".join(values)  # type: ignore[arg-type]
-        except TypeError:  # a None among them
-            whole = b"".join([v for v in values if v is not None])
-        if whole.count(b":") - colons != fields and whole.count(b'":') - key_ends != fields:
+        # a colon (json.dumps, orjson, Jackson and most writers). Else each record msgspec
+        # read is looked at (_unread_refused). A None is always among the judged.
+        left = set(judged)
+        read = [v for at, v in enumerate(values) if at not in left] if left else values
+        whole = b"".join(read)  # type: ignore[arg-type]
+        if whole.count(b":") != fields and whole.count(b'":') != fields:
             for at, value in enumerate(values):
-                if value is not None and _unread_refused(value):
+                if at not in left and _unread_refused(value):  # type: ignore[arg-type]
                     out[at] = self._slow(value)
         return out
 

@@ -180,12 +180,12 @@ def run(
         try:
             settings = _settings(bootstrap_servers)
             pipeline = load_pipeline_config(config)
-            check_pipeline_builds(pipeline)
+            built = check_pipeline_builds(pipeline)
         except StreamwiseError as e:
             raise _fail(e) from None
         # A model that raises on valid events only warns at a start (the others serve);
         # a check before a roll-out says no.
-        problems = dry_run_problems(pipeline)
+        problems = dry_run_problems(pipeline, built)
         if problems:
             raise _fail(ConfigError("\n".join(problems))) from None
         models = ", ".join(m.name for m in pipeline.models)

@@ -163,21 +163,17 @@ class PipelineConfig(BaseModel):
                     break
         # A name Kafka refuses would otherwise fail only when the worker creates or
         # subscribes to it, after joining the group. A default name is reported at the
-        # key it is made from.
-        derived = {("output", "dead_letter_topic"): (self.output.dead_letter_topic, ("input", "topic")),
-                   ("output", "alerts_topic"): (self.output.alerts_topic, ("name",))}
-        for loc, topic in roles:
+        # key it is made from: (key, name, what the name is when it is made from the key).
+        named: list[tuple[tuple[str, ...], str, str | None]] = [(loc, t, None) for loc, t in roles[:3]]
+        named.append((("output", "dead_letter_topic"), self.dead_letter_topic, None) if self.output.dead_letter_topic
+                     else (("input", "topic"), self.dead_letter_topic, "the dead letter topic"))
+        named.append((("output", "alerts_topic"), self.alerts_topic, None) if self.output.alerts_topic
+                     else (("name",), self.alerts_topic, "the alerts topic"))
+        named.append((("name",), roles[5][1], "the learn topic of scope: global"))
+        for loc, topic, made in named:
             reason = kafka_topic_problem(topic) if topic else None
-            if reason is None:
-                continue
-            given, source = derived.get(loc, (topic, loc))
-            if given is None:
-                reason = f"the {loc[-1].replace('_', ' ')} it makes, {topic[:60]!r}, {reason}"
-            else:
-                source = loc
-            if loc == ("name",):
-                reason = f"the learn topic of scope: global it makes, {topic[:60]!r}, {reason}"
-            problems.append((source, reason))
+            if reason is not None:
+                problems.append((loc, f"{made} it makes, {topic[:60]!r}, {reason}" if made else reason))
         return problems
 
     def _check_metric_fits(self) -> list[tuple[tuple[str | int, ...], str]]:

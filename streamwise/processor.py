@@ -502,9 +502,10 @@ def learn_order(records: Iterable[ConsumedRecord]) -> list[LearnedEvent]:
     for k, record in enumerate(records):
         origin, item = decode_learn_record(record)
         if isinstance(item, Label):
-            event = events.get(join_id(item.event_id))
+            labelled = join_id(item.event_id)  # as ModelSet joins them
+            event = events.get(labelled)
             if event is None:
-                early.setdefault(join_id(item.event_id), (item.y, origin.timestamp_ms))
+                early.setdefault(labelled, (item.y, origin.timestamp_ms))
             elif event.learned_at is None:
                 event.y, event.learned_at, event.label_timestamp_ms = item.y, float(k), origin.timestamp_ms
             continue
@@ -578,7 +579,7 @@ class PipelineProcessor(_GuardedProcessor):
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record, item in items:
             if isinstance(item, Label):
-                self.learners.on_label(join_id(item.event_id), item.y, item.t)
+                self.learners.on_label(item.event_id, item.y, item.t)
                 continue
             if isinstance(item, RejectedEvent):
                 self._dead_letter(record, item.stage, item, out)
@@ -594,7 +595,7 @@ class PipelineProcessor(_GuardedProcessor):
             try:
                 # River models predict (and learn from an inline label) now; torch
                 # learners predict the whole batch in end_batch().
-                outcome = self.learners.on_event(join_id(item.id), item.x, item.y, record.timestamp_ms / 1000.0, key)
+                outcome = self.learners.on_event(item.id, item.x, item.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
                 out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)

@@ -140,9 +140,9 @@ class Runner:
         one partition, so one worker of the group learns and the others stand by)."""
         cfg = self.config
         kafka = self.settings.kafka
-        check_pipeline_builds(cfg)
+        built = check_pipeline_builds(cfg)
         # Said, not fatal: the other models serve while this one answers its error.
-        for problem in dry_run_problems(cfg):
+        for problem in dry_run_problems(cfg, built):
             log.warning("%s", problem)
         store = self._store if self._store is not None else self._state_store()
         # A model's init_from source is read and checked first: a bad one stops the start
@@ -477,14 +477,14 @@ class StageLoop:
                 processor.reported_champion = processor.champion
 
 
-def check_pipeline_builds(config: PipelineConfig) -> None:
+def check_pipeline_builds(config: PipelineConfig) -> PipelineProcessor:
     """Builds what each partition will build (steps, models, scoreboard, rules) once,
     before any service is touched. The config's own checks catch what they know of; this
     catches the rest, so a pipeline that cannot be built stops the start with one line
-    naming the model, instead of a traceback after the worker has joined its group."""
+    naming the model, instead of a traceback after the worker has joined its group.
+    Returns what it built, for :func:`dry_run_problems`."""
     try:
-        PipelineProcessor(config)
-        return
+        return PipelineProcessor(config)
     except StreamwiseError:
         raise
     except Exception as whole:  # noqa: BLE001 - anything a River or torch constructor raises
@@ -551,14 +551,15 @@ def made_up_records(config: PipelineConfig, n: int = 64) -> list[ConsumedRecord]
     return events + label_records
 
 
-def dry_run_problems(config: PipelineConfig) -> list[str]:
-    """What goes wrong when the pipeline, built afresh, runs :func:`made_up_records`: one
-    line per model that raised predicting or learning (a parameter River takes when built
-    and refuses at the first event, such as an ARF's ``max_features: sqr``). Touches no
-    service; a forecast, whose events are a series, is not run."""
+def dry_run_problems(config: PipelineConfig, fresh: PipelineProcessor | None = None) -> list[str]:
+    """What goes wrong when the pipeline, built afresh (``fresh``, the one
+    :func:`check_pipeline_builds` built, else a new one), runs :func:`made_up_records`:
+    one line per model that raised predicting or learning (a parameter River takes when
+    built and refuses at the first event, such as an ARF's ``max_features: sqr``).
+    Touches no service; a forecast, whose events are a series, is not run."""
     if config.forecast is not None:
         return []
-    processor = PipelineProcessor(config)
+    processor = fresh if fresh is not None else PipelineProcessor(config)
     processor.process(made_up_records(config))
     index = {spec.name: i for i, spec in enumerate(config.models)}
     return [
