@@ -24,10 +24,11 @@ from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
+    UnsupportedCodecError,
 )
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
-from streamwise.core.errors import ConfigError, DeliveryError, GroupMetadataRefused, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, GroupMetadataRefused, ServiceUnavailableError, StreamwiseError
 from streamwise.core.settings import KafkaSettings
 
 from . import kafka_config
@@ -197,6 +198,13 @@ class KafkaPythonSource:
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumedRecord]:
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except UnsupportedCodecError as e:
+            # Not a fault that passes: every poll of this topic fails the same way until
+            # the codec's library is installed, so stop with the fix instead of retrying.
+            raise StreamwiseError(
+                f"Kafka: the input is compressed with a codec kafka-python cannot read here ({e}); "
+                "install streamwise's dependencies (lz4, zstandard, python-snappy) or set kafka.client: confluent"
+            ) from None
         except KafkaError as e:
             raise ServiceUnavailableError(f"Kafka at {self._settings.bootstrap_servers}: {type(e).__name__}: {e}") from e
         out: list[ConsumedRecord] = []

@@ -24,6 +24,14 @@ def _run(cfg, settings, **kw):
     return Runner(cfg, settings).run(until_idle_s=1.0, **kw)
 
 
+def _assert_phishing_parity(cfg, summary):
+    for spec in cfg.models:
+        river_score = evaluate.progressive_val_score(
+            datasets.Phishing(), build_estimator(spec.steps), metrics.Accuracy()
+        ).get()
+        assert math.isclose(summary.metrics[spec.name]["value"], river_score, rel_tol=0, abs_tol=1e-12)
+
+
 def test_phishing_one_prediction_per_event_and_river_parity(settings, bootstrap, unique):
     cfg = phishing_pipeline(unique)
     assert produce(bootstrap, cfg.input.topic, iter_events("Phishing")) == N_PHISHING
@@ -35,11 +43,7 @@ def test_phishing_one_prediction_per_event_and_river_parity(settings, bootstrap,
     assert sorted(r["id"] for r in out) == list(range(N_PHISHING))
     assert summary.events_in == N_PHISHING and summary.dead_letters == {}
 
-    for spec in cfg.models:
-        river_score = evaluate.progressive_val_score(
-            datasets.Phishing(), build_estimator(spec.steps), metrics.Accuracy()
-        ).get()
-        assert math.isclose(summary.metrics[spec.name]["value"], river_score, rel_tol=0, abs_tol=1e-12)
+    _assert_phishing_parity(cfg, summary)
     # Every record's per-model prediction is what an in-memory test-then-train loop says.
     ref = reference_predictions(cfg, datasets.Phishing())
     by_id = sorted(out, key=lambda r: r["id"])
@@ -49,6 +53,60 @@ def test_phishing_one_prediction_per_event_and_river_parity(settings, bootstrap,
     assert first["champion"] == "logreg" and first["prediction"] == first["models"]["logreg"]["prediction"]
     assert set(first["probabilities"]) == {"false", "true"}
     assert first["source"] == {"topic": cfg.input.topic, "partition": 0, "offset": 0}
+
+
+def test_input_batches_compressed_with_every_kafka_codec_are_read(settings, bootstrap, unique):
+    # Java producers and librdkafka compress with lz4, zstd or snappy as often as gzip;
+    # kafka-python reads each only with its codec's library installed. One partition
+    # holding batches of all four, in order: still one prediction per event, River parity.
+    from kafka import KafkaProducer
+
+    cfg = phishing_pipeline(unique)
+    events = list(iter_events("Phishing"))
+    codecs = ["gzip", "snappy", "lz4", "zstd"]
+    share = math.ceil(len(events) / len(codecs))
+    for i, codec in enumerate(codecs):
+        producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type=codec, linger_ms=5)
+        for key, value in events[i * share:(i + 1) * share]:
+            producer.send(cfg.input.topic, key=key, value=value)
+        producer.flush()
+        producer.close()
+
+    summary = _run(cfg, settings)
+
+    out = values(consume(bootstrap, cfg.output.topic, N_PHISHING))
+    assert sorted(r["id"] for r in out) == list(range(N_PHISHING))
+    assert summary.events_in == N_PHISHING and summary.dead_letters == {}
+    _assert_phishing_parity(cfg, summary)
+
+
+def test_a_codec_kafka_python_cannot_read_stops_with_the_fix_not_a_retry_loop(services, unique, monkeypatch):
+    # Where the codec's library is missing (an install without our dependencies), every
+    # poll would fail alike for ever: the service stops with one line saying what to do.
+    import kafka.codec
+    import pytest
+
+    from streamwise import StreamwiseError
+    from streamwise.core.settings import KafkaSettings, Settings
+
+    bootstrap = services["STREAMWISE_KAFKA__BOOTSTRAP_SERVERS"]
+    cfg = phishing_pipeline(unique)
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type="lz4")
+    for key, value in iter_events("Phishing"):
+        producer.send(cfg.input.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    monkeypatch.setattr(kafka.codec, "has_lz4", lambda: False)
+    settings = Settings()
+    settings.kafka = KafkaSettings(bootstrap_servers=bootstrap, poll_timeout_ms=200, client="kafka-python")
+
+    t0 = time.monotonic()
+    with pytest.raises(StreamwiseError, match=r"lz4.*install") as raised:
+        _run(cfg, settings)
+    assert "Unavailable" not in type(raised.value).__name__
+    assert time.monotonic() - t0 < 60
 
 
 def _malformed(n_valid: int) -> list[tuple[bytes | None, bytes | None, str]]:
