@@ -135,4 +135,8 @@ class Admin(Protocol):
     def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         """Partitions per topic, for the topics that exist."""
 
+    def max_message_bytes(self, topic: str) -> int | None:
+        """The largest record batch ``topic`` accepts (its effective ``max.message.bytes``);
+        None where the cluster does not say (no DescribeConfigs permission, no topic)."""
+
     def close(self) -> None: ...

@@ -27,7 +27,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streamwise.core.errors import ConfigError, DeliveryError, GroupMetadataRefused, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 
@@ -544,6 +544,15 @@ class ConfluentAdmin:
             except KafkaException as e:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker made it
                     raise ServiceUnavailableError(f"Kafka: cannot create topic {topic}: {e.args[0].str()}") from None
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        try:
+            futures = self._admin.describe_configs([ConfigResource("topic", topic)], request_timeout=self._timeout_s)
+            entries = next(iter(futures.values())).result(timeout=self._timeout_s)
+            return int(entries["max.message.bytes"].value)
+        except (KafkaException, KeyError, TypeError, ValueError, StopIteration, TimeoutError) as e:
+            log.info("Kafka: max.message.bytes of %s not known (%s: %s)", topic, type(e).__name__, e)
+            return None
 
     def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         listed = self._admin.list_topics(timeout=self._timeout_s).topics

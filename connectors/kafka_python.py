@@ -16,7 +16,7 @@ from typing import Any
 
 import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     CommitFailedError,
     KafkaConfigurationError,
@@ -488,6 +488,16 @@ class KafkaPythonAdmin:
                 pass  # another worker created it meanwhile
             except KafkaError as e:
                 raise ServiceUnavailableError(f"Kafka: cannot create topic {topic.name}: {e}") from None
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})
+        try:
+            # "all": the effective value, the broker's default when the topic sets none.
+            described = self._admin.describe_configs([resource], config_filter="all")
+            return int(described["topic"][topic]["max.message.bytes"]["value"])
+        except (KafkaError, KeyError, TypeError, ValueError) as e:
+            log.info("Kafka: max.message.bytes of %s not known (%s: %s)", topic, type(e).__name__, e)
+            return None
 
     def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         described = self._admin.describe_topics(list(topics))

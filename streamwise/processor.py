@@ -129,32 +129,54 @@ def dead_letter(
     error_class: str,
     message: str,
     max_value_bytes: int | None = None,
+    max_record_bytes: int | None = None,
 ) -> OutgoingRecord:
     """The original bytes, untouched, with headers saying where they came from and why.
 
     Bytes beyond ``max_value_bytes`` (the schema's ``max_event_bytes``: only a record
-    refused for its size has more) are cut, with the original size in a header: a dead
-    letter larger than the producer or the topic accepts would fail its batch on every
-    retry, the very crash loop the dead-letter topic exists to prevent.
+    refused for its size has more), or beyond what leaves the whole record within
+    ``max_record_bytes`` (the dead-letter topic's ``max.message.bytes``, which may be
+    smaller than the input topic's), are cut, with the original size in a header: a dead
+    letter larger than the topic accepts would fail its batch on every retry, the very
+    crash loop the dead-letter topic exists to prevent. The headers say where the whole
+    record is: its topic, partition and offset.
+
+    >>> r = ConsumedRecord("in", 0, 7, b"k", b"x" * 5000, 0)
+    >>> d = dead_letter(r, "in.dlq", "decode", "JSONDecodeError", "bad", 1_048_576, max_record_bytes=2000)
+    >>> dict(d.headers)["streamwise.source.size"], len(d.value) + sum(len(k) + len(v) for k, v in d.headers) < 2000 - 86
+    (b'5000', True)
     """
     value = record.value if record.value is not None else b""
-    extra = []
-    if max_value_bytes is not None and len(value) > max_value_bytes:
-        extra.append((H_SIZE, str(len(value)).encode()))
-        value = value[:max_value_bytes]
-    return OutgoingRecord(
-        topic=topic,
-        key=record.key,
-        value=value,
-        headers=[*extra,
-            (H_STAGE, stage.encode()),
-            (H_CLASS, error_class.encode()),
-            (H_MESSAGE, message[:_MAX_HEADER_MESSAGE].encode("utf-8", "replace")),
-            (H_TOPIC, record.topic.encode()),
-            (H_PARTITION, str(record.partition).encode()),
-            (H_OFFSET, str(record.offset).encode()),
-        ],
-    )
+    headers = [
+        (H_STAGE, stage.encode()),
+        (H_CLASS, error_class.encode()),
+        (H_MESSAGE, message[:_MAX_HEADER_MESSAGE].encode("utf-8", "replace")),
+        (H_TOPIC, record.topic.encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+    ]
+    key = record.key
+    room = max_value_bytes
+    if max_record_bytes is not None:
+        # A key too large for the topic is cut too (the headers still name the record).
+        # The headers, and the size header this may add (its value 20 digits at most).
+        fixed = _BATCH_OVERHEAD + sum(len(k) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+        fixed += len(H_SIZE) + 20 + _HEADER_OVERHEAD
+        if key is not None and len(key) > (max_record_bytes - fixed) // 2:
+            key = key[: max(0, (max_record_bytes - fixed) // 2)]
+        fits = max(0, max_record_bytes - fixed - (len(key) if key is not None else 0))
+        room = fits if room is None else min(room, fits)
+    if room is not None and len(value) > room:
+        headers.insert(0, (H_SIZE, str(len(value)).encode()))
+        value = value[:room]
+    return OutgoingRecord(topic=topic, key=key, value=value, headers=headers)
+
+
+# What a one-record batch adds to its record's key, value and headers on the wire, with
+# room to spare (record batch header 61 bytes, the record's own varints up to ~25), and
+# what each header adds to its key and value (two varint lengths).
+_BATCH_OVERHEAD = 128
+_HEADER_OVERHEAD = 10
 
 
 class _GuardedProcessor:
@@ -164,6 +186,8 @@ class _GuardedProcessor:
 
     # Records processed together through every phase (see process()).
     CHUNK = 256
+    # The dead-letter topic's max.message.bytes, when the runner could read it.
+    dead_letter_max_bytes: int | None = None
 
     config: PipelineConfig
     sensor: Sensor
@@ -172,7 +196,8 @@ class _GuardedProcessor:
     # Rebuilt from the config, or set by the owner of the partition (the snapshot epoch
     # the state descends from, shown in every record): not learned, left out of snapshots.
     _NOT_STATE = frozenset(
-        {"config", "sensor", "epoch", "_fields", "forecasting", "stage", "rules", "reported_champion", "_rollback"}
+        {"config", "sensor", "epoch", "_fields", "forecasting", "stage", "rules", "reported_champion", "_rollback",
+         "dead_letter_max_bytes"}
     )
     # The champion the sensors last heard of for this partition (None: not yet): not
     # learned, and rebuilt empty with the processor.
@@ -325,7 +350,8 @@ class _GuardedProcessor:
         self.sensor.on_events_in(record.topic, record.partition, 1)
         self.sensor.on_dead_letter(record.topic, stage)
         limit = self.config.event_schema.max_event_bytes
-        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error), limit)
+        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error), limit,
+                           self.dead_letter_max_bytes)
 
     def _read_input(
         self, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]
@@ -378,7 +404,8 @@ class _GuardedProcessor:
         message = error.reason if isinstance(error, RejectedEvent) else str(error)
         error_class = "RejectedEvent" if isinstance(error, RejectedEvent) else type(error).__name__
         limit = self.config.event_schema.max_event_bytes
-        out.append(dead_letter(record, self.config.dead_letter_topic, stage, error_class, message, limit))
+        out.append(dead_letter(record, self.config.dead_letter_topic, stage, error_class, message, limit,
+                               self.dead_letter_max_bytes))
         self.sensor.on_dead_letter(record.topic, stage)
 
 
@@ -589,7 +616,8 @@ class PipelineProcessor(_GuardedProcessor):
                 try:
                     out.append(self._forecast_record(record, item, key))
                 except Exception as e:  # a model bug must not stop the stream
-                    out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
+                    out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes,
+                                           self.dead_letter_max_bytes))
                     sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             try:
@@ -597,7 +625,8 @@ class PipelineProcessor(_GuardedProcessor):
                 # learners predict the whole batch in end_batch().
                 outcome = self.learners.on_event(item.id, item.x, item.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
-                out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes))
+                out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes,
+                                       self.dead_letter_max_bytes))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             predicted.append((record, item, outcome))

@@ -88,6 +88,8 @@ class Runner:
         # Where init_from models start from (streamwise/transfer.py); read in run().
         self._transfers: dict[str, Any] = {}
         self.global_scope = False
+        # The dead-letter topic's max.message.bytes, read at start (None: not known).
+        self.dead_letter_max_bytes: int | None = None
         self._source = source
         self._sink = sink
         self._admin = admin
@@ -151,6 +153,9 @@ class Runner:
         admin = self._admin or make_admin(kafka)
         try:
             admin.ensure_topics([cfg.input.topic, cfg.output.topic, cfg.dead_letter_topic, cfg.alerts_topic])
+            # Dead letters carry the input's bytes, and the input topic may take larger
+            # records than the dead-letter topic: they are cut to fit it (processor.py).
+            self.dead_letter_max_bytes = admin.max_message_bytes(cfg.dead_letter_topic)
             # A labels topic is a second input: its merge with the events is written down
             # too, so even one partition of each goes through the learn topic.
             self.global_scope = cfg.scope == "global" and (
@@ -219,8 +224,11 @@ class Runner:
 
         def make_processor(s: Sensor) -> Any:
             if kind == "partition":
-                return PartitionStageProcessor(self.config, s)
-            return PipelineProcessor(self.config, s, stage="learn" if kind == "learn" else "pipeline")
+                processor: Any = PartitionStageProcessor(self.config, s)
+            else:
+                processor = PipelineProcessor(self.config, s, stage="learn" if kind == "learn" else "pipeline")
+            processor.dead_letter_max_bytes = self.dead_letter_max_bytes
+            return processor
 
         partitions = PartitionStates(
             self.config, self.settings.snapshot, sensor, source, store,

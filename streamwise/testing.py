@@ -1083,6 +1083,9 @@ class MemoryAdmin:
         with self.broker._lock:
             return {t: len(self.broker.topics[t]) for t in topics if t in self.broker.topics}
 
+    def max_message_bytes(self, topic: str) -> int | None:
+        return None  # the memory broker takes records of any size
+
     def close(self) -> None:
         pass
 

@@ -109,6 +109,46 @@ def test_a_codec_kafka_python_cannot_read_stops_with_the_fix_not_a_retry_loop(se
     assert time.monotonic() - t0 < 60
 
 
+def test_a_dead_letter_larger_than_its_topic_takes_is_cut_to_fit_not_retried_for_ever(settings, bootstrap, unique):
+    # The input topic takes 4 MB records; the dead-letter topic has Kafka's default limit
+    # (1 MiB + 12 bytes, as on a stock broker), smaller than schema.max_event_bytes plus
+    # the headers. A 1.5 MB malformed record's dead letter used to fail every commit.
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewTopic
+
+    from streamwise.processor import H_OFFSET, H_SIZE
+
+    cfg = phishing_pipeline(unique)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([
+        NewTopic(cfg.input.topic, 1, 1, topic_configs={"max.message.bytes": "4000000"}),
+        NewTopic(cfg.dead_letter_topic, 1, 1, topic_configs={"max.message.bytes": "1048588"}),
+    ])
+    admin.close()
+    events = list(iter_events("Phishing"))
+    big = b'{"id": "big", "pad": "' + b"x" * 1_500_000 + b'"} not json'
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000)
+    for i, (key, value) in enumerate(events):
+        if i == 600:
+            producer.send(cfg.input.topic, key=b"big", value=big)
+        producer.send(cfg.input.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    t0 = time.monotonic()
+    summary = _run(cfg, settings)
+    assert time.monotonic() - t0 < 60
+
+    out = values(consume(bootstrap, cfg.output.topic, N_PHISHING))
+    assert sorted(r["id"] for r in out) == list(range(N_PHISHING))
+    assert summary.dead_letters == {"decode": 1}
+    (letter,) = consume(bootstrap, cfg.dead_letter_topic, 1)
+    headers = dict(letter.headers)
+    assert headers[H_SIZE] == str(len(big)).encode() and headers[H_OFFSET] == b"600"
+    assert len(letter.value) < 1048588 and big.startswith(letter.value)
+    _assert_phishing_parity(cfg, summary)
+
+
 def _malformed(n_valid: int) -> list[tuple[bytes | None, bytes | None, str]]:
     """50 bad records of the kinds a live stream carries, with the stage each must fail at."""
     good = json.loads(next(iter_events("Phishing"))[1])
