@@ -156,6 +156,12 @@ class EventSchema(BaseModel):
             name = getattr(self, role)
             if name is not None and name in self.features:
                 raise ValueError(f"{role} field {name!r} is also listed under features")
+        # One field, two roles: every event would be refused (an id is not a bool label).
+        roles = [(role, getattr(self, role)) for role in ("id", "label", "event_time")]
+        for i, (role, name) in enumerate(roles):
+            for other, other_name in roles[:i]:
+                if name is not None and name == other_name:
+                    raise ValueError(f"{role} field {name!r} is also the {other} field; each field has one role")
         if self.classes is not None:
             kind = {"bool": bool, "int": int, "float": float, "category": (str, int, bool)}[self.label_type]
             wrong = [c for c in self.classes if not isinstance(c, kind) or (kind is int and isinstance(c, bool))]

@@ -90,6 +90,9 @@ def test_the_base_config_loads():
          "p.yaml: schema.features.c: categories: 'x' is listed twice"),
         ({"schema.features.c": {"type": "category", "categories": []}}, "schema.features.c: categories: empty"),
         ({"schema.classes": [True, False, True]}, "p.yaml: schema: classes: True is listed twice"),
+        # One field in two roles: every event would be refused at validate.
+        ({"schema.label": "id"}, "p.yaml: schema: label field 'id' is also the id field; each field has one role"),
+        ({"schema.event_time": "label"}, "p.yaml: schema: event_time field 'label' is also the label field"),
         # Whole-config checks name their key.
         ({"models": [{"name": "lr", "steps": LR}, {"name": "lr", "steps": LR}]},
          "p.yaml: models: model names must be unique, repeated: lr"),
