@@ -4,6 +4,7 @@ maps a :class:`StreamwiseError` to one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -79,6 +80,20 @@ def _dump_stacks_on_sigusr1() -> None:
         pass
 
 
+def _seconds(value: float | None) -> float | None:
+    # click's FloatRange lets NaN through (every comparison with it is false): a NaN
+    # --until-idle ran for ever.
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value} is not a number of seconds (finite, 0 or more)")
+    return value
+
+
+def _interval(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a number of seconds above 0")
+    return value
+
+
 def _fail(e: StreamwiseError) -> typer.Exit:
     typer.echo(f"streamwise: {e}", err=True)
     return typer.Exit(2)
@@ -144,7 +159,9 @@ def replay(
 @app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML.", envvar="STREAMWISE_PIPELINE", show_envvar=True)],
-    until_idle: Annotated[float | None, typer.Option(help="Exit once the input is drained and idle this many seconds.")] = None,
+    until_idle: Annotated[
+        float | None, typer.Option(help="Exit once the input is drained and idle this many seconds.", callback=_seconds)
+    ] = None,
     max_events: Annotated[int | None, typer.Option(help="Exit after this many records.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes in this consumer group, on this host.")] = 1,
     worker_index: Annotated[int, typer.Option(min=0, envvar="STREAMWISE_WORKER_INDEX", show_envvar=True, help="This worker's slot on this host; names its transactional and static member id.")] = 0,
@@ -374,7 +391,7 @@ def dashboards_live(
     metrics_url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
     grafana_url: GrafanaUrlOpt = None,
     stream: Annotated[str, typer.Option(help="Grafana Live stream id: channels stream/<id>/streamwise and .../streamwise_model.")] = "streamwise",
-    interval: Annotated[float, typer.Option(help="Seconds between pushes.")] = 1.0,
+    interval: Annotated[float, typer.Option(help="Seconds between pushes.", callback=_interval)] = 1.0,
     count: Annotated[int | None, typer.Option(help="Stop after this many pushes.")] = None,
 ) -> None:
     """Push the figures of `streamwise top` to Grafana Live every second (in memory, no history)."""
@@ -399,7 +416,7 @@ def dashboards_live(
 @app.command()
 def top(
     url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes; rates are over this span.")] = 2.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes; rates are over this span.", callback=_interval)] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one table (after one interval) and exit.")] = False,
     metric: Annotated[str | None, typer.Option(help="Show only this metric of each model (e.g. Accuracy, LogLoss); default every metric, one row each.")] = None,
 ) -> None:

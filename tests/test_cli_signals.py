@@ -29,3 +29,24 @@ def test_sigusr1_dumps_every_thread_and_the_process_goes_on():
     # Two threads, each with its stack: the main one and the one waiting on its event.
     assert done.stderr.count("(most recent call first)") >= 2, done.stderr
     assert "in wait" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "-c", "examples/phishing.yaml", "--check", "--until-idle", "nan"],
+        ["run", "-c", "examples/phishing.yaml", "--check", "--until-idle", "-1"],
+        ["top", "--once", "--interval", "-1"],
+        ["top", "--once", "--interval", "nan"],
+        ["dashboards", "live", "--count", "1", "--interval", "0"],
+    ],
+)
+def test_a_duration_that_is_not_one_is_refused_at_its_option(args):
+    # A NaN --until-idle ran for ever; a negative --interval raised from time.sleep.
+    from typer.testing import CliRunner
+
+    from streamwise.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert ("--until-idle" if "--until-idle" in args else "--interval") in result.output
