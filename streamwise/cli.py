@@ -198,6 +198,16 @@ def run(
             settings = _settings(bootstrap_servers)
             pipeline = load_pipeline_config(config)
             built = check_pipeline_builds(pipeline)
+            # What the start refuses before it connects: the snapshot signing key, and
+            # kafka.extra keys the client does not know (kafka-python's are checked by
+            # name here; librdkafka's only when a client is built).
+            if settings.snapshot.enabled:
+                settings.snapshot.signing_key_list()
+            if settings.kafka.client == "kafka-python":
+                from streamwise.connectors import kafka_config
+
+                kafka_config.kafka_python_consumer(settings.kafka, pipeline.group_id)
+                kafka_config.kafka_python_producer(settings.kafka, None)
         except StreamwiseError as e:
             raise _fail(e) from None
         # A model that raises on valid events only warns at a start (the others serve);

@@ -363,11 +363,24 @@ def test_run_check_builds_the_pipeline_and_touches_no_service(tmp_path: Path, mo
     monkeypatch.setenv("STREAMWISE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
     monkeypatch.setenv("STREAMWISE_REDIS__URL", "redis://127.0.0.1:2/0")
     monkeypatch.setenv("STREAMWISE_KAFKA__CLIENT", "confluent")
+    monkeypatch.setenv("STREAMWISE_SNAPSHOT__SIGNING_KEY", "k" * 64)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(NUMERIC))
     result = CliRunner().invoke(app, ["run", "-c", str(good), "--check"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{good}: ok: pipeline p, events -> predictions, models lr, Kafka client confluent"
+    # Settings that `run` refuses before it connects are refused by the check too.
+    for name, value, said in [
+        ("STREAMWISE_SNAPSHOT__SIGNING_KEY", "short", "snapshot.signing_key: 5 bytes"),
+        ("STREAMWISE_KAFKA__CLIENT", "kafka-python", None),
+        ("STREAMWISE_KAFKA__EXTRA", '{"nonsense_key": 1}', "kafka.extra.nonsense_key: not a kafka-python setting"),
+    ]:
+        monkeypatch.setenv(name, value)
+        result = CliRunner().invoke(app, ["run", "-c", str(good), "--check"])
+        assert result.exit_code == (0 if said is None else 2), result.output
+        assert said is None or said in result.output
+        if name.endswith("SIGNING_KEY"):
+            monkeypatch.setenv(name, "k" * 64)
     bad = tmp_path / "bad.yaml"
     data = copy.deepcopy(NUMERIC)
     data["models"] = [{"name": "lr", "steps": [{"linear_model.LogisticRegression": {"l2": "0.1"}}]}]
@@ -377,7 +390,7 @@ def test_run_check_builds_the_pipeline_and_touches_no_service(tmp_path: Path, mo
     assert "models[0].steps: linear_model.LogisticRegression: l2: expects a number" in result.output
 
 
-def test_run_check_says_no_to_a_model_that_raises_on_valid_events(tmp_path: Path):
+def test_run_check_says_no_to_a_model_that_raises_on_valid_events(tmp_path: Path, monkeypatch):
     """ARF takes max_features: sqr when built and raises at its first event: --check
     runs the pipeline on events made up from the schema and names the model."""
     import yaml
@@ -389,6 +402,7 @@ def test_run_check_says_no_to_a_model_that_raises_on_valid_events(tmp_path: Path
     data["models"].append({"name": "forest", "steps": [{"forest.ARFClassifier": {"max_features": "sqr"}}]})
     path = tmp_path / "forest.yaml"
     path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("STREAMWISE_SNAPSHOT__SIGNING_KEY", "k" * 64)
     result = CliRunner().invoke(app, ["run", "-c", str(path), "--check"])
     assert result.exit_code == 2
     assert "models[1] (forest): raises on events made up from the schema: AttributeError: Invalid max_features" in result.output
