@@ -349,9 +349,7 @@ class _GuardedProcessor:
         # Read like every other record (its attempts' counts were dropped with them).
         self.sensor.on_events_in(record.topic, record.partition, 1)
         self.sensor.on_dead_letter(record.topic, stage)
-        limit = self.config.event_schema.max_event_bytes
-        return dead_letter(record, self.config.dead_letter_topic, stage, type(error).__name__, str(error), limit,
-                           self.dead_letter_max_bytes)
+        return self._letter(record, stage, type(error).__name__, str(error))
 
     def _read_input(
         self, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]
@@ -403,10 +401,13 @@ class _GuardedProcessor:
     def _dead_letter(self, record: ConsumedRecord, stage: str, error: Exception, out: list[OutgoingRecord]) -> None:
         message = error.reason if isinstance(error, RejectedEvent) else str(error)
         error_class = "RejectedEvent" if isinstance(error, RejectedEvent) else type(error).__name__
-        limit = self.config.event_schema.max_event_bytes
-        out.append(dead_letter(record, self.config.dead_letter_topic, stage, error_class, message, limit,
-                               self.dead_letter_max_bytes))
+        out.append(self._letter(record, stage, error_class, message))
         self.sensor.on_dead_letter(record.topic, stage)
+
+    def _letter(self, record: ConsumedRecord, stage: str, error_class: str, message: str) -> OutgoingRecord:
+        """The dead letter of ``record``, within the schema's and the topic's size limits."""
+        return dead_letter(record, self.config.dead_letter_topic, stage, error_class, message,
+                           self.config.event_schema.max_event_bytes, self.dead_letter_max_bytes)
 
 
 @dataclass(slots=True)
@@ -600,8 +601,6 @@ class PipelineProcessor(_GuardedProcessor):
     def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
         sensor = self.sensor
-        dlq = self.config.dead_letter_topic
-        max_bytes = self.config.event_schema.max_event_bytes
         items = self._read_learn_topic(records) if self.stage == "learn" else self._read_input(records, out)
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record, item in items:
@@ -616,8 +615,7 @@ class PipelineProcessor(_GuardedProcessor):
                 try:
                     out.append(self._forecast_record(record, item, key))
                 except Exception as e:  # a model bug must not stop the stream
-                    out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes,
-                                           self.dead_letter_max_bytes))
+                    out.append(self._letter(record, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
                     sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             try:
@@ -625,8 +623,7 @@ class PipelineProcessor(_GuardedProcessor):
                 # learners predict the whole batch in end_batch().
                 outcome = self.learners.on_event(item.id, item.x, item.y, record.timestamp_ms / 1000.0, key)
             except Exception as e:  # a model bug must not stop the stream
-                out.append(dead_letter(record, dlq, DeadLetterStage.PREDICT, type(e).__name__, str(e), max_bytes,
-                                       self.dead_letter_max_bytes))
+                out.append(self._letter(record, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
                 continue
             predicted.append((record, item, outcome))
