@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import bisect
 import hmac
+import http.client
 import math
 import platform
 import socket
@@ -567,13 +568,22 @@ def scrape(
 ) -> Scrape:
     """Reads a ``/metrics`` page over HTTP(S), with basic auth when given ``auth``; an
     https URL is checked against ``cafile`` (else the system's CA store)."""
-    request = urllib.request.Request(url)
-    if auth is not None:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-    context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
     try:
+        request = urllib.request.Request(url)
+        if auth is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
         with urllib.request.urlopen(request, timeout=timeout_s, context=context) as resp:
-            text = resp.read().decode("utf-8")
-    except OSError as e:
+            body = resp.read()
+    # Besides OSError (refused, timed out, an HTTP error status, a CA file that cannot be
+    # read), urllib refuses a URL it cannot use with ValueError ("unknown url type") and
+    # http.client with InvalidURL (a port that is not a number).
+    except (OSError, ValueError, http.client.HTTPException) as e:
         raise ServiceUnavailableError(f"metrics: cannot read {url}: {e}") from None
-    return Scrape.parse(text)
+    try:
+        return Scrape.parse(body.decode("utf-8"))
+    except ValueError:
+        # Something answered, but not with the text format: a web page, another
+        # service's port, the URL without its /metrics path.
+        start = body[:60].decode("utf-8", "replace").split("\n", 1)[0].strip()
+        raise ServiceUnavailableError(f"metrics: {url} did not answer with Prometheus metrics: it starts with {start!r}") from None

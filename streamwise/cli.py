@@ -3,21 +3,38 @@ maps a :class:`StreamwiseError` to one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
-import logging
-import math
-import signal
-import sys
-import time
-import uuid
-from pathlib import Path
-from typing import Annotated, Any
+try:
+    import logging
+    import math
+    import signal
+    import sys
+    import time
+    import uuid
+    from pathlib import Path
+    from typing import Annotated, Any
 
-import typer
+    import typer
 
-from streamwise.core.errors import ConfigError, StreamwiseError
-from streamwise.core.settings import Settings
+    from streamwise.core.errors import ConfigError, StreamwiseError
+    from streamwise.core.settings import Settings
+except KeyboardInterrupt:
+    # A Ctrl-C in the first tenth of a second lands in these imports, before typer
+    # catches it; exit as typer does for a later one (130, nothing printed), not with a
+    # traceback of the import.
+    raise SystemExit(130) from None
 
-app = typer.Typer(
+
+class _Typer(typer.Typer):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The same between the imports and typer's own handler, while it builds the
+        # click command.
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+
+app = _Typer(
     help="Streaming online learning on Kafka: River and PyTorch models that learn from every event.",
     no_args_is_help=True,
     add_completion=False,
@@ -94,6 +111,23 @@ def _interval(value: float) -> float:
     return value
 
 
+def _metrics_url(value: str | None) -> str | None:
+    # urllib's own refusals of such a URL ("unknown url type", "nonnumeric port") do not
+    # say which option gave it.
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0 to 65535
+    except ValueError as e:
+        raise typer.BadParameter(f"{value!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(f"{value!r} is not an http:// or https:// URL (e.g. http://localhost:9108/metrics)")
+    return value
+
+
 def _fail(e: StreamwiseError) -> typer.Exit:
     typer.echo(f"streamwise: {e}", err=True)
     return typer.Exit(2)
@@ -102,14 +136,17 @@ def _fail(e: StreamwiseError) -> typer.Exit:
 def _parse_params(params: list[str]) -> dict[str, Any]:
     import yaml
 
-    from streamwise.pipeline_config import ConfigLoader
+    from streamwise.pipeline_config import ConfigLoader, yaml_problem
 
     out: dict[str, Any] = {}
     for p in params:
         k, sep, v = p.partition("=")
         if not sep or not k:
             raise typer.BadParameter(f"{p!r}: expected NAME=VALUE", param_hint="--param")
-        out[k] = yaml.load(v, Loader=ConfigLoader)  # noqa: S506 - 42 → int, 1e-7 → float, true → bool
+        try:
+            out[k] = yaml.load(v, Loader=ConfigLoader)  # noqa: S506 - 42 → int, 1e-7 → float, true → bool
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"{p!r}: the value is not valid YAML: {yaml_problem(e)}", param_hint="--param") from None
     return out
 
 
@@ -129,6 +166,8 @@ def replay(
     verbose: VerboseOpt = False,
 ) -> None:
     """Publish a dataset into a Kafka topic as JSON events, one per row, each with an id."""
+    import itertools
+
     from rich.progress import Progress
 
     from streamwise.connectors import make_admin, make_sink
@@ -139,6 +178,11 @@ def replay(
         settings = _settings(bootstrap_servers)
         params = _parse_params(param)
         events = iter_events(source, params, limit, id_field, label_field, key_field, label_share)
+        # The first event is made before Kafka is asked: a generator parameter refused, or
+        # a file that cannot be read, is then named even when no broker is up.
+        first = next(events, None)
+        if first is not None:
+            events = itertools.chain([first], events)
         total = dataset_size(source, params)
         total = min(total, limit) if total and limit else (total or limit)
         admin = make_admin(settings.kafka)
@@ -246,6 +290,7 @@ def _run_workers(n: int, argv: list[str]) -> int:
     forwards SIGINT/SIGTERM to them and returns the worst exit code. Each process has its
     own interpreter, so River's per-event Python work runs on ``n`` cores."""
     import subprocess
+    import threading
 
     cleaned = [
         a
@@ -253,9 +298,31 @@ def _run_workers(n: int, argv: list[str]) -> int:
         if not (a == "--workers" or a.startswith("--workers=") or (i and argv[i - 1] == "--workers"))
     ]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "streamwise", *cleaned, "--worker-index", str(i)])
+        subprocess.Popen(
+            [sys.executable, "-m", "streamwise", *cleaned, "--worker-index", str(i)],
+            stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
+        )
         for i in range(n)
     ]
+    # Every worker meets the same missing setting or unreachable broker at its start and
+    # says so in the same "streamwise: ..." line; the parent passes each such line on
+    # once. Logs and anything else the workers write go through as they come.
+    said: set[str] = set()
+    lock = threading.Lock()
+
+    def relay(stream: Any) -> None:
+        for line in stream:
+            with lock:
+                if line.startswith("streamwise: "):
+                    if line in said:
+                        continue
+                    said.add(line)
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    relays = [threading.Thread(target=relay, args=(p.stderr,), daemon=True) for p in procs]
+    for t in relays:
+        t.start()
 
     def forward(sig: int, _frame: Any) -> None:
         for p in procs:
@@ -264,7 +331,10 @@ def _run_workers(n: int, argv: list[str]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    return max(p.wait() for p in procs)
+    worst = max(p.wait() for p in procs)
+    for t in relays:
+        t.join()
+    return worst
 
 
 def _print_summary(summary: Any) -> None:
@@ -362,6 +432,8 @@ def dashboards_render(
     Prometheus alerting rules to deploy/prometheus/alerts.yml and alerts-fast.yml."""
     from streamwise import alerts, dashboards
 
+    if out is not None and out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
     directory = out or dashboards.DASHBOARD_DIR
     rules_directory = out or alerts.RULES_DIR
     if check:
@@ -371,7 +443,12 @@ def dashboards_render(
             raise typer.Exit(1)
         typer.echo(f"up to date: {directory}, {rules_directory}")
         return
-    for path in dashboards.render(directory) + alerts.render(rules_directory):
+    try:
+        written = dashboards.render(directory) + alerts.render(rules_directory)
+    except OSError as e:
+        # A directory that cannot be made or written (no permission, a file on its path).
+        raise _fail(StreamwiseError(f"cannot write {e.filename or directory}: {e.strerror or e}")) from None
+    for path in written:
         typer.echo(f"wrote {path}")
 
 
@@ -398,7 +475,7 @@ def dashboards_push(
 
 @dashboards_app.command("live")
 def dashboards_live(
-    metrics_url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
+    metrics_url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).", callback=_metrics_url)] = None,
     grafana_url: GrafanaUrlOpt = None,
     stream: Annotated[str, typer.Option(help="Grafana Live stream id: channels stream/<id>/streamwise and .../streamwise_model.")] = "streamwise",
     interval: Annotated[float, typer.Option(help="Seconds between pushes.", callback=_interval)] = 1.0,
@@ -425,7 +502,7 @@ def dashboards_live(
 
 @app.command()
 def top(
-    url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).")] = None,
+    url: Annotated[str | None, typer.Option(help="The pipeline's /metrics (default from STREAMWISE_METRICS__HOST/PORT).", callback=_metrics_url)] = None,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes; rates are over this span.", callback=_interval)] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one table (after one interval) and exit.")] = False,
     metric: Annotated[str | None, typer.Option(help="Show only this metric of each model (e.g. Accuracy, LogLoss); default every metric, one row each.")] = None,
@@ -480,14 +557,25 @@ def report(
     from streamwise.report import collect, parse_time, write
 
     _logging(verbose)
+
+    def when(value: str | None, option: str) -> int | None:
+        try:
+            return parse_time(value) if value else None
+        except StreamwiseError as e:
+            raise typer.BadParameter(str(e), param_hint=option) from None
+
+    since_ms, until_ms = when(since, "--since"), when(until, "--until")
+    # Checked before the topics are read, which can take a while: a page or a figure
+    # that cannot be written would only fail at the end.
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory; give the HTML file to write", param_hint="--out")
+    if not out.parent.is_dir():
+        raise typer.BadParameter(f"{out}: no directory {out.parent}", param_hint="--out")
+    if figures_dir is not None and figures_dir.exists() and not figures_dir.is_dir():
+        raise typer.BadParameter(f"{figures_dir} is a file, not a directory", param_hint="--figures-dir")
     try:
         pipeline = load_pipeline_config(config)
-        analysis = collect(
-            pipeline,
-            _settings(bootstrap_servers),
-            parse_time(since) if since else None,
-            parse_time(until) if until else None,
-        )
+        analysis = collect(pipeline, _settings(bootstrap_servers), since_ms, until_ms)
         written = write(analysis, out, figures_dir)
     except StreamwiseError as e:
         raise _fail(e) from None

@@ -401,11 +401,25 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a pipeline config is YAML in UTF-8") from None
     try:
         data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        # One line: what is wrong and where, instead of PyYAML's excerpt of the file.
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    return parse_pipeline_config(data, str(path))
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where, instead of its excerpt of the
+    text, which takes several lines and would break the CLI's one line per error.
+
+    Examples
+    --------
+    >>> try:
+    ...     yaml.load("[unclosed", Loader=ConfigLoader)
+    ... except yaml.YAMLError as e:
+    ...     print(yaml_problem(e))
+    expected ',' or ']', but got '<stream end>' at line 1, column 10
+    """
+    if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML: {e.problem or e.context}{where}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_pipeline_config(data, str(path))
+        return f"{e.problem or e.context}{where}"
+    return str(e)

@@ -42,11 +42,43 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _given(source: str, params: dict[str, Any]) -> str:
+    # River's own messages do not always name the parameter (RandomRBF's n_classes=0 ends
+    # in "empty range for randrange()"), so the error repeats what was given.
+    # A nested generator is shown by its class: River's repr of one is a multi-line table.
+    if not params:
+        return f"source: {source}"
+    shown = (f"{k}={v!r}" if isinstance(v, (str, int, float, list, dict, type(None))) else f"{k}={type(v).__name__}"
+             for k, v in params.items())
+    return f"source: {source} with " + ", ".join(shown)
+
+
+def _one_line(e: Exception) -> str:
+    # Some of River's messages span lines (Friedman's about its seed); the CLI prints one.
+    return " ".join(str(e).split())
+
+
 def _build(cls: Any, source: str, params: dict[str, Any]) -> Any:
     try:
         return cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"source: {source}: {e}") from None
+    except (TypeError, ValueError) as e:
+        # An unknown name, or a value the constructor checks and refuses (Agrawal's
+        # classification_function=99).
+        raise ConfigError(f"{_given(source, params)}: {_one_line(e)}") from None
+
+
+def _produced(dataset: Any, source: str, params: dict[str, Any]) -> Iterator[Any]:
+    """The dataset's items, where an error raised while making one is the parameters' fault:
+    generators check some of them only when they draw (a ``seed`` of the wrong type)."""
+    items = iter(dataset)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except (TypeError, ValueError, IndexError, KeyError, ArithmeticError) as e:
+            raise ConfigError(f"{_given(source, params)}: {type(e).__name__}: {_one_line(e)}") from None
+        yield item
 
 
 def _synth_generator(source: str, params: dict[str, Any]) -> Any:
@@ -161,25 +193,41 @@ def iter_events(
     if path.suffix.lower() == ".csv":
         if not path.is_file():
             raise ConfigError(f"source: no such file {source}")
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if limit is not None and n >= limit:
-                    return
-                obj = {k: _number(v) for k, v in row.items() if v != ""}
-                obj.setdefault(id_field, n)
-                yield encode(obj)
-                n += 1
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            try:
+                for row in reader:
+                    if limit is not None and n >= limit:
+                        return
+                    # DictReader puts the cells past the header under None and fills a
+                    # short row with None: neither is an event the header describes.
+                    if None in row or None in row.values():
+                        cells = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
+                        raise ConfigError(
+                            f"source: {source}, line {reader.line_num}: {cells} field{'s' if cells != 1 else ''}, "
+                            f"the header has {len(reader.fieldnames or ())}"
+                        )
+                    obj = {k: _number(v) for k, v in row.items() if v != ""}
+                    obj.setdefault(id_field, n)
+                    yield encode(obj)
+                    n += 1
+            except UnicodeDecodeError as e:
+                line = _first_undecodable_line(path)
+                where = f", line {line}" if line is not None else ""
+                raise ConfigError(f"source: {source}{where}: not UTF-8 text ({e.reason})") from None
+            except csv.Error as e:
+                raise ConfigError(f"source: {source}, line {reader.line_num}: {e}") from None
         return
     if source.startswith("streamwise."):
         # Streams shipped with streamwise yield whole events (id, key and label included).
-        for obj in _streamwise_dataset(source, params):
+        for obj in _produced(_streamwise_dataset(source, params), source, params):
             if limit is not None and n >= limit:
                 return
             yield encode({k: _jsonable(v) for k, v in obj.items()})
             n += 1
         return
     dataset = _river_dataset(source, params)
-    for x, y in dataset:
+    for x, y in _produced(dataset, source, params):
         if limit is not None and n >= limit:
             return
         obj = {id_field: n, **{str(k): _jsonable(v) for k, v in x.items()}}
@@ -187,6 +235,18 @@ def iter_events(
             obj[label_field] = _jsonable(y)
         yield encode(obj)
         n += 1
+
+
+def _first_undecodable_line(path: Path) -> int | None:
+    # The text reader decodes a block at a time, so its error does not say which line;
+    # a newline byte never occurs inside a UTF-8 character, so lines decode one by one.
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def dataset_size(source: str, params: dict[str, Any] | None = None) -> int | None:

@@ -775,15 +775,26 @@ def collect(
 
 def write(a: Analysis, out: Path, figures_dir: Path | None = None) -> list[Path]:
     """Writes the page to ``out`` and, with ``figures_dir``, each figure as a PNG too."""
-    out.write_text(render_html(a), encoding="utf-8")
+    html = render_html(a)
+    try:
+        out.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise StreamwiseError(f"{out}: cannot write the report: {e.strerror or e}") from None
     written = [out]
     if figures_dir is not None:
         plt = _pyplot()
-        figures_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            figures_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StreamwiseError(f"{figures_dir}: cannot make the figures directory: {e.strerror or e}") from None
         for name, make in (("learning", plot_learning), ("operations", plot_operations)):
             fig = make(a)
             path = figures_dir / f"{a.pipeline}-{name}.png"
-            fig.savefig(path, dpi=110, metadata={"Software": None})
-            plt.close(fig)
+            try:
+                fig.savefig(path, dpi=110, metadata={"Software": None})
+            except OSError as e:
+                raise StreamwiseError(f"{path}: cannot write the figure: {e.strerror or e}") from None
+            finally:
+                plt.close(fig)
             written.append(path)
     return written

@@ -129,3 +129,24 @@ def test_docker_compose_accepts_the_stack_and_every_service_waits_for_healthy_on
     assert prom["rule_files"] == ["alerts.yml"] and (REPO / "deploy/prometheus/alerts.yml").is_file()
     mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in services["prometheus"]["volumes"]]
     assert any(m.startswith(str(REPO / "deploy/prometheus") + ":/etc/prometheus") for m in mounts), mounts
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["render", "check"])
+def test_render_into_a_file_names_out_in_one_error(tmp_path, check):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["dashboards", "render", "--out", str(a_file), *(["--check"] if check else [])]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for --out: {a_file} is a file, not a directory" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_render_into_a_directory_that_cannot_be_made_says_so_in_one_line(tmp_path):
+    under_a_file = tmp_path / "a-file" / "boards"
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(app, ["dashboards", "render", "--out", str(under_a_file)])
+    assert result.exit_code == 2, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"streamwise: cannot write {under_a_file}: ")

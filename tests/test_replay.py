@@ -99,3 +99,67 @@ def test_patient_vitals_are_keyed_by_patient_and_no_single_reading_gives_the_lab
         # lean a little its way (measured: 0.26 of the spread for heart rate), against the
         # far larger spread between patients.
         assert abs(sum(pos) / len(pos) - sum(neg) / len(neg)) < 0.3 * std, vital
+
+
+@pytest.mark.parametrize(
+    ("source", "params", "named"),
+    [
+        # Refused by the constructor (a ValueError, not the TypeError of an unknown name).
+        ("synth.Agrawal", {"classification_function": 99}, "classification_function=99"),
+        # Accepted by the constructor, refused when the first event is drawn.
+        ("synth.RandomRBF", {"n_classes": 0}, "n_classes=0"),
+        ("synth.Friedman", {"seed": [1]}, "seed=[1]"),
+    ],
+)
+def test_a_generator_parameter_out_of_range_or_of_the_wrong_type_is_a_config_error(source, params, named):
+    with pytest.raises(ConfigError) as caught:
+        list(iter_events(source, params, limit=1))
+    message = str(caught.value)
+    assert message.startswith(f"source: {source} with {named}: ") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"a,b\n1,2\n3\n", "line 3: 1 field, the header has 2"),
+        (b"a,b\n1,2,3\n", "line 2: 3 fields, the header has 2"),
+        (b"a,b\n1,2\n\xff,4\n", "line 3: not UTF-8 text"),
+    ],
+)
+def test_a_csv_row_that_does_not_fit_the_header_or_is_not_utf8_names_the_file_and_line(tmp_path, text, expected):
+    path = tmp_path / "rows.csv"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=f"^source: {path}, {expected}"):
+        list(iter_events(str(path)))
+
+
+def _replay(*args: str):
+    from typer.testing import CliRunner
+
+    from streamwise.cli import app
+
+    # No broker listens on port 1: each mistake must be named before Kafka is asked.
+    return CliRunner().invoke(app, ["replay", *args, "--topic", "t", "--bootstrap-servers", "127.0.0.1:1"])
+
+
+def test_replay_names_a_refused_parameter_or_a_bad_row_in_one_line_before_connecting(tmp_path):
+    result = _replay("synth.Agrawal", "-p", "classification_function=99")
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "streamwise: source: synth.Agrawal with classification_function=99: "
+        "classification_function takes values from 0 to 9 and 99 was passed"
+    ]
+    path = tmp_path / "short.csv"
+    path.write_text("a,b\n1\n")
+    result = _replay(str(path))
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"streamwise: source: {path}, line 2: 1 field, the header has 2"]
+
+
+def test_a_param_value_that_is_not_yaml_is_refused_at_its_option():
+    result = _replay("synth.Agrawal", "-p", "x=[unclosed")
+    assert result.exit_code == 2, result.output
+    # Word-wrapped in typer's error box: compared without the box and the line breaks.
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "Invalid value for --param: 'x=[unclosed': the value is not valid YAML: expected ',' or ']'" in said
+    assert "Traceback" not in result.output

@@ -201,3 +201,46 @@ def test_the_readme_shows_a_plot_the_report_command_made():
     assert "streamwise report -c examples/credit_drift.yaml --figures-dir docs/img" in readme
     help_text = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"}).output
     assert "--figures-dir" in help_text and "--config" in help_text
+
+
+def _said(output: str) -> str:
+    # typer's error box word-wraps: compared without its frame and line breaks.
+    return " ".join(output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-o", "{tmp}"], "Invalid value for --out: {tmp} is a directory; give the HTML file to write"),
+        (["-o", "{tmp}/missing/r.html"], "Invalid value for --out: {tmp}/missing/r.html: no directory {tmp}/missing"),
+        (["--figures-dir", "{tmp}/a-file"], "Invalid value for --figures-dir: {tmp}/a-file is a file, not a directory"),
+        (["--since", "yesterday"], "Invalid value for --since: 'yesterday': expected an ISO 8601 time or Unix seconds"),
+        (["--until", "2026-13-01"], "Invalid value for --until: '2026-13-01': expected an ISO 8601 time"),
+    ],
+)
+def test_report_names_the_option_that_cannot_be_used_before_reading_any_topic(tmp_path, args, expected):
+    from typer.testing import CliRunner
+
+    from streamwise.cli import app
+
+    (tmp_path / "a-file").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    # No broker listens on port 1: the option is refused before Kafka is asked.
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["report", "-c", "examples/phishing.yaml", "--bootstrap-servers", "127.0.0.1:1", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert expected.replace("{tmp}", str(tmp_path)) in _said(result.output)
+    assert "Traceback" not in result.output
+
+
+def test_a_page_or_figure_that_cannot_be_written_is_a_streamwise_error(tmp_path):
+    from streamwise.core.errors import StreamwiseError
+    from streamwise.report import write
+
+    a = analyse(_config(None), [], [])
+    with pytest.raises(StreamwiseError, match=r"r\.html: cannot write the report: No such file or directory"):
+        write(a, tmp_path / "missing" / "r.html")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StreamwiseError, match="cannot make the figures directory"):
+        write(a, tmp_path / "r.html", tmp_path / "a-file" / "figures")
