@@ -39,7 +39,7 @@ from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 from streamwise.core.errors import ServiceUnavailableError
-from streamwise.core.sensors import CLEANER_ACTIONS, FAULT_KINDS, Sensor
+from streamwise.core.sensors import CLEANER_ACTIONS, FAULT_KINDS, LABEL_MISS_OUTCOMES, Sensor
 from streamwise.core.stages import DeadLetterStage, ModelFault
 
 # Event-to-prediction latency: a poll batch is a few milliseconds to a few hundred,
@@ -181,6 +181,7 @@ class PrometheusSensor(Sensor):
         self.self_training = Gauge("streamwise_self_training_active", "1 while a model's self-training is on, 0 once its guard switched it off.", p + ["model", "partition"], registry=r)
         self.label_delay = Histogram("streamwise_label_delay_seconds", "From an event's arrival to its label's.", p, buckets=LABEL_DELAY_BUCKETS, registry=r)
         self.pending_labels = Gauge("streamwise_pending_labels", "Events waiting for their label.", p, registry=r)
+        self.label_misses = Counter("streamwise_label_join_misses_total", "Delayed labels and events the join did not learn, by outcome.", p + ["outcome"], registry=r)
         self.torch_step = Histogram("streamwise_torch_step_duration_seconds", "One optimiser step of a torch learner.", p + ["model", "device"], buckets=STEP_BUCKETS, registry=r)
         self.torch_rows = Counter("streamwise_torch_trained_rows_total", "Rows a torch learner trained on.", p + ["model", "device"], registry=r)
         self.torch_device = Gauge("streamwise_torch_device_info", "1 for the device a torch learner runs on.", p + ["model", "device"], registry=r)
@@ -246,6 +247,8 @@ class PrometheusSensor(Sensor):
         self._snapshot_seconds = self.snapshot_seconds.labels(pipeline)
         self._snapshot_failures = self.snapshot_failures.labels(pipeline)
         self._faults = {k: self.faults.labels(pipeline, k) for k in FAULT_KINDS}
+        # Every outcome from the start, at 0: a first miss is then an increase, not a new series.
+        self._label_misses = {k: self.label_misses.labels(pipeline, k) for k in LABEL_MISS_OUTCOMES}
         self._waiting = self.partitions_waiting.labels(pipeline)
         self._cleaned = {a: self.cleaned.labels(pipeline, a) for a in CLEANER_ACTIONS}
         self._learned = {m: self.learned.labels(pipeline, m) for m in models}
@@ -382,6 +385,10 @@ class PrometheusSensor(Sensor):
 
     def on_pending_labels(self, n: int) -> None:
         self._pending.set(n)
+
+    def on_label_misses(self, misses: Mapping[str, int]) -> None:
+        for outcome, n in misses.items():
+            self._label_misses[outcome].inc(n)
 
     def on_torch_step(self, model: str, seconds: float, batch_size: int, device: str) -> None:
         self.torch_step.labels(self.pipeline, model, device).observe(seconds)

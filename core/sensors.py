@@ -23,6 +23,10 @@ CLEANER_ACTIONS = tuple(CleanerAction)
 # rebuilt after a fatal error (producer), a snapshot write refused because another
 # worker claimed the partition (fenced), the lag report failing (lag).
 FAULT_KINDS = ("kafka", "commit", "producer", "fenced", "lag")
+# What the delayed-label join did not learn (models/labels.py LabelStats.misses).
+LABEL_MISS_OUTCOMES = (
+    "prediction_expired", "prediction_evicted", "label_late", "label_expired", "label_repeated", "event_repeated"
+)
 # Which prequential figure :meth:`Sensor.on_model_metric` reports.
 METRIC_WINDOWS = ("cumulative", "rolling")
 
@@ -131,6 +135,11 @@ class Sensor:
 
     def on_pending_labels(self, n: int) -> None:
         """Events waiting in the bounded buffer for their label."""
+
+    def on_label_misses(self, misses: Mapping[str, int]) -> None:
+        """Delayed labels and events the join did not learn, by outcome (models/labels.py
+        ``LabelStats.misses``): a label too late or too early, a repeat, a prediction
+        dropped before its label came."""
 
     def on_torch_step(self, model: str, seconds: float, batch_size: int, device: str) -> None:
         """One optimiser step of a torch learner on ``device`` (``cpu``, ``cuda:0``)."""

@@ -21,10 +21,12 @@ class LabelsConfig(BaseModel):
     # Defaults to the schema's id field.
     id_field: str | None = None
     label_field: str = "label"
-    # A prediction waits this long (stream time) for its label, then is evicted.
+    # A label joins its event when its record is stamped at most ttl_s after the event's
+    # and at most early_hold_s before it, whichever topic was read first (models/labels.py).
+    # A prediction waits until the labels read have passed its time + ttl_s.
     ttl_s: float = Field(86_400.0, gt=0)
     max_pending: int = Field(100_000, ge=1)
-    # A label that arrives before its event waits this long for it.
+    # A label read before its event waits until the events read have passed its time + early_hold_s.
     early_hold_s: float = Field(60.0, ge=0)
     max_early: int = Field(10_000, ge=0)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streamwise.core.jsonbytes import UnreadableRecord, loads_bounded
+from streamwise.core.sensors import LABEL_MISS_OUTCOMES
 
 
 class LabelRecordError(ValueError):
@@ -116,14 +117,15 @@ def join_id(event_id: Any) -> Any:
 @dataclass
 class LabelStats:
     joined: int = 0
-    joined_early: int = 0  # the label came first and waited for its event
-    evicted_ttl: int = 0
+    joined_early: int = 0  # the label was read first and waited for its event
+    evicted_ttl: int = 0  # a prediction whose label did not come within ttl_s
     evicted_capacity: int = 0
-    early_expired: int = 0
-    duplicates: int = 0
+    early_expired: int = 0  # a label whose event did not come within early_hold_s, or held past max_early
+    duplicates: int = 0  # a label for an event already learned, or held twice
+    late: int = 0  # a label more than ttl_s after its event: not learned
+    duplicate_events: int = 0  # an event id already waiting or learned: predicted, never learned again
     delay_sum_s: float = 0.0
     delay_max_s: float = 0.0
-    last_delays_s: list[float] = field(default_factory=list)
 
     def record_delay(self, delay_s: float) -> None:
         self.joined += 1
@@ -134,21 +136,80 @@ class LabelStats:
     def delay_mean_s(self) -> float:
         return self.delay_sum_s / self.joined if self.joined else 0.0
 
+    def misses(self) -> dict[str, int]:
+        """What the join did not learn, by outcome (:data:`LABEL_MISS_OUTCOMES`): the
+        counts behind the ``streamwise_label_join_misses_total`` metric."""
+        counts = (self.evicted_ttl, self.evicted_capacity, self.late, self.early_expired, self.duplicates,
+                  self.duplicate_events)
+        return dict(zip(LABEL_MISS_OUTCOMES, counts, strict=True))
+
+
+class _Watermark:
+    """The time a stream side has reached: the smallest, over its partitions, of the
+    newest record time read in each. A side read unevenly (one partition ahead of
+    another) is only as far as its slowest partition, and until each of its
+    ``partitions`` has been read from, it has reached no time at all."""
+
+    def __init__(self) -> None:
+        self.newest: dict[int, float] = {}
+        self.partitions = 1
+        self.value = -math.inf
+
+    def advance(self, partition: int, t: float) -> float:
+        newest = self.newest
+        before = newest.get(partition)
+        if before is None:
+            newest[partition] = t
+            self._update()
+        elif t > before:
+            newest[partition] = t
+            if before == self.value:
+                self._update()
+        return self.value
+
+    def expect(self, partitions: int) -> None:
+        if partitions != self.partitions:
+            self.partitions = partitions
+            self._update()
+
+    def _update(self) -> None:
+        newest = self.newest
+        self.value = min(newest.values()) if len(newest) >= self.partitions else -math.inf
+
 
 class PendingLabels:
-    """Examples
+    """Joins delayed labels to the predictions of their events, by event id.
+
+    The rule is a function of the two records' times alone: a label joins its event when
+    ``-early_hold_s <= label time - event time <= ttl_s``, whichever of the two was read
+    first. How far one topic was read ahead of the other (a backlog after downtime,
+    partitions fetched unevenly, labels sparser than events) never decides; it only
+    decides how long the first one read waits in memory. A waiting prediction is dropped
+    once the *labels* read have passed its event time + ``ttl_s`` (no label still to come
+    can join it), and a held label once the *events* read have passed its time +
+    ``early_hold_s``; each side's progress is its :class:`_Watermark`, which needs to
+    know how many partitions the side has (:meth:`expect`; one each by default, as in
+    a pipeline of ``scope: partition``). Both are bounded in count too (``max_pending``, ``max_early``). Everything is decided per record, in
+    read order, so a replay of the same records ends in the same state, whatever the
+    poll sizes.
+
+    Examples
     --------
-    >>> pending = PendingLabels(max_pending=2, ttl_s=10.0)
-    >>> pending.add_event(1, "prediction of 1", t=0.0)
-    >>> pending.add_event(2, "prediction of 2", t=1.0)
-    >>> pending.add_event(3, "prediction of 3", t=2.0)  # over capacity: 1 is evicted
-    >>> pending.pop_event(1), pending.pop_event(2)
-    (None, 'prediction of 2')
-    >>> pending.stats.evicted_capacity
-    1
-    >>> pending.expire(now=13.0)  # 3 waited more than 10 s
-    >>> pending.pop_event(3), pending.stats.evicted_ttl
+    >>> pending = PendingLabels(max_pending=2, ttl_s=10.0, early_hold_s=5.0)
+    >>> pending.on_event(1, "prediction of 1", t=0.0)
+    >>> pending.on_event(2, "prediction of 2", t=1.0)
+    >>> pending.on_event(3, "prediction of 3", t=2.0)  # over capacity: 1 is evicted
+    >>> pending.on_label(2, True, t=4.0)  # joins: 3 s after its event
+    (1.0, 'prediction of 2')
+    >>> pending.on_label(1, False, t=4.0), pending.stats.evicted_capacity  # its prediction was evicted
     (None, 1)
+    >>> pending.on_label(7, True, t=13.0)  # labels reach 13 s: 3's label can no longer come
+    >>> len(pending), pending.stats.evicted_ttl
+    (0, 1)
+    >>> pending.on_label(3, True, t=14.0), pending.stats.late
+    (None, 1)
+    >>> pending.on_event(7, "prediction of 7", t=9.0)  # 7's label was read first: 4 s later
+    (13.0, True)
     """
 
     def __init__(
@@ -162,12 +223,28 @@ class PendingLabels:
         self.ttl_s = ttl_s
         self.early_hold_s = early_hold_s
         self.max_early = max_early
-        # id -> (t, entry), oldest first.
+        # id -> (event time, entry), in read order.
         self._events: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        # id -> (t, label), oldest first.
+        # id -> (label time, label), in read order.
         self._early: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._learned: OrderedDict[Any, None] = OrderedDict()
+        self._init_added()
         self.stats = LabelStats()
+
+    def _init_added(self) -> None:
+        # Ids whose prediction was dropped (True: past ttl_s, False: over max_pending),
+        # so that their label is not held as if it had been read before its event.
+        self._dropped: OrderedDict[Any, bool] = OrderedDict()
+        self._events_read = _Watermark()
+        self._labels_read = _Watermark()
+
+    def __getattr__(self, name: str) -> Any:
+        # A snapshot written before these attributes existed restores without them
+        # (models/state.py sets the attributes it holds): they start empty.
+        if name in ("_dropped", "_events_read", "_labels_read"):
+            self._init_added()
+            return getattr(self, name)
+        raise AttributeError(name)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -176,52 +253,104 @@ class PendingLabels:
     def n_early(self) -> int:
         return len(self._early)
 
-    def add_event(self, event_id: Any, entry: Any, t: float) -> None:
+    def expect(self, event_partitions: int, label_partitions: int) -> None:
+        """How many partitions each side is read from (the learner of ``scope: global``
+        reads every partition of both topics)."""
+        self._events_read.expect(max(1, event_partitions))
+        self._labels_read.expect(max(1, label_partitions))
+
+    def joins(self, event_t: float, label_t: float) -> bool:
+        """Whether a label at ``label_t`` joins an event at ``event_t``."""
+        return -self.early_hold_s <= label_t - event_t <= self.ttl_s
+
+    def on_event(self, event_id: Any, entry: Any, t: float, partition: int = 0, labelled: bool = False) -> tuple[float, Any] | None:
+        """An event read at record time ``t``: ``(label time, label)`` of a held label it
+        joins now, else None, the event then waiting for its label with ``entry`` (unless
+        its id is already waiting or learned: the first prediction keeps its place). An
+        event that carries its label (``labelled``) is learned by the caller at once."""
+        now = self._events_read.advance(partition, t)
+        early = self._early
+        while early:
+            held_t = next(iter(early.values()))[0]
+            if now - held_t <= self.early_hold_s:
+                break
+            early.popitem(last=False)
+            self.stats.early_expired += 1
+        if labelled:
+            self._mark_learned(event_id)
+            return None
+        if event_id in self._learned or event_id in self._events:
+            self.stats.duplicate_events += 1
+            return None
+        held = early.pop(event_id, None)
+        if held is not None:
+            if self.joins(t, held[0]):
+                self.stats.joined_early += 1
+                self._join(event_id, t, held[0])
+                return held
+            self._refuse(t, held[0])
         self._events[event_id] = (t, entry)
-        self._events.move_to_end(event_id)
         while len(self._events) > self.max_pending:
-            self._events.popitem(last=False)
+            self._drop(self._events.popitem(last=False)[0], past_ttl=False)
             self.stats.evicted_capacity += 1
+        return None
 
-    def pop_event(self, event_id: Any) -> Any | None:
-        item = self._events.pop(event_id, None)
-        return None if item is None else item[1]
-
-    def event_time(self, event_id: Any) -> float | None:
-        item = self._events.get(event_id)
-        return None if item is None else item[0]
-
-    def already_learned(self, event_id: Any) -> bool:
-        return event_id in self._learned
-
-    def mark_learned(self, event_id: Any) -> None:
-        self._learned[event_id] = None
-        while len(self._learned) > self.max_pending:
-            self._learned.popitem(last=False)
-
-    def hold_label(self, event_id: Any, label: Any, t: float) -> None:
-        """Keeps a label whose event has not arrived yet, for up to ``early_hold_s``."""
+    def on_label(self, event_id: Any, label: Any, t: float, partition: int = 0) -> tuple[float, Any] | None:
+        """A label read at record time ``t``: ``(event time, entry)`` of the waiting
+        prediction it joins now, else None (held for its event, or counted: a repeat, too
+        late, too early)."""
+        now = self._labels_read.advance(partition, t)
+        events = self._events
+        while events:
+            event_t = next(iter(events.values()))[0]
+            if now - event_t <= self.ttl_s:
+                break
+            self._drop(events.popitem(last=False)[0], past_ttl=True)
+            self.stats.evicted_ttl += 1
+        if event_id in self._learned:
+            self.stats.duplicates += 1
+            return None
+        waiting = events.get(event_id)
+        if waiting is not None:
+            if self.joins(waiting[0], t):
+                del events[event_id]
+                self._join(event_id, waiting[0], t)
+                return waiting
+            self._refuse(waiting[0], t)
+            return None
+        dropped = self._dropped.get(event_id)
+        if dropped is not None:
+            self.stats.late += dropped  # one evicted for capacity was counted as that
+            return None
         if event_id in self._early:
             self.stats.duplicates += 1
-            return
+            return None
         self._early[event_id] = (t, label)
         while len(self._early) > self.max_early:
             self._early.popitem(last=False)
             self.stats.early_expired += 1
+        return None
 
-    def take_early_label(self, event_id: Any) -> tuple[float, Any] | None:
-        return self._early.pop(event_id, None)
+    def _join(self, event_id: Any, event_t: float, label_t: float) -> None:
+        # A label stamped before its event (clocks of two producers) waited for nothing.
+        self.stats.record_delay(max(0.0, label_t - event_t))
+        self._mark_learned(event_id)
 
-    def expire(self, now: float) -> None:
-        while self._events:
-            _, (t, _entry) = next(iter(self._events.items()))
-            if now - t <= self.ttl_s:
-                break
-            self._events.popitem(last=False)
-            self.stats.evicted_ttl += 1
-        while self._early:
-            _, (t, _label) = next(iter(self._early.items()))
-            if now - t <= self.early_hold_s:
-                break
-            self._early.popitem(last=False)
+    def _refuse(self, event_t: float, label_t: float) -> None:
+        if label_t - event_t > self.ttl_s:
+            self.stats.late += 1
+        else:
             self.stats.early_expired += 1
+
+    def _mark_learned(self, event_id: Any) -> None:
+        self._learned[event_id] = None
+        while len(self._learned) > self.max_pending:
+            self._learned.popitem(last=False)
+
+    def _drop(self, event_id: Any, past_ttl: bool) -> None:
+        self._dropped[event_id] = past_ttl
+        while len(self._dropped) > self.max_pending:
+            self._dropped.popitem(last=False)
+
+    def already_learned(self, event_id: Any) -> bool:
+        return event_id in self._learned

@@ -87,6 +87,8 @@ class BatchResult:
     faults: dict[str, Counter[str]] = field(default_factory=dict)
     # Pseudo-labels each model learned (self-training), never among ``learned``.
     pseudo_learned: Counter[str] = field(default_factory=Counter)
+    # Delayed labels and events the join did not learn in this batch, by outcome.
+    label_misses: dict[str, int] = field(default_factory=dict)
 
 
 def _number(value: float) -> float | None:
@@ -114,6 +116,10 @@ class ModelSet:
     ...     datasets.Phishing(), build_estimator(spec.steps), metrics.Accuracy(), delay=10).get()
     True
     """
+
+    # The label-join counts end_batch last reported (a class default: snapshots written
+    # before it existed restore without it).
+    _label_misses_reported: dict[str, int] | None = None
 
     def __init__(
         self,
@@ -252,10 +258,13 @@ class ModelSet:
 
     # -- the per-batch protocol -------------------------------------------------------
 
-    def on_event(self, event_id: Any, x: dict[str, Any], y: Any | None, t: float, key: Any = None) -> Outcome:
+    def on_event(
+        self, event_id: Any, x: dict[str, Any], y: Any | None, t: float, key: Any = None, partition: int = 0
+    ) -> Outcome:
         """Predicts ``x`` with every River model now; learns at once from an inline ``y``,
         else waits for the label (when labels are delayed). ``key`` is the event's entity,
-        for sequence learners."""
+        for sequence learners; ``partition`` the input partition it was read from, whose
+        progress ages the labels held for their events (models/labels.py)."""
         event_id = join_id(event_id)
         if t > self.now:
             self.now = t
@@ -273,6 +282,8 @@ class ModelSet:
             outcome.search = {m.name: m.estimator.summary() for m in self._searches}
         self._batch.append(outcome)
         if y is not None:
+            if self.delayed_labels:
+                self.pending.on_event(event_id, outcome, t, partition, labelled=True)
             self._learn(outcome, y, t)
         elif self._self_trained and not self.delayed_labels:
             # Inline labels: an event without one will never have one (self_training.py).
@@ -283,30 +294,24 @@ class ModelSet:
                         outcome.pseudo = []
                     outcome.pseudo.append(m.name)
         elif self.delayed_labels:
-            if self.pending.already_learned(event_id):
-                return outcome
-            early = self.pending.take_early_label(event_id)
+            early = self.pending.on_event(event_id, outcome, t, partition)
             if early is not None:
-                self.pending.stats.joined_early += 1
-                self._learn(outcome, early[1], t)
-            else:
-                self.pending.add_event(event_id, outcome, t)
+                label_t, label = early
+                self._learn(outcome, label, max(t, label_t), delay=max(0.0, label_t - t))
         return outcome
 
-    def on_label(self, event_id: Any, y: Any, t: float) -> None:
-        """A label from the labels topic: scores the prediction made when its event arrived,
-        then learns. A label for an unknown event is held for ``early_hold_s``."""
+    def on_label(self, event_id: Any, y: Any, t: float, partition: int = 0) -> None:
+        """A label from the labels topic (``partition``: the one it was read from): scores
+        the prediction made when its event arrived, then learns. Whether a label joins is
+        decided by the two record times alone (labels.ttl_s, labels.early_hold_s); a label
+        read before its event waits for it (models/labels.py)."""
         event_id = join_id(event_id)
         if t > self.now:
             self.now = t
-        if self.pending.already_learned(event_id):
-            self.pending.stats.duplicates += 1
-            return
-        outcome = self.pending.pop_event(event_id)
-        if outcome is None:
-            self.pending.hold_label(event_id, y, t)
-            return
-        self._learn(outcome, y, t)
+        waiting = self.pending.on_label(event_id, y, t, partition)
+        if waiting is not None:
+            event_t, outcome = waiting
+            self._learn(outcome, y, max(t, event_t), delay=max(0.0, t - event_t))
 
     def end_batch(self) -> BatchResult:
         """Batch learners predict the batch block by block, learning from each block's
@@ -324,13 +329,21 @@ class ModelSet:
                     ordered = {n: outcome.predictions[n] for n in order if n in outcome.predictions}
                     ordered.update(outcome.predictions)
                     outcome.predictions = ordered
+        misses: dict[str, int] = {}
         if self.delayed_labels:
-            self.pending.expire(self.now)
+            # Reported as changes, from counts kept in the state: a restore neither
+            # repeats nor loses what the restored state had already reported.
+            counts = self.pending.stats.misses()
+            before = self._label_misses_reported or {}
+            misses = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
+            self._label_misses_reported = counts
         faults = {m.name: m.new_faults for m in self.models if m.new_faults}
         for m in self.models:
             if m.new_faults:
                 m.new_faults = Counter()
-        result = BatchResult(batch, self._alerts, self._learned, self._delays, torch_steps, faults, self._pseudo)
+        result = BatchResult(
+            batch, self._alerts, self._learned, self._delays, torch_steps, faults, self._pseudo, misses
+        )
         self._alerts, self._learned, self._delays, self._pseudo = [], Counter(), [], Counter()
         return result
 
@@ -388,11 +401,9 @@ class ModelSet:
                 for outcome, ex in zip(rows, explanations, strict=True):
                     outcome.explanation = ex
 
-    def _learn(self, outcome: Outcome, y: Any, t: float) -> None:
-        if self.delayed_labels:
-            self.pending.mark_learned(outcome.id)
-            self.pending.stats.record_delay(t - outcome.t)
-            self._delays.append(t - outcome.t)
+    def _learn(self, outcome: Outcome, y: Any, t: float, delay: float | None = None) -> None:
+        if delay is not None:  # a label joined from the labels topic
+            self._delays.append(delay)
         for m in list(self.models):
             if m.predicts_in_batches:
                 self._deferred.append((m, outcome, y, t))
@@ -547,6 +558,8 @@ class ModelSet:
                 "evicted_capacity": stats.evicted_capacity,
                 "early_expired": stats.early_expired,
                 "duplicates": stats.duplicates,
+                "late": stats.late,
+                "duplicate_events": stats.duplicate_events,
                 "delay_mean_s": stats.delay_mean_s,
                 "delay_max_s": stats.delay_max_s,
             },

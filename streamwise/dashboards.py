@@ -274,6 +274,11 @@ def data() -> db.Dashboard:
         .add(_series("Cleaners", "ops", (cleaned, "{{pipeline}} {{action}}"),
                      description="Imputed, clipped, deduplicated and late events per second."))
         .add(_series("Pending labels", "short", (f"sum by (pipeline) (streamwise_pending_labels{SEL})", "{{pipeline}}")))
+        .add(_series("Labels not learned", "short",
+                     (f"sum by (pipeline, outcome) (increase(streamwise_label_join_misses_total{SEL}{RATE}))",
+                      "{{pipeline}} {{outcome}}"),
+                     description="Delayed labels the join refused (late, expired before their event, repeated) "
+                                 "and predictions dropped before their label came (labels.ttl_s, labels.max_pending)."))
         .add(_series("Label delay", "s",
                      (_quantile(0.5, "streamwise_label_delay_seconds"), "{{pipeline}} p50"),
                      (_quantile(0.99, "streamwise_label_delay_seconds"), "{{pipeline}} p99")))

@@ -22,7 +22,8 @@ from streamwise.connectors.records import ConsumedRecord, OutgoingRecord
 from streamwise.core.sensors import Sensor
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.forecast import ForecastSet
-from streamwise.models.labels import LabelRecordError, decode_label_record, join_id
+from streamwise.models.config import LabelsConfig
+from streamwise.models.labels import LabelRecordError, PendingLabels, decode_label_record, join_id
 from streamwise.models.model import Model
 from streamwise.models.model_set import ModelSet, Outcome
 from streamwise.models.prequential import Prediction
@@ -188,6 +189,9 @@ class _GuardedProcessor:
     CHUNK = 256
     # The dead-letter topic's max.message.bytes, when the runner could read it.
     dead_letter_max_bytes: int | None = None
+    # The learner of scope: global: how many partitions the events and the labels topic
+    # have, set by the runner; a delayed label's join needs every one's progress.
+    source_partitions: tuple[int, int] | None = None
 
     config: PipelineConfig
     sensor: Sensor
@@ -197,7 +201,7 @@ class _GuardedProcessor:
     # the state descends from, shown in every record): not learned, left out of snapshots.
     _NOT_STATE = frozenset(
         {"config", "sensor", "epoch", "_fields", "forecasting", "stage", "rules", "reported_champion", "_rollback",
-         "dead_letter_max_bytes"}
+         "dead_letter_max_bytes", "source_partitions"}
     )
     # The champion the sensors last heard of for this partition (None: not yet): not
     # learned, and rebuilt empty with the processor.
@@ -510,42 +514,53 @@ class LearnedEvent:
     label_timestamp_ms: int | None = None
 
 
-def learn_order(records: Iterable[ConsumedRecord]) -> list[LearnedEvent]:
+def learn_order(
+    records: Iterable[ConsumedRecord], labels: LabelsConfig | None = None, partitions: tuple[int, int] | None = None
+) -> list[LearnedEvent]:
     """The learn topic's events in its order, each with the moment the learner of
     ``scope: global`` learned its label, as :class:`~streamwise.models.model_set.ModelSet`
-    does: a label waits for its event, a repeated event or label counts once. The one
-    reading of that order, for River's check (streamwise.testing) and the report.
+    does, by the same join (models/labels.py, with the pipeline's ``labels`` settings):
+    a label joins when the two record times are within the window, whichever was read
+    first; an event id already waiting or learned is predicted but not learned again; an
+    inline label is learned with every copy of its event. ``partitions``: how many the
+    events and labels topics have (by default, how many each side's records came from).
+    The one reading of that order, for River's check (streamwise.testing) and the report.
 
     Examples
     --------
     >>> recs = [ConsumedRecord("p.learn", 0, k, None, encode_learn_record(
     ...     ConsumedRecord("in", 0, k, None, b"", 1000 * k), item), 0) for k, item in enumerate([
     ...     Label(2, True, 0.0), DecodedEvent(1, {}, None, None, None), DecodedEvent(2, {}, None, None, None),
-    ...     Label(1, False, 0.0)])]
+    ...     Label(1, False, 0.0), DecodedEvent(1, {}, None, None, None)])]
     >>> [(e.event.id, e.y, e.learned_at) for e in learn_order(recs)]
-    [(1, False, 3.0), (2, True, 2.5)]
+    [(1, False, 3.0), (2, True, 2.5), (1, None, None)]
     """
-    events: dict[Any, LearnedEvent] = {}
-    early: dict[Any, tuple[Any, int]] = {}
-    for k, record in enumerate(records):
-        origin, item = decode_learn_record(record)
+    lc = labels or LabelsConfig()
+    pending = PendingLabels(lc.max_pending, lc.ttl_s, lc.early_hold_s, lc.max_early)
+    decoded = [decode_learn_record(record) for record in records]
+    if partitions is None:
+        sides: tuple[set[int], set[int]] = (set(), set())
+        for origin, item in decoded:
+            sides[isinstance(item, Label)].add(origin.partition)
+        partitions = (len(sides[0]), len(sides[1]))
+    pending.expect(*partitions)
+    order: list[LearnedEvent] = []
+    for k, (origin, item) in enumerate(decoded):
         if isinstance(item, Label):
-            labelled = join_id(item.event_id)  # as ModelSet joins them
-            event = events.get(labelled)
-            if event is None:
-                early.setdefault(labelled, (item.y, origin.timestamp_ms))
-            elif event.learned_at is None:
+            waiting = pending.on_label(join_id(item.event_id), item.y, item.t, origin.partition)
+            if waiting is not None:
+                event = waiting[1]
                 event.y, event.learned_at, event.label_timestamp_ms = item.y, float(k), origin.timestamp_ms
             continue
-        joined = join_id(item.id)
-        if joined in events:
-            continue
-        event = events[joined] = LearnedEvent(k, origin, item)
-        if item.y is not None:
+        event = LearnedEvent(k, origin, item)
+        order.append(event)
+        labelled = item.y is not None
+        early = pending.on_event(join_id(item.id), event, origin.timestamp_ms / 1000.0, origin.partition, labelled)
+        if labelled:
             event.y, event.learned_at = item.y, k + 0.5
-        elif joined in early:
-            (event.y, event.label_timestamp_ms), event.learned_at = early.pop(joined), k + 0.5
-    return list(events.values())
+        elif early is not None:
+            event.y, event.learned_at, event.label_timestamp_ms = early[1], k + 0.5, round(early[0] * 1000)
+    return order
 
 
 class PipelineProcessor(_GuardedProcessor):
@@ -601,11 +616,14 @@ class PipelineProcessor(_GuardedProcessor):
     def _process_batch(self, records: Sequence[ConsumedRecord]) -> list[OutgoingRecord]:
         out: list[OutgoingRecord] = []
         sensor = self.sensor
+        if self.source_partitions is not None and isinstance(self.learners, ModelSet):
+            # Each batch: a restored snapshot brings learners of its own.
+            self.learners.pending.expect(*self.source_partitions)
         items = self._read_learn_topic(records) if self.stage == "learn" else self._read_input(records, out)
         predicted: list[tuple[ConsumedRecord, DecodedEvent, Outcome]] = []
         for record, item in items:
             if isinstance(item, Label):
-                self.learners.on_label(item.event_id, item.y, item.t)
+                self.learners.on_label(item.event_id, item.y, item.t, record.partition)
                 continue
             if isinstance(item, RejectedEvent):
                 self._dead_letter(record, item.stage, item, out)
@@ -621,7 +639,9 @@ class PipelineProcessor(_GuardedProcessor):
             try:
                 # River models predict (and learn from an inline label) now; torch
                 # learners predict the whole batch in end_batch().
-                outcome = self.learners.on_event(item.id, item.x, item.y, record.timestamp_ms / 1000.0, key)
+                outcome = self.learners.on_event(
+                    item.id, item.x, item.y, record.timestamp_ms / 1000.0, key, record.partition
+                )
             except Exception as e:  # a model bug must not stop the stream
                 out.append(self._letter(record, DeadLetterStage.PREDICT, type(e).__name__, str(e)))
                 sensor.on_dead_letter(record.topic, DeadLetterStage.PREDICT)
@@ -672,6 +692,8 @@ class PipelineProcessor(_GuardedProcessor):
             sensor.on_torch_step(model, seconds, batch_size, device)
         if self.learners.delayed_labels:
             sensor.on_pending_labels(len(self.learners.pending))
+            if result.label_misses:
+                sensor.on_label_misses(result.label_misses)
         partition = records[0].partition if records else None
         for alert in result.alerts:
             if alert["type"] == "drift":

@@ -43,7 +43,8 @@ from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.errors import StreamwiseError
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.evaluation import Evaluation, metric_names
-from streamwise.models.labels import LabelRecordError, decode_label_record
+from streamwise.models.config import LabelsConfig
+from streamwise.models.labels import LabelRecordError, decode_label_record, join_id
 from streamwise.models.prequential import Prediction
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.schema import EventDecoder, RejectedEvent
@@ -244,7 +245,7 @@ def _delayed_order(
     were learned (a label that came before its event counts when the event arrived),
     and every label's delay in seconds."""
     schema, cfg = config.event_schema, config.labels
-    by_id = {(b["_src"][0], b["id"]): b for b in rows}
+    by_id = {(b["_src"][0], join_id(b["id"])): b for b in rows}
     arrivals = []
     learned: set[tuple[int, Any]] = set()
     delays: list[float] = []
@@ -253,11 +254,14 @@ def _delayed_order(
             event_id, y = decode_label_record(r.value, cfg.id_field or schema.id, cfg.label_field, schema.label_type)
         except LabelRecordError:
             continue
+        event_id = join_id(event_id)
         b = by_id.get((r.partition, event_id))
         if b is None or (r.partition, event_id) in learned:
             continue  # no prediction for it in range, or a repeated label (learned once)
-        learned.add((r.partition, event_id))
         t_event = event_ts.get(b["_src"], b.get("event_timestamp_ms", r.timestamp_ms))
+        if not -cfg.early_hold_s <= (r.timestamp_ms - t_event) / 1000.0 <= cfg.ttl_s:
+            continue  # outside the join window: the service did not learn it (models/labels.py)
+        learned.add((r.partition, event_id))
         delays.append(max(0.0, (r.timestamp_ms - t_event) / 1000.0))
         arrivals.append((r.partition, max(r.timestamp_ms, t_event), r.offset, event_id, y, b))
     scored: dict[int, list[Scored]] = defaultdict(list)
@@ -284,7 +288,10 @@ def _promotions(
 
 
 def _learn_order(
-    rows: list[dict[str, Any]], learn: list[ConsumedRecord], event_ts: dict[tuple[int, int], int]
+    rows: list[dict[str, Any]],
+    learn: list[ConsumedRecord],
+    event_ts: dict[tuple[int, int], int],
+    labels: LabelsConfig,
 ) -> tuple[dict[int, list[Scored]], list[float]]:
     """The labelled events in the order the learner of ``scope: global`` learned them
     (:func:`~streamwise.processor.learn_order`), and each delayed label's delay. Each
@@ -293,7 +300,7 @@ def _learn_order(
 
     by_src = {b["_src"]: b for b in rows}
     learned = []
-    for e in learn_order(learn):
+    for e in learn_order(learn, labels):
         b = by_src.get((e.origin.partition, e.origin.offset))
         if b is None:
             continue  # no prediction for it in range
@@ -406,7 +413,7 @@ def analyse(
     label_delays: list[float] = []
     learn = list(learn)
     if learn:
-        scored, label_delays = _learn_order(rows, learn, event_ts)
+        scored, label_delays = _learn_order(rows, learn, event_ts, config.labels)
     elif inline:
         scored: dict[int, list[Scored]] = defaultdict(list)
         for b in rows:

@@ -90,6 +90,7 @@ class Runner:
         self.global_scope = False
         # The dead-letter topic's max.message.bytes, read at start (None: not known).
         self.dead_letter_max_bytes: int | None = None
+        self.source_partitions: tuple[int, int] | None = None
         self._source = source
         self._sink = sink
         self._admin = admin
@@ -163,9 +164,12 @@ class Runner:
             )
             if self.global_scope:
                 _ensure_learn_topic(admin, cfg.learn_topic)
+                events = _partition_count(admin, cfg.input.topic)
                 if cfg.input.labels_topic is not None:
                     # Labels go through the learn topic: no co-partitioning needed.
-                    admin.ensure_topics([cfg.input.labels_topic], partitions=_partition_count(admin, cfg.input.topic))
+                    admin.ensure_topics([cfg.input.labels_topic], partitions=events)
+                    # The learner's label join waits for every partition of both (models/labels.py).
+                    self.source_partitions = (events, _partition_count(admin, cfg.input.labels_topic))
             elif cfg.input.labels_topic is not None:
                 _ensure_copartitioned(admin, cfg.input.topic, cfg.input.labels_topic)
         finally:
@@ -228,6 +232,8 @@ class Runner:
             else:
                 processor = PipelineProcessor(self.config, s, stage="learn" if kind == "learn" else "pipeline")
             processor.dead_letter_max_bytes = self.dead_letter_max_bytes
+            if kind == "learn":
+                processor.source_partitions = self.source_partitions
             return processor
 
         partitions = PartitionStates(

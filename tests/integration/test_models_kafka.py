@@ -203,3 +203,51 @@ def test_a_labels_topic_gets_the_events_topics_partitions_or_the_run_refuses_to_
         assert len(described["partitions"]) == 3
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("scope,partitions", [("partition", 1), ("global", 3)])
+def test_a_backlog_read_one_topic_ahead_still_joins_every_label_in_its_window(
+    scope, partitions, settings, bootstrap, unique
+):
+    # The service was down while 5,000 events and then their labels (every 4th, one
+    # second after its event) were published: whichever topic the client reads ahead,
+    # every label joins its prediction, because the join is decided by the two record
+    # times (models/labels.py). Every 20th label is stamped outside the window (two
+    # days late, or two minutes before its event) and must be refused, counted.
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    case = CASES["Phishing"]
+    cfg = _config(unique, case, labels_topic=f"{unique}.labels", scope=scope)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(t, partitions, 1) for t in (cfg.input.topic, cfg.input.labels_topic)])
+    admin.close()
+    rows = list(datasets.Phishing())
+    n, base = 5000, int(time.time() * 1000) - 3 * 86_400_000  # the broker refuses stamps from the future
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    for i in range(n):
+        x = rows[i % len(rows)][0]
+        producer.send(cfg.input.topic, key=str(i).encode(), value=json.dumps({"id": i, **x}).encode(),
+                      timestamp_ms=base + 100 * i)
+    producer.flush()
+    labels = []
+    for i in range(0, n, 4):
+        shift = {0: 2 * 86_400_000, 20: -120_000}.get(i % 80, 1000)
+        labels.append((base + 100 * i + shift, i))
+    expected = sum(1 for t, i in labels if t == base + 100 * i + 1000)
+    for t, i in sorted(labels):  # a labels partition is in time order: a late label is published late
+        label = json.dumps({"id": i, "label": rows[i % len(rows)][1]}).encode()
+        producer.send(cfg.input.labels_topic, key=str(i).encode(), value=label, timestamp_ms=t)
+    producer.close()
+    runner = Runner(cfg, settings)
+    summary = runner.run(until_idle_s=3.0)
+    assert summary.events_in == n + n // 4 and summary.dead_letters == {}
+    joined = late = early = 0
+    learned: dict[str, int] = {}
+    for processor in runner.partitions.all_processors().values():
+        labels = processor.learners.report()["labels"]
+        joined, late, early = joined + labels["joined"], late + labels["late"], early + labels["early_expired"]
+        for m in processor.models:
+            learned[m.name] = learned.get(m.name, 0) + m.n_learned
+    assert joined == expected == 1124 and late == early == 63, (joined, late, early)
+    assert learned == {name: expected for name in case["models"]}
+    assert len(values(consume(bootstrap, cfg.output.topic, n))) == n

@@ -5,6 +5,7 @@ as strings must not leave the models without a single label."""
 from __future__ import annotations
 
 import itertools
+import random
 import json
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,17 @@ from typing import Any
 import yaml
 from river import datasets
 from streamwise.connectors.records import ConsumedRecord
+from streamwise.models.config import LabelsConfig
+from streamwise.models.labels import PendingLabels
+from streamwise.models.model_set import ModelSet
+from streamwise.models.catalog import ModelSpec
 from streamwise.models.state import fingerprint
 from streamwise.pipeline_config import parse_pipeline_config
 from streamwise.processor import PipelineProcessor
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = list(itertools.islice(datasets.Phishing(), 300))
+LOGREG = ModelSpec(name="logreg", steps=["preprocessing.StandardScaler", "linear_model.LogisticRegression"])
 
 
 def _run(event_id: Any, label_id: Any, delay: int = 5) -> tuple[PipelineProcessor, list[Any]]:
@@ -51,3 +57,71 @@ def test_only_the_canonical_integer_string_is_the_integer():
     # "007" is not 7: such a label waits for an event "007"; "100" to "294" are canonical
     padded, _ = _run(int, lambda i: f"{i:03d}")
     assert {m.name: m.n_learned for m in padded.models} == {"logreg": 195, "hoeffding_tree": 195}
+
+
+def _merge(sides: list[list[Any]], rng: random.Random) -> list[Any]:
+    """One random read order of several time-ordered partitions: each keeps its order."""
+    heads = [0] * len(sides)
+    out = []
+    while True:
+        open_sides = [i for i, side in enumerate(sides) if heads[i] < len(side)]
+        if not open_sides:
+            return out
+        i = rng.choice(open_sides)
+        out.append(sides[i][heads[i]])
+        heads[i] += 1
+
+
+def test_which_labels_join_depends_on_the_record_times_not_on_which_topic_was_read_first():
+    # Events on 3 partitions, every 4th labelled on 3 label partitions, with delays on
+    # both sides of the window: a label joins iff -early_hold_s <= delay <= ttl_s, read
+    # in any order (all events first: a backlog; all labels first; random interleavings).
+    rng = random.Random(7)
+    ttl, hold = 600.0, 60.0
+    events, labels, expected = [[], [], []], [[], [], []], set()
+    for i in range(6000):
+        t = 1_000.0 + 0.5 * i
+        events[i % 3].append(("event", i, t, i % 3))
+        if i % 4 == 0:
+            delay = rng.choice([rng.uniform(0, ttl), rng.uniform(-hold, 0), rng.uniform(ttl + 1, 3 * ttl),
+                                rng.uniform(-3 * hold, -hold - 1), 0.0, ttl, -hold])
+            labels[i % 3].append(("label", i, t + delay, i % 3))
+            if -hold <= delay <= ttl:
+                expected.add(i)
+    for side in labels:
+        side.sort(key=lambda r: r[2])  # a labels partition is in its own time order
+    orders = {
+        "events first": sum(events, []) + sum(labels, []),
+        "labels first": sum(labels, []) + sum(events, []),
+        **{f"interleaved {k}": _merge(events + labels, rng) for k in range(3)},
+    }
+    assert 1000 < len(expected) < 1400
+    for name, order in orders.items():
+        models = ModelSet([LOGREG], task="classification", metric="Accuracy", delayed_labels=True,
+                          labels=LabelsConfig(ttl_s=ttl, early_hold_s=hold))
+        models.pending.expect(3, 3)  # as the runner tells the learner of scope: global
+        for kind, i, t, partition in order:
+            if kind == "event":
+                models.on_event(i, ROWS[i % len(ROWS)][0], None, t, partition=partition)
+            else:
+                models.on_label(i, ROWS[i % len(ROWS)][1], t, partition=partition)
+        models.end_batch()
+        report = models.report()["labels"]
+        assert models.models[0].n_learned == len(expected), name
+        assert report["joined"] == len(expected), name
+        refused = report["late"] + report["early_expired"]
+        assert refused + len(expected) == 1500, (name, report)
+        assert report["held_early"] == 0 and report["delay_max_s"] <= ttl, name
+
+
+def test_a_held_label_waits_for_the_slowest_events_partition():
+    # Partition 0's events run an hour ahead of partition 1's: the label of an event on
+    # partition 1 must still be held when that event is read.
+    pending = PendingLabels(ttl_s=600.0, early_hold_s=60.0)
+    pending.expect(2, 2)
+    assert pending.on_event("a", "a", t=0.0, partition=1) is None
+    assert pending.on_label("b", True, t=10.0, partition=1) is None  # b's event not read yet
+    for k in range(100):
+        assert pending.on_event(("p0", k), None, t=36.0 * k, partition=0) is None
+    assert pending.on_event("b", "b", t=9.0, partition=1) == (10.0, True)
+    assert pending.stats.joined_early == 1 and pending.stats.early_expired == 0

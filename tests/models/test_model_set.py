@@ -115,16 +115,21 @@ def test_labels_join_by_id_once_early_labels_wait_and_old_predictions_expire():
     models.on_event(2, x, None, t=6.0)
     models.on_event(3, x, None, t=7.0)
     models.on_label(9, True, t=8.0)  # its event never comes
-    models.end_batch()
-    models.on_event(4, x, None, t=200.0)  # stream time moves on: 3 and the label of 9 expire
+    models.on_event(3, x, None, t=7.5)  # a repeated event: predicted, the first one keeps waiting
+    assert models.end_batch().label_misses == {"label_repeated": 1, "event_repeated": 1}
+    models.on_event(4, x, None, t=200.0)  # the events read pass 8 + 5 s: the label of 9 expires
+    models.on_label(4, True, t=201.0)  # the labels read pass 7 + 100 s: 3 can no longer be labelled
+    models.on_label(3, True, t=202.0)  # too late: counted, not learned
     result = models.end_batch()
     report = models.report()
-    assert models.models[0].n_learned == 2
+    assert models.models[0].n_learned == 3
     labels = report["labels"]
-    assert labels["joined"] == 2 and labels["joined_early"] == 1 and labels["duplicates"] == 1
-    assert labels["evicted_ttl"] == 1 and labels["early_expired"] == 1 and labels["pending"] == 1
-    assert result.label_delays == []
-    assert report["labels"]["delay_max_s"] == 3.0
+    assert labels["joined"] == 3 and labels["joined_early"] == 1 and labels["duplicates"] == 1
+    assert labels["evicted_ttl"] == 1 and labels["early_expired"] == 1 and labels["pending"] == 0
+    assert labels["late"] == 1 and labels["duplicate_events"] == 1 and labels["held_early"] == 0
+    assert result.label_delays == [1.0]
+    assert result.label_misses == {"prediction_expired": 1, "label_late": 1, "label_expired": 1}
+    assert labels["delay_max_s"] == 3.0 and labels["delay_mean_s"] == 4.0 / 3
 
 
 def test_explanations_are_off_by_default_and_give_top_k_linear_contributions():
