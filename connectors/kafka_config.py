@@ -219,7 +219,41 @@ def _kafka_python(settings: KafkaSettings, role: str, config: dict[str, Any]) ->
         **config,
     }
     with_extra(base, settings, frozenset().union(*known.values()))
+    _check_kafka_python_types(settings.extra)
     return {**base, **{k: v for k, v in settings.extra.items() if k in known[role]}}
+
+
+def _check_kafka_python_types(extra: dict[str, Any]) -> None:
+    """An extra value of another type than the key's default is refused at start:
+    kafka-python reads its config only when it uses a key, so ``fetch_min_bytes: abc``
+    would otherwise stop the service at its first poll with a ``struct.error``.
+    Keys whose default is None, a list or a class take what kafka-python takes.
+
+    Examples
+    --------
+    >>> _check_kafka_python_types({"fetch_min_bytes": 1024, "retries": 5, "check_crcs": False})
+    >>> _check_kafka_python_types({"fetch_min_bytes": "abc"})
+    Traceback (most recent call last):
+    ...
+    streamwise.core.errors.ConfigError: kafka.extra.fetch_min_bytes: must be an integer, got str 'abc'
+    """
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    for key, value in extra.items():
+        defaults = {type(cls.DEFAULT_CONFIG[key]) for cls in (KafkaConsumer, KafkaProducer, KafkaAdminClient)
+                    if key in cls.DEFAULT_CONFIG}
+        if len(defaults) != 1 or value is None:
+            continue  # unknown here, typed differently per client class, or left to the client's default
+        (kind,) = defaults
+        if kind not in kinds:
+            continue
+        numbers = (int, float) if kind is float else (int,)
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, str) if kind is str else isinstance(value, numbers) and not isinstance(value, bool)
+        )
+        if not ok:
+            raise ConfigError(f"kafka.extra.{key}: must be {kinds[kind]}, got {type(value).__name__} {value!r}")
 
 
 def kafka_python_consumer(settings: KafkaSettings, group_id: str) -> dict[str, Any]:

@@ -123,6 +123,12 @@ def test_extra_is_checked_against_the_client_and_cannot_override_guarantees():
     assert kafka_config.kafka_python_producer(kp, None)["compression_type"] == "gzip"
     with pytest.raises(ConfigError, match=r"^kafka.extra.fetch.min.bytes: not a kafka-python setting$"):
         kafka_config.kafka_python_consumer(KafkaSettings(extra={"fetch.min.bytes": 1}), "g")
+    # A value kafka-python would only trip over at its first poll (struct.error) is refused at start.
+    with pytest.raises(ConfigError, match=r"^kafka.extra.fetch_min_bytes: must be an integer, got str 'abc'$"):
+        kafka_config.kafka_python_consumer(KafkaSettings(extra={"fetch_min_bytes": "abc"}), "g")
+    with pytest.raises(ConfigError, match=r"^kafka.extra.metadata_max_age_ms: must be an integer, got bool True$"):
+        kafka_config.kafka_python_producer(KafkaSettings(extra={"metadata_max_age_ms": True}), None)
+    assert kafka_config.kafka_python_producer(KafkaSettings(extra={"retries": 3.5}), None)["retries"] == 3.5
     with pytest.raises(ConfigError, match=r"^kafka.extra.isolation_level: set by streamwise itself"):
         kafka_config.kafka_python_consumer(KafkaSettings(extra={"isolation_level": "read_uncommitted"}), "g")
     with pytest.raises(ConfigError, match=r"^kafka.extra.enable.idempotence: set by streamwise itself"):
