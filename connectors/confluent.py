@@ -107,6 +107,22 @@ def _build(factory: Any, config: dict[str, Any]) -> Any:
         raise ConfigError(f"kafka: librdkafka refused the configuration: {reason}") from None
 
 
+def check_config(settings: KafkaSettings, group_id: str) -> None:
+    """What librdkafka would refuse at the start (a kafka.extra name it does not have, a
+    value it cannot use, a certificate file it cannot read), found without connecting:
+    the consumer and producer are built without bootstrap servers and closed at once
+    (``streamwise run --check``). A ConfigError names what was refused."""
+    quiet = {"log_level": 0}  # no "no bootstrap.servers" warning: that is the point here
+    for factory, config in (
+        (Consumer, kafka_config.confluent_consumer(settings, group_id)),
+        (Producer, kafka_config.confluent_producer(settings, None)),
+    ):
+        config = {k: v for k, v in config.items() if k != "bootstrap.servers"} | quiet
+        client = _build(factory, config)
+        if isinstance(client, Consumer):
+            client.close()
+
+
 def _probe(client: Consumer | Producer | AdminClient, settings: KafkaSettings, reports: _Reports) -> None:
     """Fails in seconds, with one line, when no broker answers a metadata request; the
     line names the cause when librdkafka logged one (authentication, TLS), and then

@@ -243,8 +243,8 @@ def run(
             pipeline = load_pipeline_config(config)
             built = check_pipeline_builds(pipeline)
             # What the start refuses before it connects: the snapshot signing key, and
-            # kafka.extra keys the client does not know (kafka-python's are checked by
-            # name here; librdkafka's only when a client is built).
+            # kafka.extra keys or values the client does not take (kafka-python's checked
+            # by name and type, librdkafka's by building its clients unconnected).
             if settings.snapshot.enabled:
                 settings.snapshot.signing_key_list()
             if settings.kafka.client == "kafka-python":
@@ -252,6 +252,10 @@ def run(
 
                 kafka_config.kafka_python_consumer(settings.kafka, pipeline.group_id)
                 kafka_config.kafka_python_producer(settings.kafka, None)
+            else:
+                from streamwise.connectors import confluent
+
+                confluent.check_config(settings.kafka, pipeline.group_id)
         except StreamwiseError as e:
             raise _fail(e) from None
         # A model that raises on valid events only warns at a start (the others serve);

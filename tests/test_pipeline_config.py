@@ -372,8 +372,13 @@ def test_run_check_builds_the_pipeline_and_touches_no_service(tmp_path: Path, mo
     # Settings that `run` refuses before it connects are refused by the check too.
     for name, value, said in [
         ("STREAMWISE_SNAPSHOT__SIGNING_KEY", "short", "snapshot.signing_key: 5 bytes"),
-        ("STREAMWISE_KAFKA__CLIENT", "kafka-python", None),
+        ("STREAMWISE_KAFKA__EXTRA", '{"fetch.min.bytez": 1}', 'No such configuration property: "fetch.min.bytez"'),
+        ("STREAMWISE_KAFKA__EXTRA", '{"fetch.min.bytes": "abc"}', 'Invalid value for configuration property "fetch.min.bytes"'),
+        ("STREAMWISE_KAFKA__EXTRA", '{"fetch.min.bytes": 64}', None),
+        ("STREAMWISE_KAFKA__CLIENT", "kafka-python", "kafka.extra.fetch.min.bytes: not a kafka-python setting"),
         ("STREAMWISE_KAFKA__EXTRA", '{"nonsense_key": 1}', "kafka.extra.nonsense_key: not a kafka-python setting"),
+        ("STREAMWISE_KAFKA__EXTRA", '{"fetch_min_bytes": "abc"}', "kafka.extra.fetch_min_bytes: must be an integer"),
+        ("STREAMWISE_KAFKA__EXTRA", '{"fetch_min_bytes": 64}', None),
     ]:
         monkeypatch.setenv(name, value)
         result = CliRunner().invoke(app, ["run", "-c", str(good), "--check"])
