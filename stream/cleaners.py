@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from river import stats
+from streamwise.core.ids import join_id
 from streamwise.core.stages import CleanerAction, DeadLetterStage
 from streamwise.stream.base import (
     RejectedEvent,
@@ -58,6 +59,8 @@ class TypeCoercer(StreamComponent):
     {'amount': 12.5, 'n': 3, 'online': True, 'other': '7'}
     >>> coerce.transform_one({"amount": "twelve", "n": "3.5", "online": 0})
     {'amount': 'twelve', 'n': '3.5', 'online': False}
+    >>> coerce.transform_one({"amount": "1_000", "n": "١٢"})  # Python reads them; JSON does not
+    {'amount': '1_000', 'n': '١٢'}
     """
 
     stage: ClassVar[str] = DeadLetterStage.CLEAN
@@ -81,6 +84,10 @@ class TypeCoercer(StreamComponent):
 
 
 def _coerce(value: Any, kind: str) -> Any:
+    if isinstance(value, str) and kind in ("float", "timestamp", "int") and (not value.isascii() or "_" in value):
+        # Python's float() and int() also read "1_000" and non-ASCII digits ("١٢"): a
+        # number written as JSON text is ASCII without separators; the rest stays text.
+        return value
     if kind in ("float", "timestamp") and isinstance(value, str):
         try:
             number = float(value)
@@ -327,6 +334,11 @@ class Deduplicator(StreamComponent):
     ... except RejectedEvent as e:
     ...     print(e.stage, e.reason)
     clean duplicate event: id 2 was seen among the last 2 ids
+    >>> try:
+    ...     dedup.transform_one({"id": "2"})  # the same id, as the label join reads it
+    ... except RejectedEvent as e:
+    ...     print(e.reason)
+    duplicate event: id '2' was seen among the last 2 ids
     >>> dedup.learn_one({"id": 3})  # id 1 leaves the window
     >>> dedup.transform_one({"id": 1})
     {'id': 1}
@@ -364,9 +376,11 @@ class Deduplicator(StreamComponent):
 
 
 def _hashable(value: Any) -> bytes:
-    """A fixed-size digest of an id. The type is part of the identity: id 1 and id "1"
-    are different events. 128 bits: a collision inside a window of a million ids has a
-    probability near 1e-27."""
+    """A fixed-size digest of an id, compared as the label join compares ids
+    (core/ids.py): 42 and "42" are one event (a producer that retries with the id as a
+    string is not learned twice), "042" and 42.0 are others. 128 bits: a collision inside
+    a window of a million ids has a probability near 1e-27."""
+    value = join_id(value)
     if isinstance(value, str):
         raw = b"s" + value.encode("utf-8", "surrogatepass")
     else:

@@ -303,8 +303,8 @@ class ClipStep(_Step):
     kind: Literal["clip"] = "clip"
     state: ClassVar[str] = "global"
     fields: list[str] | None = None  # default: every numeric feature
-    lower: float = Field(0.01, ge=0, le=1)
-    upper: float = Field(0.99, ge=0, le=1)
+    lower: float = Field(0.01, gt=0, lt=1)  # river.stats.Quantile takes 0 < q < 1
+    upper: float = Field(0.99, gt=0, lt=1)
     warmup: int = Field(30, ge=5)
 
     examples: ClassVar[dict[str, dict[str, Any]]] = {
@@ -666,13 +666,16 @@ def check_stream_steps(schema: EventSchema, cleaners: Sequence[Any], features: S
     [(('features', 0, 'by'), "unknown field 'crad'; known here: amount, card, id, ts")]
     """
     c = _Checks(schema)
+    # The label is no input of the steps, but a feature named after it would be taken
+    # out of every event with the label (stream/schema.py): never seen by a model.
+    label = {schema.label} if schema.label is not None else set()
     for section, steps in (("cleaners", cleaners), ("features", features)):
         for i, step in enumerate(steps):
             step.check(c, (section, i))
             added = step.outputs(c)
             # A name written twice means the later step silently replaces the earlier
             # value (or a field of the event) for every model: refused, with the names.
-            clash = sorted(added & c.available)
+            clash = sorted(added & (c.available | label))
             if clash:
                 shown = ", ".join(map(repr, clash[:5])) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
                 c.problem((section, i), f"writes {shown}, already a field of the event or of an earlier step; rename it")

@@ -152,6 +152,8 @@ class EventSchema(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_roles(self) -> EventSchema:
+        if "" in self.features:
+            raise ValueError("features: a field with an empty name")
         for role in ("id", "label", "event_time"):
             name = getattr(self, role)
             if name is not None and name in self.features:
@@ -273,19 +275,29 @@ def check_not_future(
     ... except RejectedEvent as e:
     ...     print(e.stage, e.reason)
     clean event time is 253402299799s ahead of its record timestamp, max_future is 300s
+    >>> try:
+    ...     check_not_future(300, record_time_s=1000.0, event_time_s=1e308, now=1000.0)
+    ... except RejectedEvent as e:
+    ...     print(e.reason)
+    event time is 1e+308s ahead of its record timestamp, max_future is 300s
     """
     if max_future is None:
         return
     if record_time_s is not None and record_time_s - now > max_future:
         raise RejectedEvent(
-            stage, f"record timestamp is {record_time_s - now:.0f}s ahead of the clock, max_future is {max_future:g}s"
+            stage, f"record timestamp is {_seconds(record_time_s - now)} ahead of the clock, max_future is {max_future:g}s"
         )
     if event_time_s is not None:
         reference, what = (now, "the clock") if record_time_s is None else (record_time_s, "its record timestamp")
         if event_time_s - reference > max_future:
             raise RejectedEvent(
-                stage, f"event time is {event_time_s - reference:.0f}s ahead of {what}, max_future is {max_future:g}s"
+                stage, f"event time is {_seconds(event_time_s - reference)} ahead of {what}, max_future is {max_future:g}s"
             )
+
+
+def _seconds(s: float) -> str:
+    # Whole seconds, but not 300 digits of them for a time like 1e308.
+    return f"{s:.0f}s" if s < 1e15 else f"{s:.3g}s"
 
 
 def _bounded_text(limit: int) -> Any:

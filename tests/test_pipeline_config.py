@@ -344,6 +344,9 @@ def test_a_bad_config_with_several_workers_is_one_line(tmp_path: Path):
         # A ratio named after a field of the event would replace it for every model.
         ([{"kind": "ratio", "numerator": "a", "denominator": "a", "name": "a"}],
          "p.yaml: features[0]: writes 'a', already a field of the event or of an earlier step"),
+        # A feature named after the label would be dropped with the label from every event.
+        ([{"kind": "ratio", "numerator": "a", "denominator": "a", "name": "label"}],
+         "p.yaml: features[0]: writes 'label', already a field of the event or of an earlier step"),
         # The same one-hot twice writes each of its columns twice.
         ([{"kind": "one_hot", "fields": ["c"]}, {"kind": "one_hot", "fields": ["c"]}],
          "p.yaml: features[1]: writes 'c=__other__'"),
@@ -351,6 +354,14 @@ def test_a_bad_config_with_several_workers_is_one_line(tmp_path: Path):
 )
 def test_a_feature_name_written_twice_is_refused(features, expected):
     assert expected in refusal({"features": features})
+
+
+def test_a_clip_quantile_of_0_or_1_and_an_empty_feature_name_are_refused_at_their_key():
+    # river's running quantile takes 0 < q < 1; 0 and 1 failed later, blamed on the first model.
+    message = refusal({"cleaners": [{"kind": "clip", "lower": 0, "upper": 1}]})
+    assert "cleaners[0].lower: Input should be greater than 0" in message
+    assert "cleaners[0].upper: Input should be less than 1" in message
+    assert "a field with an empty name" in refusal({"schema.features": {"": "float", "a": "float"}})
 
 
 def test_run_check_builds_the_pipeline_and_touches_no_service(tmp_path: Path, monkeypatch):
