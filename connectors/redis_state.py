@@ -87,6 +87,13 @@ class SnapshotUnavailableError(StreamwiseError):
     """Redis could not be reached or refused the write; the caller retries later."""
 
 
+class SnapshotManifestError(StreamwiseError):
+    """A partition's manifest cannot be read: not JSON, not the shape streamwise writes,
+    or an entry with missing or mistyped fields (damaged, or written by something else).
+    Raised to the tools that show or change a manifest; a restore treats it as a refused
+    snapshot instead (:meth:`RedisStateStore.load_latest`)."""
+
+
 @dataclass
 class SnapshotInfo:
     epoch: int
@@ -126,6 +133,105 @@ class Snapshot:
     payload: bytes
 
 
+# A manifest is read from Redis, so anyone with write access to it may have put anything
+# there: it is checked field by field before any value is used as a number, a key name
+# or a count. Each entry's fields and the types they must have (bool is refused where a
+# number is expected: json.loads gives True for `true`, and True is an int).
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "offsets": (dict,), "size": (int,), "chunks": (int,), "hmac": (str,), "created": (int, float),
+}
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "generation": (int,), "blob": (str,), "meta": (dict,), "owner": (int,), "v": (int,), "key_id": (str,),
+}
+# Bounds the key lists a forged entry could make a reader build (chunk_keys): 2^20 chunks
+# is 1 GiB at the smallest chunk_bytes (1 KiB) and 4 TiB at the default.
+MAX_CHUNKS = 1 << 20
+# Epochs go into Kafka's commit metadata and the next epoch is one more: a forged huge
+# one is refused rather than carried on.
+MAX_EPOCH = 1 << 63
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """None when ``entry`` has every field a snapshot entry needs, of the right type; else what is wrong."""
+    if not isinstance(entry, dict):
+        return f"an entry is a JSON {type(entry).__name__}, not an object"
+    missing = [name for name in _REQUIRED if name not in entry]
+    if missing:
+        return f"an entry has no {', '.join(map(repr, missing))}"
+    for name, types in (_REQUIRED | _OPTIONAL).items():
+        if name not in entry:
+            continue
+        value = entry[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"an entry's {name!r} is {json.dumps(value)[:40]}, not {' or '.join(t.__name__ for t in types)}"
+    if not 1 <= entry["epoch"] < MAX_EPOCH or entry["size"] < 0:
+        return f"an entry has epoch {entry['epoch']} and size {entry['size']} (epochs from 1 to 2^63, sizes from 0)"
+    if not 1 <= entry["chunks"] <= MAX_CHUNKS:
+        return f"entry epoch {entry['epoch']}: {entry['chunks']} chunks (1 to {MAX_CHUNKS})"
+    for tp, offset in entry["offsets"].items():
+        topic, _, part = tp.rpartition(":")
+        if not topic or not part.isdigit() or isinstance(offset, bool) or not isinstance(offset, int):
+            return f"entry epoch {entry['epoch']}: offset {tp!r}: {json.dumps(offset)[:40]} is not 'topic:partition': offset"
+    return None
+
+
+@dataclass
+class ParsedManifest:
+    """What can be trusted of a manifest's bytes: its epoch counter (None when unreadable),
+    the entries that have every field, and what is wrong with the rest."""
+
+    epoch: int | None
+    entries: list[dict[str, Any]]
+    problems: list[str]
+
+    @property
+    def newest_epoch(self) -> int:
+        """The highest epoch the manifest shows, counter or entry (0: none)."""
+        return max([self.epoch or 0, *(e["epoch"] for e in self.entries)])
+
+
+def parse_manifest(raw: bytes | str | None) -> ParsedManifest:
+    """Reads a manifest's bytes without trusting them; never raises.
+
+    Examples
+    --------
+    >>> parse_manifest(None)
+    ParsedManifest(epoch=0, entries=[], problems=[])
+    >>> parse_manifest(b"not json").problems
+    ['not JSON (Expecting value at line 1 column 1)']
+    >>> parse_manifest(b'{"epoch": 2, "snapshots": [{"epoch": 2, "size": 1}]}').problems
+    ["an entry has no 'offsets', 'chunks', 'hmac', 'created'"]
+    >>> print(*parse_manifest(b'{"epoch": 2, "snapshots": [{"epoch": "2", "offsets": {}, "size": 1,'
+    ...                       b' "chunks": 1, "hmac": "", "created": 0}]}').problems)
+    an entry's 'epoch' is "2", not int
+    >>> parse_manifest(b'[1, 2]').problems
+    ['a JSON list, not an object with "epoch" and "snapshots"']
+    """
+    if raw is None:
+        return ParsedManifest(0, [], [])
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # bad UTF-8 too (UnicodeDecodeError is a ValueError)
+        reason = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        return ParsedManifest(None, [], [f"not JSON ({reason})"])
+    if not isinstance(doc, dict):
+        return ParsedManifest(None, [], [f'a JSON {type(doc).__name__}, not an object with "epoch" and "snapshots"'])
+    epoch, snaps = doc.get("epoch"), doc.get("snapshots")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < MAX_EPOCH or not isinstance(snaps, list):
+        return ParsedManifest(
+            None, [], [f'"epoch" is {json.dumps(epoch)[:40]} and "snapshots" {json.dumps(snaps)[:40]}:'
+                       ' expected a count from 0 and a list']
+        )
+    entries, problems = [], []
+    for entry in snaps:
+        problem = _entry_problem(entry)
+        if problem is None:
+            entries.append(entry)
+        else:
+            problems.append(problem)
+    return ParsedManifest(epoch, entries, problems)
+
+
 def _tp_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
@@ -152,6 +258,8 @@ class RedisStateStore:
         self.chunk_bytes = chunk_bytes
         # Long enough for the slowest complete write; an unfinished one's chunks expire.
         self.orphan_ttl_s = orphan_ttl_s
+        # (key, problem) of the unreadable manifests and keys already logged (_trusted).
+        self._reported: set[tuple[Any, str]] = set()
         self._redis = client or redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
@@ -238,10 +346,44 @@ class RedisStateStore:
         return "HMAC check failed (wrong signing key or altered bytes)"
 
     def _manifest(self, pipe: Any, pipeline: str, partition: int) -> dict[str, Any]:
-        raw = pipe.get(self._prefix(pipeline, partition) + "manifest")
-        if raw is None:
-            return {"v": FORMAT_VERSION, "epoch": 0, "snapshots": []}
-        return json.loads(raw)
+        """The whole manifest, for the tools that show or change it (list, rollback): a
+        :class:`SnapshotManifestError` naming the key when any of it cannot be read, since
+        what they print or write back would otherwise leave out what they could not read."""
+        key = self._prefix(pipeline, partition) + "manifest"
+        parsed = parse_manifest(pipe.get(key))
+        if parsed.problems:
+            more = f" (and {len(parsed.problems) - 1} more problems)" if len(parsed.problems) > 1 else ""
+            raise SnapshotManifestError(f"snapshot manifest {key} cannot be read: {parsed.problems[0]}{more}")
+        return {"v": FORMAT_VERSION, "epoch": parsed.epoch, "snapshots": parsed.entries}
+
+    def _trusted(self, conn: Any, pipeline: str, partition: int) -> ParsedManifest:
+        """What a restore or a save may use of the manifest: the entries that can be read
+        (each still verified by its HMAC before its payload is used). What cannot be read
+        is logged once per store and problem: a restore retried with backoff, and every
+        save until one replaces the manifest, would otherwise repeat it."""
+        key = self._prefix(pipeline, partition) + "manifest"
+        parsed = parse_manifest(conn.get(key))
+        for problem in parsed.problems:
+            if (key, problem) in self._reported:
+                continue
+            self._reported.add((key, problem))
+            if parsed.epoch is None:
+                log.error("snapshot manifest of %s/%s (%s) refused: %s; it counts as holding no snapshot, and the"
+                          " partition's next snapshot replaces it", pipeline, partition, key, problem)
+            else:
+                log.error("snapshot manifest of %s/%s (%s): %s; that entry is refused, the others are tried,"
+                          " and the partition's next snapshot drops it", pipeline, partition, key, problem)
+        return parsed
+
+    def _highest_blob_epoch(self, pipeline: str, partition: int) -> int:
+        """The highest epoch among the partition's chunk names (0: none)."""
+        prefix = self._prefix(pipeline, partition) + "blob:"
+        epochs = [0]
+        for key in self._redis.scan_iter(match=prefix + "*", count=1000):
+            written = key.decode(errors="replace")[len(prefix) :].split("-", 1)[0]
+            if written.isdigit():
+                epochs.append(int(written))
+        return max(epochs)
 
     # ----- writing --------------------------------------------------------------
 
@@ -274,12 +416,17 @@ class RedisStateStore:
         prefix = self._prefix(pipeline, partition)
         chunk_keys: list[str] = []
         try:
-            current = self._manifest(self._redis, pipeline, partition)
+            current = self._trusted(self._redis, pipeline, partition)
             self._check_owner(self._redis, owner, pipeline, partition)
             # Chunks go under a name no other write uses (epoch plus a nonce); if two
             # writers race for the same epoch, the WATCH below lets only one manifest
             # point at its chunks, and the loser's chunks are deleted.
-            epoch = current["epoch"] + 1
+            epoch = current.newest_epoch + 1
+            if current.problems:
+                # The damaged manifest's counter cannot be trusted, and epochs must keep
+                # rising (Kafka's commit markers name them, docs/faults.md): above every
+                # epoch its chunks' names still show too.
+                epoch = max(epoch, self._highest_blob_epoch(pipeline, partition) + 1)
             info = SnapshotInfo(
                 epoch=epoch,
                 offsets={_tp_key(t, p): o for (t, p), o in sorted(offsets.items())},
@@ -331,8 +478,10 @@ class RedisStateStore:
         written). A chunk of a later epoch may be a write in progress by a worker that
         claimed the partition since; it is left alone (its manifest switch decides)."""
         prefix = self._prefix(pipeline, partition)
-        manifest = self._manifest(self._redis, pipeline, partition)
-        live = {k for s in manifest["snapshots"] for k in SnapshotInfo.from_json(s).chunk_keys(prefix)}
+        manifest = parse_manifest(self._redis.get(prefix + "manifest"))
+        if manifest.problems:  # damaged since the switch: which chunks are live is not known
+            return
+        live = {k for s in manifest.entries for k in SnapshotInfo.from_json(s).chunk_keys(prefix)}
         stale = []
         for key in self._redis.scan_iter(match=prefix + "blob:*", count=1000):
             name = key.decode()
@@ -346,10 +495,14 @@ class RedisStateStore:
         if owner is None:
             return
         current = conn.get(self._prefix(pipeline, partition) + "owner")
-        if current is None or int(current) != owner:
+        holder = int(current) if current is not None and current.isdigit() else None
+        if holder != owner:
+            # An owner that is not a number (damaged, forged) counts as another owner's:
+            # the partition is dropped, and claimed again (which rewrites it) later.
             raise FencedError(
                 f"snapshot of {pipeline}/{partition} refused: the partition is claimed by "
-                f"{'nobody' if current is None else int(current)}, this worker holds claim {owner}"
+                f"{'nobody' if current is None else holder if holder is not None else repr(current[:40])},"
+                f" this worker holds claim {owner}"
             )
 
     def _flip_manifest(self, pipeline: str, partition: int, info: SnapshotInfo, owner: int | None) -> list[str]:
@@ -357,11 +510,18 @@ class RedisStateStore:
         key = prefix + "manifest"
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.watch(key, prefix + "owner")
-            manifest = self._manifest(pipe, pipeline, partition)
+            # A manifest that cannot be read in full is replaced, keeping the entries that
+            # can (each still verified by its HMAC at a restore). Refusing to write would
+            # keep nothing safer: what cannot be read can never restore, and the partition
+            # could never be snapshotted again (it would pause past
+            # snapshot.max_unsnapshotted_events, and every restart re-learn from the start).
+            # Only the partition's owner replaces it (the claim is checked here, under the
+            # WATCH), and the problem was logged when it was read.
+            manifest = self._trusted(pipe, pipeline, partition)
             self._check_owner(pipe, owner, pipeline, partition)
-            if manifest["epoch"] >= info.epoch:
+            if manifest.newest_epoch >= info.epoch:
                 raise redis.WatchError("epoch moved")
-            snaps = [asdict(info)] + manifest["snapshots"]
+            snaps = [asdict(info)] + manifest.entries
             kept, gone = snaps[: self.keep], snaps[self.keep :]
             pipe.multi()
             for chunk in info.chunk_keys(prefix):
@@ -373,7 +533,8 @@ class RedisStateStore:
     # ----- reading --------------------------------------------------------------
 
     def list(self, pipeline: str, partition: int) -> list[SnapshotInfo]:
-        """The kept snapshots, newest first."""
+        """The kept snapshots, newest first; :class:`SnapshotManifestError` when the
+        manifest cannot be read in full."""
         try:
             manifest = self._manifest(self._redis, pipeline, partition)
         except redis.RedisError as e:
@@ -381,11 +542,23 @@ class RedisStateStore:
         return [SnapshotInfo.from_json(s) for s in manifest["snapshots"]]
 
     def partitions(self, pipeline: str) -> list[int]:
+        """The partitions with a manifest. A key whose partition is not a number (not
+        written by streamwise) is skipped with a warning, and so is one of another
+        pipeline the pattern also matches (``*`` spans ``:``)."""
+        head, tail = f"streamwise:{pipeline}:", ":manifest"
         try:
-            keys = list(self._redis.scan_iter(match=f"streamwise:{pipeline}:*:manifest", count=1000))
+            keys = list(self._redis.scan_iter(match=f"{head}*{tail}", count=1000))
         except redis.RedisError as e:
             raise SnapshotUnavailableError(f"Redis at {self.where}: {type(e).__name__}: {e}") from None
-        return sorted(int(k.decode().split(":")[-2]) for k in keys)
+        out = []
+        for key in keys:
+            middle = key.decode(errors="replace")[len(head) : -len(tail)]
+            if middle.isdigit():
+                out.append(int(middle))
+            elif ":" not in middle and (key, "partition") not in self._reported:
+                self._reported.add((key, "partition"))
+                log.warning("key %s skipped: %r is not a partition number", key.decode(errors="replace"), middle)
+        return sorted(out)
 
     def load(self, pipeline: str, partition: int, info: SnapshotInfo) -> Snapshot | None:
         """The snapshot's verified payload, or None (logged once) if it fails its check."""
@@ -402,9 +575,13 @@ class RedisStateStore:
         return Snapshot(info, payload)
 
     def load_latest(self, pipeline: str, partition: int) -> Snapshot | None:
-        """The newest snapshot that passes its check, or None when there is none."""
+        """The newest snapshot that passes its check, or None when there is none. An
+        entry of the manifest that cannot be read is refused like one that fails its
+        check (logged once, the next one tried); a manifest that cannot be read at all
+        counts as holding no snapshot (docs/snapshots.md)."""
         try:
-            for info in self.list(pipeline, partition):
+            for entry in self._trusted(self._redis, pipeline, partition).entries:
+                info = SnapshotInfo.from_json(entry)
                 snap = self.load(pipeline, partition, info)
                 if snap is not None:
                     return snap
@@ -419,21 +596,26 @@ class RedisStateStore:
         re-learns from its offsets.
         """
         key = self._prefix(pipeline, partition) + "manifest"
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.watch(key)
-            manifest = self._manifest(pipe, pipeline, partition)
-            snaps = manifest["snapshots"]
-            idx = next((i for i, s in enumerate(snaps) if s["epoch"] == epoch), None)
-            if idx is None:
-                raise StreamwiseError(
-                    f"no kept snapshot with epoch {epoch} for {pipeline}/{partition} "
-                    f"(kept: {', '.join(str(s['epoch']) for s in snaps) or 'none'})"
-                )
-            # The epoch counter stays where it is, so later snapshots still get new epochs.
-            manifest["snapshots"] = snaps[idx:]
-            pipe.multi()
-            pipe.set(key, json.dumps(manifest))
-            pipe.execute()
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.watch(key)
+                manifest = self._manifest(pipe, pipeline, partition)
+                snaps = manifest["snapshots"]
+                idx = next((i for i, s in enumerate(snaps) if s["epoch"] == epoch), None)
+                if idx is None:
+                    raise StreamwiseError(
+                        f"no kept snapshot with epoch {epoch} for {pipeline}/{partition} "
+                        f"(kept: {', '.join(str(s['epoch']) for s in snaps) or 'none'})"
+                    )
+                # The epoch counter stays where it is, so later snapshots still get new epochs.
+                manifest["snapshots"] = snaps[idx:]
+                pipe.multi()
+                pipe.set(key, json.dumps(manifest))
+                pipe.execute()
+        except redis.WatchError:
+            raise StreamwiseError(f"{key} changed during the rollback (is the pipeline running?): try again") from None
+        except redis.RedisError as e:
+            raise SnapshotUnavailableError(f"Redis at {self.where}: {type(e).__name__}: {e}") from None
         return SnapshotInfo.from_json(snaps[idx])
 
     def close(self) -> None:

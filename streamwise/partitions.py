@@ -297,6 +297,33 @@ class PartitionStates:
             # list, the tests' or a report's, never sees the partition vanish meanwhile).
             self._restore_or_wait(p, owned, w)
 
+    def held_by_store(self, for_s: float) -> list[int]:
+        """The partitions held only because the store has failed for ``for_s`` seconds or
+        more: waiting to be restored, or paused past ``snapshot.max_unsnapshotted_events``.
+        The store is first asked once more, whatever its backoff says (it may be back and
+        the next try not yet due): the waiting partitions are retried, the paused ones
+        snapshotted, and what it answers is no longer held. For ``--until-idle``, which
+        must not wait for ever for a store that does not come back (runner.py)."""
+        down_since = self.health.down_since
+        if self.store is None or down_since is None or time.monotonic() - down_since < for_s:
+            return []
+
+        def held() -> list[int]:
+            waiting = [p for p, w in self.waiting.items() if w.reason == "store unavailable"]
+            return sorted(waiting + [p for p, st in self.states.items() if st.paused])
+
+        if not held():
+            return []
+        self.health.next_try = 0.0
+        for w in self.waiting.values():
+            if w.reason == "store unavailable":
+                w.retry_at = 0.0
+        self.retry_waiting()
+        for st in [st for st in self.states.values() if st.paused]:
+            if self.health.available() and self._fully_committed(st):
+                self._save(st)
+        return held()
+
     def _wait(self, p: int, tps: list[TopicPartition], reason: str, after_s: float, previous: Waiting | None) -> None:
         backoff = min((previous.backoff_s * 2) if previous else after_s, max(after_s, self.snapshot.restore_retry_max_seconds))
         self.waiting[p] = Waiting(tps, reason, time.monotonic() + backoff, backoff)

@@ -378,6 +378,7 @@ class StageLoop:
         # worker within max.poll.interval.ms, whatever the model costs per event.
         slow_batch_s = kafka.max_poll_interval_ms / 4000.0
         backoff = _Backoff(kafka.retry_backoff_max_ms / 1000.0)
+        gave_up: ServiceUnavailableError | None = None
         gc_tuning.acquire()  # see streamwise/gc_tuning.py: ~8 µs of CPU per event
         try:
             while not stop.is_set():
@@ -401,6 +402,13 @@ class StageLoop:
                     checkpoint.commit()
                     if until_idle_s is not None and time.perf_counter() - last_activity >= until_idle_s:
                         if self._drained() and (may_stop_idle is None or may_stop_idle()):
+                            break
+                        # Idle, but not drained, because the state store cannot be
+                        # reached: plain `run` waits for it (docs/faults.md), but a run
+                        # told to end once idle ends, rather than wait for ever, and
+                        # says so (a demo or a test on a down Redis hung before).
+                        gave_up = self._store_unreachable(until_idle_s)
+                        if gave_up is not None:
                             break
                     continue
                 t0 = time.perf_counter()
@@ -432,6 +440,25 @@ class StageLoop:
             gc_tuning.release()
             source.close()
             checkpoint._close_sink()
+        if gave_up is not None:
+            # After the graceful stop above: what the ready partitions did is committed.
+            self.died_at = time.monotonic()
+            raise gave_up
+
+    def _store_unreachable(self, idle_s: float) -> ServiceUnavailableError | None:
+        """Why an idle run ends though not drained: partitions held for ``idle_s`` seconds
+        or more because the state store cannot be reached (None: it is not that)."""
+        held = self.partitions.held_by_store(idle_s)
+        if not held:
+            return None
+        store = self.partitions.store
+        where = getattr(store, "where", None)
+        down_s = time.monotonic() - (self.partitions.health.down_since or time.monotonic())
+        return ServiceUnavailableError(
+            f"{f'Redis at {where}' if where else 'the state store'} was unreachable for {down_s:.0f} s"
+            f" (--until-idle {idle_s:g} s): partition{'s' if len(held) > 1 else ''} {', '.join(map(str, held))}"
+            f"{'' if self.kind == 'pipeline' else f' of the {self.kind} stage'} could not be restored or snapshotted"
+        )
 
     def _drained(self) -> bool:
         """Nothing left to read: every assigned partition ready and at the end of its log.

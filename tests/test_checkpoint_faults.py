@@ -166,7 +166,9 @@ CRASHES = [
 ]
 
 
-def _crash_then_restart(crash: CrashAt, settings: Settings, restart_faults: Faults | None = None) -> tuple[Any, ...]:
+def _crash_then_restart(
+    crash: CrashAt, settings: Settings, restart_faults: Faults | None = None, restart_idle_s: float = IDLE_S
+) -> tuple[Any, ...]:
     cfg = _config()
     broker, store = _broker(), MemoryStateStore()
     faults = Faults(crash)
@@ -179,7 +181,7 @@ def _crash_then_restart(crash: CrashAt, settings: Settings, restart_faults: Faul
     # The restarted process: the same worker slot, so its producer aborts what the
     # crashed one left open; a new store client on the same data.
     runner = memory_runner(cfg, settings, broker, store, restart_faults)
-    summary = runner.run(until_idle_s=IDLE_S)
+    summary = runner.run(until_idle_s=restart_idle_s)
     return broker, store, runner, summary, delivered
 
 
@@ -200,11 +202,35 @@ def test_at_least_once_a_crash_at_each_step_loses_nothing_and_learns_the_same(cr
 
 def test_a_crash_then_a_restart_while_the_store_is_down_waits_and_loses_nothing(reference):
     # The restarted process finds the store down: each partition waits, paused, and is
-    # restored once the store answers again.
+    # restored once the store answers again (--until-idle longer than the outage: a
+    # shorter one ends the run, the next test).
     restart = Faults(StoreDownAt("claim", n=1, seconds=1.0))
-    broker, store, runner, _, _ = _crash_then_restart(CrashAt(3, n=5, after=True), _settings(), restart)
+    broker, store, runner, _, _ = _crash_then_restart(CrashAt(3, n=5, after=True), _settings(), restart, 2.0)
     assert restart.fired == ["StoreDownAt at claim #1"]
     _assert_like_reference(broker, store, runner, reference)
+
+
+def test_a_run_until_idle_ends_when_the_store_stays_down_longer_and_plain_run_waits():
+    """--until-idle counts time without progress: partitions that cannot be restored for
+    that long end the run with one line (before, it never ended: dev/demo with Redis
+    down hung). Without it the worker waits for the store, as documented."""
+    cfg = _config()
+    broker, store = _broker(), MemoryStateStore()
+    store.go_down(60)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match=r"^the state store was unreachable for \d+ s \(--until-idle 0\.3 s\):"
+                       r" partitions 0, 1 could not be restored or snapshotted$"):
+        memory_runner(cfg, _settings(), broker, store).run(until_idle_s=0.3)
+    assert time.monotonic() - started < 10
+    assert broker.read(cfg.output.topic) == []
+    waiting = memory_runner(cfg, _settings(), broker, store)
+    errors: list[BaseException] = []
+    thread = _start(waiting, errors, until_idle_s=None)
+    time.sleep(1.5)
+    assert thread.is_alive() and sorted(waiting.partitions.waiting) == [0, 1]
+    waiting.stop()
+    _join(thread)
+    assert errors == []
 
 
 def test_a_fenced_snapshot_write_skips_no_record(reference):
@@ -228,7 +254,7 @@ def test_a_store_down_for_a_while_loses_nothing(reference):
     faults = Faults(StoreDownAt("save", n=3, seconds=1.0))
     settings = _settings(max_unsnapshotted_events=80)
     runner = memory_runner(cfg, settings, broker, store, faults, sensors=[faulted])
-    runner.run(until_idle_s=IDLE_S)
+    runner.run(until_idle_s=2.0)  # longer than the outage, which paused partitions wait out
     assert faults.fired == ["StoreDownAt at save #3"]
     assert faulted.snapshot_failures >= 1
     _assert_like_reference(broker, store, runner, reference)
@@ -312,9 +338,11 @@ def test_a_partition_given_back_while_the_store_is_down_restores_from_memory(b_s
     a = memory_runner(cfg, settings, broker, store, worker_index=0)
     b = memory_runner(cfg, settings, broker, store, worker_index=1, sensors=[written])
     errors: list[BaseException] = []
-    threads = [_start(a, errors)]
+    # Idle longer than the outage below (4 s): a partition whose copy is refused waits
+    # it out, where a shorter --until-idle would end the run.
+    threads = [_start(a, errors, until_idle_s=5.0)]
     _wait_for("a committed 100 events", lambda: sum(broker.committed(cfg.group_id).values()) >= 100)
-    threads.append(_start(b, errors))
+    threads.append(_start(b, errors, until_idle_s=5.0))
     _wait_for("b restored partition 1", lambda: 1 in b.partitions.states)
     publish(200, 300)  # b's first events of partition 1: enough for a snapshot every 30
     if b_snapshots:
@@ -422,7 +450,7 @@ def test_a_commit_in_background_overlaps_the_next_batch_and_a_slow_one_delays_no
     _assert_like_reference(broker, store, runner, reference)
 
 
-def _start(runner: Runner, errors: list[BaseException], until_idle_s: float = 1.0) -> threading.Thread:
+def _start(runner: Runner, errors: list[BaseException], until_idle_s: float | None = 1.0) -> threading.Thread:
     """Runs a worker in a thread, as one process of a group; its error goes to ``errors``."""
 
     def run() -> None:

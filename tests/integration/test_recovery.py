@@ -626,3 +626,48 @@ def test_partitions_given_back_while_redis_is_paused_are_served_from_memory(sett
         f" {resumed_at - killed_at:.0f} s before); log tail:\n{text[-3000:]}"
     )
     assert "while the store is down" in text
+
+
+def test_until_idle_ends_a_run_whose_redis_never_answers_and_a_plain_run_waits(bootstrap, unique, tmp_path):
+    """Redis down from the start: the partitions wait, paused, for their state. With
+    --until-idle the run ends once that has lasted as long, with exit 2 and one line
+    naming Redis (before, it never ended, and dev/demo with it); without, the worker
+    waits for Redis (README) until stopped."""
+    import socket
+
+    topic = f"{unique}.events"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    admin.close()
+    produce(bootstrap, topic, iter_events("synth.Agrawal", {"seed": 3}, limit=200))
+    cfg = _config(f"{unique}-noredis", topic)
+    path = _write(cfg, tmp_path / "pipeline.yaml")
+    with socket.socket() as s:  # a port nothing listens on: Redis "down"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _worker_env(f"redis://127.0.0.1:{port}/0")
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        ended = _start(path, env, until_idle=1.5, log=out)
+        try:
+            assert ended.wait(timeout=60) == 2, log.read_text()[-3000:]
+        finally:
+            if ended.poll() is None:
+                ended.kill()
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith(f"streamwise: Redis at 127.0.0.1:{port}/0 was unreachable for "), log.read_text()[-3000:]
+    assert last.endswith("(--until-idle 1.5 s): partitions 0, 1 could not be restored or snapshotted"), last
+    assert "Traceback" not in log.read_text()
+    assert _committed(bootstrap, cfg.group_id) == 0
+    with open(tmp_path / "plain.log", "wb") as out:
+        waiting = _start(path, env, log=out)
+        try:
+            time.sleep(8)
+            assert waiting.poll() is None, (tmp_path / "plain.log").read_text()[-3000:]
+        finally:
+            waiting.send_signal(signal.SIGTERM)
+            try:
+                assert waiting.wait(timeout=60) == 0, (tmp_path / "plain.log").read_text()[-3000:]
+            finally:
+                if waiting.poll() is None:
+                    waiting.kill()
