@@ -62,3 +62,6 @@ class ModelFault(StrEnum):
     LEARN = "learn"
     # The prediction was NaN or infinite: flagged in the record, kept out of the metrics.
     NOT_FINITE = "not_finite"
+    # Its answers stayed NaN or infinite: put back to a copy of itself that answered
+    # finite numbers, or rebuilt afresh (models/recovery.py).
+    RESTORED = "restored"

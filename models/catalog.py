@@ -56,6 +56,10 @@ class ModelSpec(BaseModel):
     search: SearchConfig | None = None
     # Learning from confident predictions of unlabelled events (models/self_training.py); off by default.
     self_training: SelfTrainingConfig | None = None
+    # After 3 NaN or infinite answers in a row, put the model back to a copy of itself
+    # that answered finite numbers (models/recovery.py). Off: it keeps answering NaN,
+    # flagged in the records and kept out of the metrics.
+    restore_when_not_finite: bool = True
 
     @field_validator("steps")
     @classmethod

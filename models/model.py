@@ -113,6 +113,7 @@ class Model:
     self_training: SelfTraining | None = None
     metric_name = "Accuracy"
     n_pseudo = 0
+    restore_when_not_finite = True
     # Whether the estimator learns with learn_one(x, y) alone (neither an anomaly detector
     # nor a batch or sequence learner); worked out at the first label.
     _plain: bool | None = None
@@ -129,8 +130,11 @@ class Model:
         search: SearchConfig | None = None,
         self_training: SelfTrainingConfig | None = None,
         metric: str = "Accuracy",
+        restore_when_not_finite: bool = True,
     ) -> None:
         self.name = name
+        # Put back to a healthy copy when its answers stay NaN (models/recovery.py).
+        self.restore_when_not_finite = restore_when_not_finite
         self.steps = steps
         self.numeric_features = list(numeric_features)
         self.estimator = estimator
@@ -180,6 +184,7 @@ class Model:
         search: SearchConfig | None = None,
         self_training: SelfTrainingConfig | None = None,
         metric: str = "Accuracy",
+        restore_when_not_finite: bool = True,
     ) -> Model:
         """A model with a fresh estimator built from a pipeline config's steps (a search
         over clones of them when ``search`` is given)."""
@@ -193,6 +198,7 @@ class Model:
             search=search,
             self_training=self_training,
             metric=metric,
+            restore_when_not_finite=restore_when_not_finite,
         )
 
     @property

@@ -44,6 +44,7 @@ from streamwise.models.config import (
     ExplainConfig,
     LabelsConfig,
 )
+from streamwise.models import recovery
 from streamwise.models.labels import PendingLabels, join_id
 from streamwise.models.model import Model, linear_contributions
 from streamwise.models.prequential import Prediction, make_metric, peek
@@ -163,7 +164,7 @@ class ModelSet:
             self._add(
                 Model.from_steps(
                     spec.name, spec.steps, search=spec.search, self_training=spec.self_training,
-                    **self._model_options(),
+                    restore_when_not_finite=spec.restore_when_not_finite, **self._model_options(),
                 )
             )
         self.selector = ChampionSelector(
@@ -329,6 +330,12 @@ class ModelSet:
                     ordered = {n: outcome.predictions[n] for n in order if n in outcome.predictions}
                     ordered.update(outcome.predictions)
                     outcome.predictions = ordered
+        for m in self.models:
+            # After the batch learners answered: a model whose answers stay not finite is
+            # put back to a healthy copy of itself (models/recovery.py).
+            restored = recovery.after_batch(m, batch)
+            if restored is not None:
+                self._alerts.append(restored)
         misses: dict[str, int] = {}
         if self.delayed_labels:
             # Reported as changes, from counts kept in the state: a restore neither
@@ -469,6 +476,7 @@ class ModelSet:
                 name = f"{m.name}.challenger{self._n_challengers}"
                 st = m.self_training.config if m.self_training is not None else None
                 self._add(Model.from_steps(name, m.steps or [], parent=m.name, search=m.search, self_training=st,
+                                           restore_when_not_finite=m.restore_when_not_finite,
                                            **self._model_options()))
                 action = f"started {name}"
         self._alerts.append(

@@ -28,6 +28,8 @@ The rules:
 ``StreamwiseModelLossRose``        a model's rolling loss (smaller is better) rose more than
                                    a fraction above its own recent mean.
 ``StreamwiseDriftDetected``        a model's drift detector fired (information).
+``StreamwiseModelFaulting``        a model raised, answered NaN, or was put back to a healthy
+                                   copy of itself; the other models serve as usual.
 ``StreamwiseWorkerStalled``        nothing committed for a while although input is waiting,
                                    or the worker's loop has not come round (a batch stuck).
 ``StreamwiseTargetDown``           Prometheus cannot scrape a worker (dead, or stopped).
@@ -73,6 +75,8 @@ class AlertParams:
     metric_for_s: int = 300
     # Drift: any detection in the window.
     drift_window_s: int = 600
+    # Model faults (raised, NaN, restored): any in the window.
+    model_fault_window_s: int = 600
     # Progress: seconds without a committed batch (or a turn of the loop).
     stall_s: int = 300
     stall_for_s: int = 60
@@ -94,6 +98,7 @@ FAST = replace(
     metric_level_window_s=30,
     metric_for_s=2,
     drift_window_s=30,
+    model_fault_window_s=30,
     stall_s=8,
     stall_for_s=2,
     down_for_s=5,
@@ -209,6 +214,17 @@ def rules(p: AlertParams = PRODUCTION) -> list[dict[str, Any]]:
             "{{ $labels.pipeline }}: drift detected in {{ $labels.model }}",
             f"The drift detector of {{{{ $labels.model }}}} fired in the last {d(p.drift_window_s)}; the drift policy"
             " acted on it (see the alerts topic for what it did).",
+        ),
+        _rule(
+            "StreamwiseModelFaulting", "warning", 0,
+            "sum by (pipeline, model, kind) "
+            f"(increase(streamwise_model_faults_total[{d(p.model_fault_window_s)}])) > 0",
+            "{{ $labels.pipeline }}: {{ $labels.model }} faulted ({{ $labels.kind }})",
+            f"In the last {d(p.model_fault_window_s)} the model raised while predicting (its records carry the"
+            " error) or learning (it did not learn those events), answered NaN or infinity (flagged, kept out"
+            " of the metrics), or was put back to a healthy copy of itself after NaN answers (restored; the"
+            " alerts topic says to which). The other models predict and learn as usual. The model's last"
+            " error is in the worker's log and in streamwise snapshots show.",
         ),
         _rule(
             "StreamwiseWorkerStalled", "critical", p.stall_for_s,

@@ -603,9 +603,13 @@ def dry_run_problems(config: PipelineConfig, fresh: PipelineProcessor | None = N
     processor = fresh if fresh is not None else PipelineProcessor(config)
     processor.process(made_up_records(config))
     index = {spec.name: i for i, spec in enumerate(config.models)}
+    # Which of the two: a model that fails only to learn answers every record as if
+    # untrained, with no error in it; one that fails to predict answers its error.
+    doing = {(True, False): "predicting", (False, True): "learning", (True, True): "predicting and learning"}
     return [
-        f"pipeline {config.name}: models[{index[m.name]}] ({m.name}): raises on events made up from the schema: "
-        + " ".join(str(m.last_error).split())
+        f"pipeline {config.name}: models[{index[m.name]}] ({m.name}): raises "
+        f"{doing[bool(m.faults[ModelFault.PREDICT.value]), bool(m.faults[ModelFault.LEARN.value])]} "
+        "on events made up from the schema: " + " ".join(str(m.last_error).split())
         for m in processor.models
         if m.name in index and (m.faults[ModelFault.PREDICT.value] or m.faults[ModelFault.LEARN.value])
     ]

@@ -160,6 +160,16 @@ def cases(p: AlertParams, step: int) -> list[Case]:
         Case("no detection", "StreamwiseDriftDetected", [(drift, f"0x{drift_n}")], 6 * step),
     ]
 
+    # ---- model faults ----
+    learn = _series("streamwise_model_faults_total", model="logreg", kind="learn")
+    fault_n = n(p.model_fault_window_s) * 3
+    out += [
+        Case("a model fails to learn", "StreamwiseModelFaulting", [(learn, f"0x4 5x{fault_n}")], 6 * step,
+             [{"pipeline": "credit", "model": "logreg", "kind": "learn", "severity": "warning"}]),
+        Case("no fault since long ago", "StreamwiseModelFaulting", [(learn, f"0x2 5x{fault_n * 2}")],
+             (fault_n * 2 - 2) * step),
+    ]
+
     # ---- progress ----
     # promtool's clock starts at Unix time 0: a timestamp series "0x.." stopped at the start,
     # one "0+step" keeps up with time().
@@ -202,12 +212,12 @@ def test_the_compose_prometheus_config_loads_the_rules():
     config = alerts.RULES_DIR / "prometheus.yml"
     check = subprocess.run([_promtool(), "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 1 rule files found" in check.stdout and "SUCCESS: 9 rules found" in check.stdout
+    assert "SUCCESS: 1 rule files found" in check.stdout and "SUCCESS: 10 rules found" in check.stdout
 
 
 def test_every_rule_has_a_firing_and_a_quiet_case():
     names = {r["alert"] for r in alerts.rules()}
-    assert len(names) == 9
+    assert len(names) == 10
     for _, params, step in PROFILES:
         built = cases(params, step)
         assert {c.alertname for c in built if c.expected} == names
@@ -219,7 +229,7 @@ def test_promtool_checks_the_rules_and_every_case_passes(tmp_path: Path, name: s
     promtool = _promtool()
     rules_file = alerts.RULES_DIR / name
     check = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0 and "SUCCESS: 9 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 10 rules found" in check.stdout, check.stdout + check.stderr
 
     bare = yaml.safe_load(rules_file.read_text())
     for rule in bare["groups"][0]["rules"]:

@@ -421,11 +421,11 @@ def test_run_check_says_no_to_a_model_that_raises_on_valid_events(tmp_path: Path
     monkeypatch.setenv("STREAMWISE_SNAPSHOT__SIGNING_KEY", "k" * 64)
     result = CliRunner().invoke(app, ["run", "-c", str(path), "--check"])
     assert result.exit_code == 2
-    assert "models[1] (forest): raises on events made up from the schema: AttributeError: Invalid max_features" in result.output
+    assert "models[1] (forest): raises predicting on events made up from the schema: AttributeError: Invalid max_features" in result.output
     assert dry_run_problems(parse_pipeline_config(NUMERIC)) == []
     # BASE scales its category feature "c" with StandardScaler: every event would fail
     assert dry_run_problems(parse_pipeline_config(BASE)) == [
-        "pipeline p: models[0] (lr): raises on events made up from the schema: "
+        "pipeline p: models[0] (lr): raises learning on events made up from the schema: "
         "TypeError: unsupported operand type(s) for -: 'str' and 'float'"
     ]
 
