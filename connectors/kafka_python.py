@@ -335,6 +335,11 @@ def _direct_append(producer: KafkaProducer) -> Callable[..., Any] | None:
     return accumulator.append  # type: ignore[union-attr]
 
 
+# How long past kafka.request_timeout_ms a transactional request may stay unanswered
+# before its producer is given up (KafkaPythonSink._await).
+_UNANSWERED_AFTER_S = 5.0
+
+
 class KafkaPythonSink:
     # kafka-python's commit is Python code on its sender thread: on another thread it
     # competes with the worker's batch for the interpreter, and measured slower (50,000
@@ -344,6 +349,12 @@ class KafkaPythonSink:
     def __init__(self, settings: KafkaSettings, transactional_id: str | None = None) -> None:
         config = kafka_config.kafka_python_producer(settings, transactional_id)
         self._producer = _connect(settings, lambda: KafkaProducer(**config))
+        # kafka-python waits for a transactional request's answer without a timeout: with
+        # the broker gone, a commit blocked the worker for ever (not even SIGTERM ended
+        # it). Each wait is bounded by this; a producer whose request went unanswered is
+        # given up (later calls fail at once) and the next one fences it.
+        self._txn_timeout_ms = settings.request_timeout_ms + int(_UNANSWERED_AFTER_S * 1000)
+        self._hung: str | None = None
         self.transactional = transactional_id is not None
         if self.transactional:
             # Also aborts whatever a previous incarnation with the same id left open,
@@ -365,7 +376,20 @@ class KafkaPythonSink:
 
     # A producer error (fenced, timed out, a broker gone) is a DeliveryError for the
     # checkpoint: it aborts, rewinds, and builds a new producer if it must.
+    def _usable(self) -> None:
+        if self._hung is not None:
+            raise DeliveryError(f"producer given up: {self._hung}")
+
+    def _await(self, result: Any, what: str) -> None:
+        """Waits for a transactional request as kafka-python's own call would, but not
+        for ever; its error, if it failed, is raised as that call raises it."""
+        self._wakeup()
+        if not result.wait(timeout_ms=self._txn_timeout_ms):
+            self._hung = f"{what} unanswered after {self._txn_timeout_ms / 1000:.0f} s"
+            raise DeliveryError(f"transaction not ended: {self._hung}")
+
     def begin_transaction(self) -> None:
+        self._usable()
         self._partition_of.clear()
         try:
             self._producer.begin_transaction()
@@ -378,10 +402,14 @@ class KafkaPythonSink:
         group_metadata: object,
         markers: Mapping[TopicPartition, str] | None = None,
     ) -> None:
+        self._usable()
+        manager = self._producer._transaction_manager
         try:
+            # KafkaProducer.send_offsets_to_transaction and commit_transaction, with a bound.
             if offsets:
-                self._producer.send_offsets_to_transaction(_with_markers(offsets, markers), group_metadata)
-            self._producer.commit_transaction()
+                sent = manager.send_offsets_to_transaction(_with_markers(offsets, markers), group_metadata)
+                self._await(sent, "send_offsets_to_transaction")
+            self._await(manager.begin_commit(), "commit_transaction")
         except CommitFailedError as e:
             # kafka-python's word for a TxnOffsetCommit answered IllegalGeneration or
             # UnknownMemberId ("consumer group metadata mismatch").
@@ -393,8 +421,9 @@ class KafkaPythonSink:
     def abort_transaction(self) -> None:
         # The aborted records failed on purpose; they must not fail the next commit.
         self._pending.clear()
+        self._usable()
         try:
-            self._producer.abort_transaction()
+            self._await(self._producer._transaction_manager.begin_abort(), "abort_transaction")
         except KafkaError as e:
             raise DeliveryError(f"transaction not aborted: {type(e).__name__}: {e}") from e
         # kafka-python 3.0.12 keeps the offsets of a TxnOffsetCommit that failed (e.g.
@@ -462,7 +491,8 @@ class KafkaPythonSink:
 
     def close(self) -> None:
         try:
-            self._producer.close()
+            # A producer given up is not waited for: its requests may never be answered.
+            self._producer.close(timeout=0 if self._hung is not None else None)
         except KafkaError as e:  # a fenced producer may fail to close; it is gone either way
             log.debug("producer close: %s: %s", type(e).__name__, e)
 

@@ -389,3 +389,47 @@ def test_a_transactional_call_hung_past_its_timeout_fails_and_the_next_producer_
     assert [r.value for r in consume(bootstrap, out_topic, 1)] == [b"committed"]
     assert source.committed([(src_topic, 0)]) == {(src_topic, 0): 1}
     source.close()
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
+def test_a_kafka_python_transactional_request_left_unanswered_fails_and_the_next_producer_fences_it(
+    settings, bootstrap, unique, monkeypatch
+):
+    # kafka-python waits for a transactional answer without a timeout: with the broker
+    # gone, a worker blocked in a commit for ever (seen: 10 minutes, SIGTERM ignored).
+    # Here the offsets request is never sent (its result never completes), as when the
+    # coordinator is gone; the sink gives up after request_timeout_ms plus a margin.
+    from kafka.producer.transaction_manager import TransactionalRequestResult
+    from streamwise.connectors import kafka_python
+
+    monkeypatch.setattr(kafka_python, "_UNANSWERED_AFTER_S", 0.5)
+    kafka = settings.kafka.model_copy(update={"request_timeout_ms": 1000})
+    src_topic = _topic(settings, f"{unique}.in")
+    out_topic = _topic(settings, f"{unique}.out")
+    produce(bootstrap, src_topic, [(None, b"x")])
+    source = make_source(kafka, unique)
+    source.subscribe([src_topic])
+    _poll_until(source, 1)
+    sink = make_sink(kafka, transactional_id=f"{unique}.tx")
+    manager = sink._producer._transaction_manager
+    monkeypatch.setattr(manager, "send_offsets_to_transaction", lambda *args: TransactionalRequestResult())
+    sink.begin_transaction()
+    sink.send(OutgoingRecord(out_topic, None, b"never"))
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="send_offsets_to_transaction unanswered"):
+        sink.commit_transaction({(src_topic, 0): 1}, source.group_metadata())
+    assert time.monotonic() - started < 5.0, "the caller waits its timeout and a little more, not for ever"
+    with pytest.raises(DeliveryError, match="given up"):
+        sink.abort_transaction()
+    closing = time.monotonic()
+    sink.close()
+    assert time.monotonic() - closing < 5.0
+    # The next producer under the same id fences the given-up one and aborts its work.
+    second = make_sink(kafka, transactional_id=f"{unique}.tx")
+    second.begin_transaction()
+    second.send(OutgoingRecord(out_topic, None, b"committed"))
+    second.commit_transaction({(src_topic, 0): 1}, source.group_metadata())
+    second.close()
+    assert [r.value for r in consume(bootstrap, out_topic, 1)] == [b"committed"]
+    assert source.committed([(src_topic, 0)]) == {(src_topic, 0): 1}
+    source.close()
