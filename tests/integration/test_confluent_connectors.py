@@ -378,17 +378,9 @@ def test_a_transactional_call_hung_past_its_timeout_fails_and_the_next_producer_
     with pytest.raises(DeliveryError, match="abandoned"):
         sink.abort_transaction()
     sink.close()  # returns at once: the hung call still holds the handle
-    # The next producer under the same id fences the abandoned one and aborts its work.
-    second = make_sink(kafka, transactional_id=f"{unique}.tx")
-    second.begin_transaction()
-    second.send(OutgoingRecord(out_topic, None, b"committed"))
-    second.commit_transaction({(src_topic, 0): 1}, source.group_metadata())
-    second.close()
+    _the_next_producer_fences_it_and_commits(kafka, f"{unique}.tx", source, src_topic, out_topic, bootstrap)
     hanging.release.set()
     safety.cancel()
-    assert [r.value for r in consume(bootstrap, out_topic, 1)] == [b"committed"]
-    assert source.committed([(src_topic, 0)]) == {(src_topic, 0): 1}
-    source.close()
 
 
 @pytest.mark.parametrize("kafka_client", ["kafka-python"], indirect=True)
@@ -424,8 +416,14 @@ def test_a_kafka_python_transactional_request_left_unanswered_fails_and_the_next
     closing = time.monotonic()
     sink.close()
     assert time.monotonic() - closing < 5.0
-    # The next producer under the same id fences the given-up one and aborts its work.
-    second = make_sink(kafka, transactional_id=f"{unique}.tx")
+    _the_next_producer_fences_it_and_commits(kafka, f"{unique}.tx", source, src_topic, out_topic, bootstrap)
+
+
+def _the_next_producer_fences_it_and_commits(
+    kafka: KafkaSettings, transactional_id: str, source: Any, src_topic: str, out_topic: str, bootstrap: str
+) -> None:
+    """The next producer under the same id fences the one given up and aborts its work."""
+    second = make_sink(kafka, transactional_id=transactional_id)
     second.begin_transaction()
     second.send(OutgoingRecord(out_topic, None, b"committed"))
     second.commit_transaction({(src_topic, 0): 1}, source.group_metadata())
