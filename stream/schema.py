@@ -280,9 +280,15 @@ def check_not_future(
     ... except RejectedEvent as e:
     ...     print(e.reason)
     event time is 1e+308s ahead of its record timestamp, max_future is 300s
+    >>> check_not_future(300, record_time_s=-0.001, event_time_s=900.0, now=1000.0)  # no timestamp: the clock
     """
     if max_future is None:
         return
+    if record_time_s is not None and record_time_s <= 0:
+        # Kafka's "no timestamp" (-1, from producers of the v0 message format) or the
+        # epoch itself: no record is from then, and holding the event time to it would
+        # refuse every event of such a producer; the event time is held to the clock.
+        record_time_s = None
     if record_time_s is not None and record_time_s - now > max_future:
         raise RejectedEvent(
             stage, f"record timestamp is {_seconds(record_time_s - now)} ahead of the clock, max_future is {max_future:g}s"

@@ -192,3 +192,21 @@ def test_cleaner_activity_reaches_the_sensor_hook():
     assert sensor.seen == {"imputed": 1, "deduplicated": 1, "late": 1}
     stages = [dict(r.headers).get("streamwise.error.stage") for r in out if r.topic == cfg.dead_letter_topic]
     assert stages == [b"clean", b"clean"]
+
+
+def test_a_record_without_a_timestamp_holds_the_event_time_to_the_clock():
+    # Producers of Kafka's v0 message format write no timestamp (-1 ms): holding the
+    # event time to it refused every event they sent as "ahead of its record timestamp".
+    import time
+
+    cfg = _config()
+    pipeline = build_event_pipeline(cfg.event_schema, cfg.cleaners, cfg.features)
+    now = time.time()
+    event = json.dumps({"id": 1, "card": "c", "ts": now - 5, "amount": 5.0, "shop": "s"}).encode()
+    ahead = json.dumps({"id": 2, "card": "c", "ts": now + 7200, "amount": 5.0, "shop": "s"}).encode()
+    for record_time in (-0.001, 0.0):
+        assert pipeline.decode(event, record_time).id == 1
+        (decoded, refused) = pipeline.decode_many([event, ahead], [record_time, record_time])
+        assert decoded.id == 1 and isinstance(refused, RejectedEvent) and "ahead of the clock" in refused.reason
+    with pytest.raises(RejectedEvent, match="ahead of its record timestamp"):
+        pipeline.decode(event, 1000.0)  # a real timestamp still holds the event time
