@@ -219,11 +219,13 @@ class PendingLabels:
         self._dropped: OrderedDict[Any, bool] = OrderedDict()
         self._events_read = _Watermark()
         self._labels_read = _Watermark()
+        # LabelStats.misses() when new_misses() last ran.
+        self._misses_reported: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
         # A snapshot written before these attributes existed restores without them
         # (models/state.py sets the attributes it holds): they start empty.
-        if name in ("_dropped", "_events_read", "_labels_read"):
+        if name in ("_dropped", "_events_read", "_labels_read", "_misses_reported"):
             self._init_added()
             return getattr(self, name)
         raise AttributeError(name)
@@ -240,6 +242,14 @@ class PendingLabels:
         reads every partition of both topics)."""
         self._events_read.expect(max(1, event_partitions))
         self._labels_read.expect(max(1, label_partitions))
+
+    def new_misses(self) -> dict[str, int]:
+        """What the join did not learn since the last call, by outcome (the sensors' counter).
+        Kept in the state, so a restore neither repeats nor loses what it had reported."""
+        counts = self.stats.misses()
+        before = self._misses_reported
+        self._misses_reported = counts
+        return {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
 
     def joins(self, event_t: float, label_t: float) -> bool:
         """Whether a label at ``label_t`` joins an event at ``event_t``."""

@@ -118,10 +118,6 @@ class ModelSet:
     True
     """
 
-    # The label-join counts end_batch last reported (a class default: snapshots written
-    # before it existed restore without it).
-    _label_misses_reported: dict[str, int] | None = None
-
     def __init__(
         self,
         specs: list[ModelSpec],
@@ -336,14 +332,7 @@ class ModelSet:
             restored = recovery.after_batch(m, batch)
             if restored is not None:
                 self._alerts.append(restored)
-        misses: dict[str, int] = {}
-        if self.delayed_labels:
-            # Reported as changes, from counts kept in the state: a restore neither
-            # repeats nor loses what the restored state had already reported.
-            counts = self.pending.stats.misses()
-            before = self._label_misses_reported or {}
-            misses = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
-            self._label_misses_reported = counts
+        misses = self.pending.new_misses() if self.delayed_labels else {}
         faults = {m.name: m.new_faults for m in self.models if m.new_faults}
         for m in self.models:
             if m.new_faults:
