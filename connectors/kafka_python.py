@@ -495,6 +495,13 @@ class KafkaPythonSink:
             self._producer.close(timeout=0 if self._hung is not None else None)
         except KafkaError as e:  # a fenced producer may fail to close; it is gone either way
             log.debug("producer close: %s: %s", type(e).__name__, e)
+        finally:
+            if self._hung is not None:
+                # close(timeout=0) gives up at its flush when a batch is unanswered and
+                # leaves the sender thread (its sockets and buffered records) running.
+                sender = getattr(self._producer, "_sender", None)
+                if sender is not None:
+                    sender.force_close()
 
 
 class KafkaPythonAdmin:

@@ -159,6 +159,18 @@ class _Watermark:
         self.value = min(newest.values()) if len(newest) >= self.partitions else -math.inf
 
 
+# PendingLabels' attributes added after its first release, each with how it starts:
+# the ids whose prediction was dropped (True: past ttl_s, False: over max_pending), so
+# that their label is not held as if read before its event; each side's progress; and
+# LabelStats.misses() when new_misses() last ran.
+_ADDED: dict[str, Any] = {
+    "_dropped": OrderedDict,
+    "_events_read": lambda: _Watermark(),
+    "_labels_read": lambda: _Watermark(),
+    "_misses_reported": dict,
+}
+
+
 class PendingLabels:
     """Joins delayed labels to the predictions of their events, by event id.
 
@@ -210,25 +222,19 @@ class PendingLabels:
         # id -> (label time, label), in read order.
         self._early: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._learned: OrderedDict[Any, None] = OrderedDict()
-        self._init_added()
+        for name, make in _ADDED.items():
+            setattr(self, name, make())
         self.stats = LabelStats()
 
-    def _init_added(self) -> None:
-        # Ids whose prediction was dropped (True: past ttl_s, False: over max_pending),
-        # so that their label is not held as if it had been read before its event.
-        self._dropped: OrderedDict[Any, bool] = OrderedDict()
-        self._events_read = _Watermark()
-        self._labels_read = _Watermark()
-        # LabelStats.misses() when new_misses() last ran.
-        self._misses_reported: dict[str, int] = {}
-
     def __getattr__(self, name: str) -> Any:
-        # A snapshot written before these attributes existed restores without them
-        # (models/state.py sets the attributes it holds): they start empty.
-        if name in ("_dropped", "_events_read", "_labels_read", "_misses_reported"):
-            self._init_added()
-            return getattr(self, name)
-        raise AttributeError(name)
+        # A snapshot written before one of these attributes existed restores without it
+        # (models/state.py sets the attributes it holds): that one starts empty, alone.
+        make = _ADDED.get(name)
+        if make is None:
+            raise AttributeError(name)
+        value = make()
+        setattr(self, name, value)
+        return value
 
     def __len__(self) -> int:
         return len(self._events)

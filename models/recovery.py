@@ -59,6 +59,9 @@ class _Watch:
     run: int = 0  # answers in a row that were not finite
     copyable: bool = True
     restored_from: _Copy | None = None
+    # The estimator the copies are of: one put in its place otherwise (a promoted
+    # challenger, a drift reset, self-training's shadow) makes them another model's.
+    estimator_id: int | None = None
 
 
 # Keyed by the model object, so the copies vanish with it and never enter its pickle.
@@ -74,6 +77,8 @@ def after_batch(m: Model, outcomes: list[Any]) -> dict[str, Any] | None:
     watch = _WATCHES.get(m)
     if watch is None:
         watch = _WATCHES[m] = _Watch()
+    if watch.estimator_id != id(m.estimator):
+        watch.copies, watch.restored_from, watch.estimator_id = [], None, id(m.estimator)
     if not m.new_faults.get(ModelFault.NOT_FINITE.value):
         watch.run = 0
         _copy_if_due(m, watch, outcomes)
@@ -117,6 +122,7 @@ def _copy_if_due(m: Model, watch: _Watch, outcomes: list[Any]) -> None:
         # a quarter for the rest of its life (models/state.py): it goes on as its decoded
         # copy, the same learned state.
         m.estimator = decode_state(payload)
+        watch.estimator_id = id(m.estimator)
     except Exception:  # an estimator that cannot be copied is only not guarded
         watch.copyable = False
         return
@@ -148,6 +154,8 @@ def _restore(m: Model, watch: _Watch, run: int) -> dict[str, Any]:
         m.estimator = candidate
         if m.self_training is not None and m.self_training.active:
             m.self_training.reset(m.estimator)
+        m.drift.reset()  # its errors so far were the poisoned model's
+    watch.estimator_id = id(m.estimator)
     watch.run = 0
     watch.restored_from = chosen
     m._fault(ModelFault.RESTORED)

@@ -245,7 +245,9 @@ def _delayed_order(
     were learned (a label that came before its event counts when the event arrived),
     and every label's delay in seconds."""
     schema, cfg = config.event_schema, config.labels
-    by_id = {(b["_src"][0], join_id(b["id"])): b for b in rows}
+    by_id: dict[tuple[int, Any], dict[str, Any]] = {}
+    for b in rows:  # a repeated id: the first prediction is the one joined, as in the service
+        by_id.setdefault((b["_src"][0], join_id(b["id"])), b)
     arrivals = []
     learned: set[tuple[int, Any]] = set()
     delays: list[float] = []

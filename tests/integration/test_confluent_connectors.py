@@ -416,6 +416,8 @@ def test_a_kafka_python_transactional_request_left_unanswered_fails_and_the_next
     closing = time.monotonic()
     sink.close()
     assert time.monotonic() - closing < 5.0
+    sink._producer._sender.join(5.0)  # stopped, not left retrying with its buffers
+    assert not sink._producer._sender.is_alive()
     _the_next_producer_fences_it_and_commits(kafka, f"{unique}.tx", source, src_topic, out_topic, bootstrap)
 
 

@@ -77,3 +77,24 @@ def test_with_no_healthy_copy_the_model_starts_afresh():
     (restored,) = [a for a in alerts if a["type"] == "model_restored"]
     assert restored["to"] in ("copy", "fresh")
     assert all(_finite(o, "logreg") for o in answers[40:])
+
+
+def test_copies_of_an_estimator_replaced_since_are_never_put_back(copies_whenever_due):
+    # A promoted challenger, a drift reset or self-training's shadow takes the model's
+    # place: the copies were of the model it replaced, which must not come back.
+    models = ModelSet([LOGREG], task="classification", metric="Accuracy")
+    for i, (x, y) in enumerate(ROWS[:600]):
+        models.on_event(i, x, y, float(i))
+        if i % 25 == 24:
+            models.end_batch()
+    logreg = models.models[0]
+    logreg.reset()  # as the drift policy would: a fresh estimator in its place
+    alerts = []
+    for i, (x, y) in enumerate(ROWS[600:700], start=600):
+        models.on_event(i, {**x, "empty_server_form_handler": 1e160} if i == 610 else x, y, float(i))
+        if i % 25 == 24:
+            alerts += models.end_batch().alerts
+    # Poisoned in its first batch after the reset, before any copy of the new estimator:
+    # it starts afresh (before the fix it went back to the copy of the model reset away).
+    (restored,) = [a for a in alerts if a["type"] == "model_restored"]
+    assert restored["to"] == "fresh"
