@@ -28,7 +28,7 @@ class LabelRecordError(ValueError):
 # refuses them (stream/schema.py), so no state keyed by id grows with a label's size.
 _INT64 = 2**63
 
-__all__ = ["LabelRecordError", "PendingLabels", "decode_label_record", "join_id"]
+__all__ = ["LabelRecordError", "PendingLabels", "decode_label_record", "in_join_window", "join_id"]
 
 
 def decode_label_record(
@@ -124,6 +124,12 @@ class LabelStats:
         counts = (self.evicted_ttl, self.evicted_capacity, self.late, self.early_expired, self.duplicates,
                   self.duplicate_events)
         return dict(zip(LABEL_MISS_OUTCOMES, counts, strict=True))
+
+
+def in_join_window(event_t: float, label_t: float, ttl_s: float, early_hold_s: float) -> bool:
+    """The join rule: a label stamped at most ``ttl_s`` after its event and at most
+    ``early_hold_s`` before it (the service's join and the report both use it)."""
+    return -early_hold_s <= label_t - event_t <= ttl_s
 
 
 class _Watermark:
@@ -259,7 +265,20 @@ class PendingLabels:
 
     def joins(self, event_t: float, label_t: float) -> bool:
         """Whether a label at ``label_t`` joins an event at ``event_t``."""
-        return -self.early_hold_s <= label_t - event_t <= self.ttl_s
+        return in_join_window(event_t, label_t, self.ttl_s, self.early_hold_s)
+
+    @staticmethod
+    def _expire_oldest(waiting: OrderedDict[Any, tuple[float, Any]], now: float, window_s: float) -> list[Any]:
+        """Takes out, oldest read first, the entries whose time ``now`` has passed by
+        more than ``window_s``; their ids."""
+        gone = []
+        while waiting:
+            key, (t, _) = next(iter(waiting.items()))
+            if now - t <= window_s:
+                break
+            waiting.popitem(last=False)
+            gone.append(key)
+        return gone
 
     def on_event(self, event_id: Any, entry: Any, t: float, partition: int = 0, labelled: bool = False) -> tuple[float, Any] | None:
         """An event read at record time ``t``: ``(label time, label)`` of a held label it
@@ -268,12 +287,7 @@ class PendingLabels:
         event that carries its label (``labelled``) is learned by the caller at once."""
         now = self._events_read.advance(partition, t)
         early = self._early
-        while early:
-            held_t = next(iter(early.values()))[0]
-            if now - held_t <= self.early_hold_s:
-                break
-            early.popitem(last=False)
-            self.stats.early_expired += 1
+        self.stats.early_expired += len(self._expire_oldest(early, now, self.early_hold_s))
         if labelled:
             self._mark_learned(event_id)
             return None
@@ -299,11 +313,8 @@ class PendingLabels:
         late, too early)."""
         now = self._labels_read.advance(partition, t)
         events = self._events
-        while events:
-            event_t = next(iter(events.values()))[0]
-            if now - event_t <= self.ttl_s:
-                break
-            self._drop(events.popitem(last=False)[0], past_ttl=True)
+        for gone in self._expire_oldest(events, now, self.ttl_s):
+            self._drop(gone, past_ttl=True)
             self.stats.evicted_ttl += 1
         if event_id in self._learned:
             self.stats.duplicates += 1

@@ -44,7 +44,7 @@ from streamwise.core.errors import StreamwiseError
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.evaluation import Evaluation, metric_names
 from streamwise.models.config import LabelsConfig
-from streamwise.models.labels import LabelRecordError, decode_label_record, join_id
+from streamwise.models.labels import LabelRecordError, decode_label_record, in_join_window, join_id
 from streamwise.models.prequential import Prediction
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.schema import EventDecoder, RejectedEvent
@@ -261,7 +261,7 @@ def _delayed_order(
         if b is None or (r.partition, event_id) in learned:
             continue  # no prediction for it in range, or a repeated label (learned once)
         t_event = event_ts.get(b["_src"], b.get("event_timestamp_ms", r.timestamp_ms))
-        if not -cfg.early_hold_s <= (r.timestamp_ms - t_event) / 1000.0 <= cfg.ttl_s:
+        if not in_join_window(t_event / 1000.0, r.timestamp_ms / 1000.0, cfg.ttl_s, cfg.early_hold_s):
             continue  # outside the join window: the service did not learn it (models/labels.py)
         learned.add((r.partition, event_id))
         delays.append(max(0.0, (r.timestamp_ms - t_event) / 1000.0))

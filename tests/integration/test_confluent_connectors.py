@@ -356,14 +356,7 @@ def test_a_transactional_call_hung_past_its_timeout_fails_and_the_next_producer_
     from streamwise.connectors import confluent
 
     monkeypatch.setattr(confluent, "_HUNG_AFTER_S", 0.5)
-    kafka = settings.kafka.model_copy(update={"request_timeout_ms": 1000})
-    src_topic = _topic(settings, f"{unique}.in")
-    out_topic = _topic(settings, f"{unique}.out")
-    produce(bootstrap, src_topic, [(None, b"x")])
-    source = make_source(kafka, unique)
-    source.subscribe([src_topic])
-    _poll_until(source, 1)
-    sink = make_sink(kafka, transactional_id=f"{unique}.tx")
+    kafka, source, src_topic, out_topic, sink = _one_record_read_and_a_transactional_sink(settings, bootstrap, unique)
     hanging = _OffsetsThatHang(sink._producer)
     sink._producer = hanging
     # Without the bound, the commit below would block until this releases it, and fail.
@@ -395,14 +388,7 @@ def test_a_kafka_python_transactional_request_left_unanswered_fails_and_the_next
     from streamwise.connectors import kafka_python
 
     monkeypatch.setattr(kafka_python, "_UNANSWERED_AFTER_S", 0.5)
-    kafka = settings.kafka.model_copy(update={"request_timeout_ms": 1000})
-    src_topic = _topic(settings, f"{unique}.in")
-    out_topic = _topic(settings, f"{unique}.out")
-    produce(bootstrap, src_topic, [(None, b"x")])
-    source = make_source(kafka, unique)
-    source.subscribe([src_topic])
-    _poll_until(source, 1)
-    sink = make_sink(kafka, transactional_id=f"{unique}.tx")
+    kafka, source, src_topic, out_topic, sink = _one_record_read_and_a_transactional_sink(settings, bootstrap, unique)
     manager = sink._producer._transaction_manager
     monkeypatch.setattr(manager, "send_offsets_to_transaction", lambda *args: TransactionalRequestResult())
     sink.begin_transaction()
@@ -419,6 +405,18 @@ def test_a_kafka_python_transactional_request_left_unanswered_fails_and_the_next
     sink._producer._sender.join(5.0)  # stopped, not left retrying with its buffers
     assert not sink._producer._sender.is_alive()
     _the_next_producer_fences_it_and_commits(kafka, f"{unique}.tx", source, src_topic, out_topic, bootstrap)
+
+
+def _one_record_read_and_a_transactional_sink(settings: Any, bootstrap: str, unique: str) -> tuple[Any, ...]:
+    """A 1 s request timeout, a source that has read one record, and a transactional sink."""
+    kafka = settings.kafka.model_copy(update={"request_timeout_ms": 1000})
+    src_topic = _topic(settings, f"{unique}.in")
+    out_topic = _topic(settings, f"{unique}.out")
+    produce(bootstrap, src_topic, [(None, b"x")])
+    source = make_source(kafka, unique)
+    source.subscribe([src_topic])
+    _poll_until(source, 1)
+    return kafka, source, src_topic, out_topic, make_sink(kafka, transactional_id=f"{unique}.tx")
 
 
 def _the_next_producer_fences_it_and_commits(
