@@ -354,14 +354,21 @@ def parse_pipeline_config(data: Any, source: str = "pipeline") -> PipelineConfig
 class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error:
     plain YAML keeps the last one silently, so a second ``models:`` or ``metric:`` would
-    quietly replace the first. And ``1e-7`` is a number, as in YAML 1.2 and JSON: PyYAML
-    (YAML 1.1) reads a float without a dot as a string, which a River estimator would
-    take as its ``delta`` and fail on at the first event.
+    quietly replace the first. And plain scalars are typed as in YAML 1.2 (its core
+    schema) and JSON, not as PyYAML's YAML 1.1: ``1e-7`` is a number (1.1 reads a float
+    without a dot as a string, which a River estimator would take as its ``delta`` and
+    fail on at the first event), while ``NO``, ``yes``, ``off``, ``12:30``, ``2026-01-01``
+    stay strings and ``010`` is ten (1.1 reads them as False, True, False, 750, a date
+    and 8: a category list of country codes ``[SE, NO, DK]`` would declare ``False``,
+    and every event from Norway be refused).
 
     Examples
     --------
     >>> yaml.load("{delta: 1e-7, n: -2E3, v: 1.5, id: 12e, name: e5}", Loader=ConfigLoader)
     {'delta': 1e-07, 'n': -2000.0, 'v': 1.5, 'id': '12e', 'name': 'e5'}
+    >>> yaml.load("[SE, NO, yes, On, 12:30, 2026-01-01, 010, 0x1F, 0o17, 1_000, true, False, .5, -.inf, ~]",
+    ...           Loader=ConfigLoader)
+    ['SE', 'NO', 'yes', 'On', '12:30', '2026-01-01', 10, 31, 15, 1000, True, False, 0.5, -inf, None]
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -382,13 +389,45 @@ class ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# The floats YAML 1.1 leaves out: an exponent without a dot, or without a sign (1e-7, 1E5,
-# 2.5e3). Added to this loader only; PyYAML's own stay as they are.
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        # YAML 1.2: decimal whatever the leading zeros, 0o octal, 0x hex (1.1 reads 010 as 8).
+        text = str(self.construct_scalar(node)).replace("_", "")
+        if text.startswith("0o"):
+            return int(text[2:], 8)
+        if text.startswith("0x"):
+            return int(text[2:], 16)
+        return int(text, 10)
+
+
+def _yaml_12_scalars() -> None:
+    """Replaces, in this loader only, YAML 1.1's implicit bool, int, float and timestamp
+    types with YAML 1.2 core schema's (underscores in numbers still allowed, as before)."""
+    replaced = {f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "timestamp")}
+    ConfigLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    ConfigLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    # Ints before floats: the first pattern that matches a scalar types it.
+    ConfigLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:int",
+        re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+        list("-+0123456789"),
+    )
+    ConfigLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*\.[0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+"
+            r"|\.[0-9][0-9_]*[eE][-+]?[0-9]+)|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        list("-+0123456789."),
+    )
+    ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
+
+
+_yaml_12_scalars()
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

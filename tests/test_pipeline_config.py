@@ -203,6 +203,32 @@ def test_a_number_with_an_exponent_is_a_number(tmp_path: Path):
     assert (tree.delta, tree.tau, config.event_schema.features["a"].max) == (1e-7, 0.05, 1000.0)
 
 
+def test_plain_scalars_are_typed_as_in_yaml_1_2_so_norway_stays_a_country(tmp_path: Path):
+    """YAML 1.1 reads NO as False, yes/on as True, 12:30 as 750, 010 as 8 and a date as a
+    date: a category list of country codes declared False, and every event from Norway
+    was refused."""
+    from streamwise.processor import PipelineProcessor
+    from streamwise.connectors.records import ConsumedRecord
+
+    path = tmp_path / "norway.yaml"
+    path.write_text(
+        "name: p\ninput: {topic: events}\noutput: {topic: predictions}\n"
+        "schema:\n  id: id\n  label: label\n  features:\n"
+        "    country: {type: category, categories: [SE, NO, DK]}\n"
+        "    answer: {type: category, categories: [yes, no, on, off, '12:30', 12:45, 2026-01-01]}\n"
+        "    n: {type: int, max: 010}\n"
+        "models:\n  - name: lr\n    steps: [linear_model.LogisticRegression]\n"
+    )
+    config = load_pipeline_config(path)
+    features = config.event_schema.features
+    assert features["country"].categories == ["SE", "NO", "DK"]
+    assert features["answer"].categories == ["yes", "no", "on", "off", "12:30", "12:45", "2026-01-01"]
+    assert features["n"].max == 10
+    value = b'{"id": 1, "country": "NO", "answer": "no", "n": 3, "label": true}'
+    out = PipelineProcessor(config).process([ConsumedRecord("events", 0, 0, None, value, 1)])
+    assert [r.topic for r in out] == ["predictions"]
+
+
 @pytest.mark.parametrize(
     ("param", "value", "expected"),
     [
