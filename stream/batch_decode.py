@@ -143,8 +143,9 @@ class BatchDecoder:
         features = self._features
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
-        # The fields msgspec read; the positions of the records it left to the EventDecoder.
-        fields, judged = 0, []
+        # The fields msgspec read, in all and per record; the positions of the records it
+        # left to the EventDecoder.
+        fields, judged, counts = 0, [], [0] * len(values)
         for value in values:
             # A value of at most _MAX_OPENINGS bytes cannot open more than that: not counted.
             if value is None or len(value) > limit or (
@@ -160,6 +161,7 @@ class BatchDecoder:
                 out.append(self._slow(value))
                 continue
             fields += len(d)
+            counts[len(out)] = len(d)
             x = {}
             for name in features:
                 v = d.get(name)
@@ -182,18 +184,21 @@ class BatchDecoder:
                     id=d[id_name], x=x, y=y, key=k, event_time=d.get(event_time) if event_time is not None else None
                 )
             )
-        # Did msgspec skip a field unread? Every key is followed by a colon: no more
-        # colons in the poll than fields read says no (one count of a byte per poll, the
-        # usual case). Colons inside strings ("12:30") add to the count: then the keys'
-        # ends, '":', are counted, which is exact for JSON written without a blank before
-        # a colon (json.dumps, orjson, Jackson and most writers). Else each record msgspec
-        # read is looked at (_unread_refused). A None is always among the judged.
+        # Did msgspec skip a field unread? Every key is followed by a colon, and unread
+        # fields and colons inside strings ("12:30") only add to the count: no more colons
+        # in the poll than fields read says no (one count of a byte per poll, the usual
+        # case). Else each record is counted alone, and one with more colons than fields
+        # looked at (_unread_refused). Never a test over several records whose surpluses
+        # and shortfalls could cancel: a record's verdict must not depend on the others in
+        # its poll (a replay after a crash polls differently). A None is always judged.
         left = set(judged)
         read = [v for at, v in enumerate(values) if at not in left] if left else values
         whole = b"".join(read)  # type: ignore[arg-type]
-        if whole.count(b":") != fields and whole.count(b'":') != fields:
+        if whole.count(b":") != fields:
             for at, value in enumerate(values):
-                if at not in left and _unread_refused(value):  # type: ignore[arg-type]
+                if at in left or value.count(b":") == counts[at]:  # type: ignore[union-attr]
+                    continue
+                if _unread_refused(value):  # type: ignore[arg-type]
                     out[at] = self._slow(value)
         return out
 
