@@ -120,8 +120,21 @@ def _add_months(t: float, months: int) -> float:
     return when.replace(year=year, month=month, day=day).timestamp()
 
 
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
+def _iso(t: float) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        # A time no datetime holds (years 1 to 9999): the schema refuses such event
+        # times, but steps ahead of one near the end, or an ISO time's zone offset, can
+        # still cross it. Unknown then, as without a period, rather than a failed event.
+        return None
+
+
+def _months_ahead_iso(t: float, months: int) -> str | None:
+    try:
+        return _iso(_add_months(t, months))
+    except (ValueError, OverflowError, OSError):  # past year 9999, as in _iso
+        return None
 
 
 class _Series:
@@ -279,7 +292,7 @@ class ForecastSet:
         if s.last_t is None:
             return [None] * h
         if self.config.period == "month":
-            return [_iso(_add_months(s.last_t, i + 1)) for i in range(h)]
+            return [_months_ahead_iso(s.last_t, i + 1) for i in range(h)]
         step = self._period if self._period is not None else s.gap
         if step is None:
             return [None] * h

@@ -447,7 +447,17 @@ class HashStep(_Step):
 
     def check(self, c: _Checks, loc: Loc) -> None:
         for j, name in enumerate(self.fields):
-            c.known((*loc, "fields", j), name, c.raw)
+            if not c.known((*loc, "fields", j), name, c.raw):
+                continue
+            # A measured number hashed is one category per distinct value: the model
+            # loses the number and learns nothing that recurs. Ids written as ints hash well.
+            kind = c.declared[name].type if name in c.declared else None
+            if kind in ("float", "timestamp"):
+                c.problem(
+                    (*loc, "fields", j),
+                    f"{name!r} is {kind}: hashing makes each value its own category; "
+                    "give it to the model as is, or declare it category or int",
+                )
 
     def writes(self, c: _Checks) -> set[str]:
         return self.outputs(c) | set(self.fields)  # the source fields leave the event

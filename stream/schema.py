@@ -34,6 +34,14 @@ DEFAULT_MAX_TEXT_LENGTH = 65_536
 # the JSON writer of prediction records; they are refused at validation.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
+# The event times a datetime can hold, years 1 to 9999 in UTC, in epoch seconds. A number
+# of seconds outside them is refused where it is read: what formats times as dates (a
+# forecast's event times) would otherwise fail on it later, and blame a model for a bad
+# input. ISO 8601 text is a datetime already, so it is always one of them but for its
+# zone's offset at the two ends; what formats times copes with those few hours.
+FIRST_SECOND = dt.datetime.min.replace(tzinfo=dt.UTC).timestamp()
+PAST_LAST_SECOND = (dt.datetime.max.replace(tzinfo=dt.UTC) - dt.timedelta(seconds=1)).timestamp() + 1.0
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 DURATION_HINT = 'expected a duration like "1h"'
@@ -83,6 +91,18 @@ def _refuse_repeats(key: str, values: list[Any]) -> None:
         seen.add((type(v), v))
 
 
+# What the categories of a field of each type must be: (type, but not, in words). A
+# category or timestamp field takes any.
+_CATEGORY_KINDS: dict[str, tuple[type | tuple[type, ...], type | tuple[type, ...], str]] = {
+    "bool": (bool, (), "a bool"),
+    "int": (int, bool, "an int"),
+    "float": (int, bool, "a number"),
+    "text": (str, (), "a string"),
+}
+# 2**63 as a float: the nearest float to either of int64's limits.
+_TWO_63 = float(2**63)
+
+
 class FieldSpec(BaseModel):
     """How one event field is typed and bounded. ``"float"`` alone is a shorthand."""
 
@@ -110,13 +130,38 @@ class FieldSpec(BaseModel):
             bound = getattr(self, side)
             if bound is not None and not math.isfinite(bound):
                 raise ValueError(f"{side}: must be a finite number, got {bound}")
+        if self.type == "int":
+            self._int_bounds()
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}: no value could pass")
         if self.categories is not None:
             if not self.categories:
                 raise ValueError("categories: empty, so no value could pass; list them or leave the key out")
             _refuse_repeats("categories", self.categories)
+            # The categories replace the type in validation (a Literal of them): one of
+            # another type would let that type through, a string into a bool field.
+            kind = _CATEGORY_KINDS.get(self.type)
+            if kind is not None:
+                wrong = [c for c in self.categories if not isinstance(c, kind[0]) or isinstance(c, kind[1])]
+                if wrong:
+                    raise ValueError(f"categories: {wrong[0]!r} is not {kind[2]}, and the field's type is {self.type}")
         return self
+
+    def _int_bounds(self) -> None:
+        # An int field's bound becomes an integer bound of its validator, which cannot be
+        # built from 0.5 or from a number beyond int64 (the bounds are read as floats, so
+        # int64's own limits round out of it too). Refused here, at the key, rather than
+        # by the schema's validator when the first model is built.
+        for side in ("min", "max"):
+            bound = getattr(self, side)
+            if bound is None:
+                continue
+            if not bound.is_integer():
+                raise ValueError(f"{side}: {bound!r} is not a whole number, and this is an int field")
+            if not -_TWO_63 < bound < _TWO_63:
+                raise ValueError(
+                    f"{side}: {bound!r} is beyond int64, the range of an int field; leave {side} out for int64's own limit"
+                )
 
     @property
     def string_limit(self) -> int:
@@ -164,6 +209,12 @@ class EventSchema(BaseModel):
             for other, other_name in roles[:i]:
                 if name is not None and name == other_name:
                     raise ValueError(f"{role} field {name!r} is also the {other} field; each field has one role")
+        # The key may be the id (one entity per event) or a feature (its value is read as
+        # declared), but a label or an event time as key would make every event without
+        # a label, or every time that is not an id, fail the key's validation.
+        for role in ("label", "event_time"):
+            if self.key is not None and self.key == getattr(self, role):
+                raise ValueError(f"key field {self.key!r} is also the {role} field; each field has one role")
         if self.classes is not None:
             kind = {"bool": bool, "int": int, "float": float, "category": (str, int, bool)}[self.label_type]
             wrong = [c for c in self.classes if not isinstance(c, kind) or (kind is int and isinstance(c, bool))]
@@ -211,9 +262,15 @@ def to_epoch_seconds(value: Any) -> float:
     Traceback (most recent call last):
     ...
     ValueError: not a timestamp: 'yesterday'
+    >>> to_epoch_seconds(-1e11)
+    Traceback (most recent call last):
+    ...
+    ValueError: not a time between the years 1 and 9999 (UTC): -100000000000.0
     """
     if is_finite_number(value):
         seconds = float(value)
+        if not FIRST_SECOND <= seconds < PAST_LAST_SECOND:
+            raise ValueError(f"not a time between the years 1 and 9999 (UTC): {value!r}"[:100])
     elif isinstance(value, str):
         try:
             when = dt.datetime.fromisoformat(value.strip())

@@ -1,0 +1,189 @@
+"""Schema mistakes that a config used to accept and then paid for later: an int bound no
+int validator can hold, a key that is also the label or the event time, categories or
+a hash step at odds with a field's type, and an event time no datetime holds. Each is
+refused in one line at its key, or, for an event, as a bad input before any model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamwise.connectors.records import ConsumedRecord
+from streamwise.core.errors import ConfigError
+from streamwise.models.catalog import ModelSpec
+from streamwise.models.forecast import ForecastConfig, ForecastSet
+from streamwise.pipeline_config import load_pipeline_config, parse_pipeline_config
+from streamwise.processor import PipelineProcessor
+from streamwise.stream.schema import EventDecoder, EventSchema, RejectedEvent, event_seconds, to_epoch_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
+BASE: dict[str, Any] = {
+    "name": "p",
+    "input": {"topic": "events"},
+    "output": {"topic": "predictions"},
+    "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"a": "float", "n": "int"}},
+    "models": [{"name": "lr", "steps": LR}],
+}
+
+
+def refusal(changes: dict[str, Any]) -> str:
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline_config(data, "p.yaml")
+    message = str(caught.value)
+    assert "\n" not in message and "models[0]" not in message and "SchemaError" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        ({"min": 0.5, "max": 1}, "p.yaml: schema.features.n: min: 0.5 is not a whole number, and this is an int field"),
+        ({"max": 1.5}, "p.yaml: schema.features.n: max: 1.5 is not a whole number"),
+        ({"max": 1e19}, "p.yaml: schema.features.n: max: 1e+19 is beyond int64, the range of an int field"),
+        ({"max": 9.3e18}, "p.yaml: schema.features.n: max: 9.3e+18 is beyond int64"),
+        # int64's own limits round to 2**63 as floats, which no int validator accepts.
+        ({"min": -(2**63)}, "p.yaml: schema.features.n: min: -9.223372036854776e+18 is beyond int64"),
+        ({"max": 2**63 - 1}, "p.yaml: schema.features.n: max: 9.223372036854776e+18 is beyond int64"),
+    ],
+)
+def test_an_int_bound_no_int_validator_can_hold_is_refused_at_its_key(bounds, expected):
+    assert expected in refusal({"schema.features.n": {"type": "int", **bounds}})
+
+
+def test_whole_int_bounds_within_int64_still_bound_the_field():
+    schema = EventSchema(features={"n": {"type": "int", "min": -9e18, "max": 10.0}})
+    decoder = EventDecoder(schema)
+    assert decoder.decode(b'{"id": 1, "n": 10}').x == {"n": 10}
+    with pytest.raises(RejectedEvent, match="less than or equal to 10"):
+        decoder.decode(b'{"id": 1, "n": 11}')
+    # A float field keeps its fractional bounds.
+    assert EventSchema(features={"a": {"min": 0.5, "max": 1e30}}).features["a"].min == 0.5
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ({"key": "label"}, "p.yaml: schema: key field 'label' is also the label field; each field has one role"),
+        ({"key": "ts", "event_time": "ts"},
+         "p.yaml: schema: key field 'ts' is also the event_time field; each field has one role"),
+    ],
+)
+def test_a_key_that_is_also_the_label_or_the_event_time_is_refused(schema, expected):
+    assert expected in refusal({f"schema.{k}": v for k, v in schema.items()})
+
+
+def test_a_key_may_still_be_the_id_or_a_feature():
+    assert parse_pipeline_config({**copy.deepcopy(BASE), "schema": {**BASE["schema"], "key": "id"}}).event_schema.key
+    assert parse_pipeline_config({**copy.deepcopy(BASE), "schema": {**BASE["schema"], "key": "n"}}).event_schema.key
+
+
+@pytest.mark.parametrize("example", ["bug_label_is_key", "bug_key_is_time"])
+def test_the_fraud_example_with_its_key_in_a_second_role_is_refused(example, tmp_path):
+    text = (ROOT / "examples/fraud.yaml").read_text()
+    text = text.replace("  label: is_fraud", "  label: card_id") if example == "bug_label_is_key" else text.replace(
+        "  key: card_id", "  key: ts")
+    path = tmp_path / "fraud.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="is also the (label|event_time) field"):
+        load_pipeline_config(path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"type": "bool", "categories": ["a", "b"]},
+         "p.yaml: schema.features.n: categories: 'a' is not a bool, and the field's type is bool"),
+        ({"type": "int", "categories": [1, True]}, "categories: True is not an int, and the field's type is int"),
+        ({"type": "float", "categories": ["x"]}, "categories: 'x' is not a number, and the field's type is float"),
+        ({"type": "text", "categories": ["x", 3]}, "categories: 3 is not a string, and the field's type is text"),
+    ],
+)
+def test_categories_of_another_type_than_their_field_are_refused(spec, expected):
+    assert expected in refusal({"schema.features.n": spec})
+
+
+def test_categories_that_match_their_field_still_load():
+    for spec in ({"type": "bool", "categories": [True]}, {"type": "int", "categories": [1, 2]},
+                 {"type": "category", "categories": ["x", 1, True]}):
+        data = copy.deepcopy(BASE)
+        data["schema"]["features"]["n"] = spec
+        assert parse_pipeline_config(data).event_schema.features["n"].categories == spec["categories"]
+
+
+def test_a_hash_step_on_a_float_field_is_refused_at_its_field():
+    message = refusal({"features": [{"kind": "hash", "fields": ["a"], "n_features": 8}]})
+    assert "p.yaml: features[0].fields[0]: 'a' is float: hashing makes each value its own category" in message
+    data = copy.deepcopy(BASE)
+    data["schema"]["features"]["c"] = "category"
+    data["features"] = [{"kind": "hash", "fields": ["c", "n"], "n_features": 8}]
+    assert parse_pipeline_config(data).features[0].fields == ["c", "n"]
+
+
+# ---- event times a datetime cannot hold --------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [-1e11, -62135596801, 253402300800, 1e15])
+def test_a_time_in_seconds_outside_the_years_1_to_9999_is_refused_at_validate(seconds):
+    with pytest.raises(RejectedEvent) as caught:
+        event_seconds(seconds, "day")
+    assert caught.value.stage == "validate"
+    assert caught.value.reason.startswith("day: not a time between the years 1 and 9999 (UTC)")
+
+
+def test_the_first_and_last_second_of_the_years_1_to_9999_are_times():
+    assert to_epoch_seconds(-62135596800) == to_epoch_seconds("0001-01-01T00:00:00Z")
+    assert to_epoch_seconds(253402300799) == to_epoch_seconds("9999-12-31T23:59:59Z")
+    # ISO text is a datetime already, even where its zone puts it a little past an end.
+    assert to_epoch_seconds("0001-01-01T00:00:00+01:00") == -62135596800 - 3600
+
+
+def _forecast_records(days: list[float]) -> list[ConsumedRecord]:
+    now_ms = int(time.time() * 1000)
+    return [
+        ConsumedRecord("retail.sales", 0, i, b"s1",
+                       json.dumps({"id": i, "series": "s1", "day": day, "units": 10, "promo": 0}).encode(), now_ms)
+        for i, day in enumerate(days)
+    ]
+
+
+def test_a_forecast_event_time_far_in_the_past_is_a_validate_dead_letter_not_a_model_fault():
+    config = load_pipeline_config(ROOT / "examples/demand_forecast.yaml")
+    now = time.time()
+    out = PipelineProcessor(config).process(_forecast_records([now - 3 * 86400, now - 2 * 86400, -1e11]))
+    dead = [r for r in out if r.topic == config.dead_letter_topic]
+    assert sum(r.topic == config.output.topic for r in out) == 2
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert headers["streamwise.error.stage"] == b"validate"
+    assert b"day: not a time between the years 1 and 9999" in headers["streamwise.error.message"]
+
+
+HW = ModelSpec(name="hw", steps=[{"time_series.HoltWinters": {"alpha": 1.0, "beta": 1.0}}])
+
+
+@pytest.mark.parametrize(
+    ("period", "last", "expected"),
+    [
+        ("1d", "9999-12-30T00:00:00Z", ["9999-12-31T00:00:00Z", None, None]),
+        ("month", "9999-10-15T00:00:00Z", ["9999-11-15T00:00:00Z", "9999-12-15T00:00:00Z", None]),
+    ],
+)
+def test_forecast_steps_past_year_9999_have_no_event_time_instead_of_failing(period, last, expected):
+    forecasts = ForecastSet([HW], ForecastConfig(target="y", horizon=3, period=period))
+    t = to_epoch_seconds(last)
+    forecasts.on_event("a", {"y": 1.0}, t - 86400 * 40)
+    assert [f["event_time"] for f in forecasts.on_event("a", {"y": 2.0}, t)["hw"]] == expected
+    # A time that slipped past the schema (here: given straight to the set) costs no event.
+    assert [f["event_time"] for f in forecasts.on_event("a", {"y": 3.0}, -1e11)["hw"]] == [None, None, None]
