@@ -30,6 +30,8 @@ from streamwise.stream.schema import (
     EventSchema,
     FieldSpec,
     RejectedEvent,
+    timestamp_features,
+    to_seconds,
 )
 
 __all__ = ["BatchDecoder"]
@@ -127,6 +129,7 @@ class BatchDecoder:
         event_type = _event_type(schema)
         self._decoder = msgspec.json.Decoder(event_type) if event_type is not None else None
         self._features = list(schema.features)
+        self._timestamps = timestamp_features(schema)
 
     @property
     def fast(self) -> bool:
@@ -140,7 +143,7 @@ class BatchDecoder:
             return [self._slow(v) for v in values]
         schema = self.schema
         limit = schema.max_event_bytes
-        features = self._features
+        features, timestamps = self._features, self._timestamps
         id_name, label, event_time, key = schema.id, schema.label, schema.event_time, schema.key
         out: list[DecodedEvent | RejectedEvent] = []
         # The fields msgspec read, in all and per record; the positions of the records it
@@ -167,6 +170,12 @@ class BatchDecoder:
                 v = d.get(name)
                 if v is not None:
                     x[name] = v
+            if timestamps:
+                try:
+                    to_seconds(x, timestamps)
+                except RejectedEvent as e:
+                    out.append(e)
+                    continue
             if key is None:
                 k = None
             else:

@@ -452,6 +452,7 @@ class EventDecoder:
             add(name, _python_type(spec), spec.required)
             self._feature_fields.append((f"f{len(fields) - 1}", name))
         self._by_alias = dict((alias, internal) for internal, alias in self._names)
+        self._timestamps = timestamp_features(schema)
         self._classes = None if schema.classes is None else frozenset(map(label_key, schema.classes))
         self._model = pydantic.create_model(  # type: ignore[call-overload]
             "Event",
@@ -500,6 +501,8 @@ class EventDecoder:
             v = values[internal]
             if v is not None:
                 x[name] = v
+        if self._timestamps:
+            to_seconds(x, self._timestamps)
         s = self.schema
         key = obj.get(s.key) if s.key is not None else None
         y = values[self._by_alias[s.label]] if s.label is not None else None
@@ -507,6 +510,21 @@ class EventDecoder:
             self.check_label(y)
         t = values[self._by_alias[s.event_time]] if s.event_time is not None else None
         return DecodedEvent(id=values["f0"], x=x, y=y, key=None if key is None else str(key), event_time=t)
+
+
+def timestamp_features(schema: EventSchema) -> list[str]:
+    return [name for name, spec in schema.features.items() if spec.type == "timestamp"]
+
+
+def to_seconds(x: dict[str, Any], names: list[str]) -> None:
+    """Turns the event's ``timestamp`` features into epoch seconds, as event times are: the
+    models and steps see one number whatever the event wrote (seconds or ISO 8601), and
+    an unreadable time is refused (stage ``validate``) instead of reaching a model as text,
+    on which a scaler raises at every event and the model never learns."""
+    for name in names:
+        v = x.get(name)
+        if v is not None:
+            x[name] = event_seconds(v, name)
 
 
 def label_key(y: Any) -> tuple[type, Any]:

@@ -194,3 +194,36 @@ def test_a_field_no_schema_names_gets_the_one_at_a_time_verdict() -> None:
                 assert expected[0] == "rejected" and refused in expected[2], (name, value, expected)
             elif name == "int label, key is id":  # f is its one required feature
                 assert expected[0] != "rejected", (name, value, expected)
+
+
+def test_a_timestamp_feature_reaches_the_models_as_epoch_seconds_or_is_refused() -> None:
+    """A timestamp feature was passed on as written: any text up to 1,024 characters passed
+    validation, and an ISO time reached the models as a string (a scaler then raised at
+    every event, and the model never learned)."""
+    from streamwise.connectors.records import ConsumedRecord
+    from streamwise.pipeline_config import parse_pipeline_config
+    from streamwise.processor import PipelineProcessor
+
+    schema = EventSchema(id="id", label="y", features={"opened": "timestamp", "amount": "float"})
+    values = [b'{"id": 1, "opened": "2023-11-14T22:13:20Z", "amount": 1, "y": true}',
+              b'{"id": 2, "opened": 1700000000, "amount": 2, "y": false}',
+              b'{"id": 3, "opened": "garbage", "amount": 3, "y": true}',
+              b'{"id": 4, "opened": "", "amount": 4, "y": true}']
+    batch = BatchDecoder(schema)
+    assert batch.fast
+    expected = [_signature(_one_at_a_time(batch.fallback, v)) for v in values]
+    assert [_signature(r) for r in batch.decode_many(values)] == expected
+    assert [e[1][0] for e in expected[:2]] == [("opened", "float", 1700000000.0)] * 2
+    assert expected[2] == ("rejected", "validate", "opened: not a timestamp: 'garbage'")
+    assert expected[3][:2] == ("rejected", "validate")
+
+    config = parse_pipeline_config({
+        "name": "t", "input": {"topic": "in"}, "output": {"topic": "out"},
+        "schema": {"id": "id", "label": "y", "features": {"opened": "timestamp", "amount": "float"}},
+        "models": [{"name": "lr", "steps": ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]}],
+    })
+    processor = PipelineProcessor(config)
+    out = processor.process([ConsumedRecord("in", 0, i, None, v, 1) for i, v in enumerate(values)])
+    assert [r.topic for r in out].count("out") == 2 and [r.topic for r in out].count("in.dlq") == 2
+    (model,) = processor.models
+    assert model.n_learned == 2 and not model.faults
