@@ -157,3 +157,26 @@ def run_drift_example(settings: Any, events_topic: str, prefix: str, policy: str
         correct[spec.name] = [r["models"][spec.name]["prediction"] == y for r, y in zip(records, labels, strict=True)]
     alerts = values(consume_to_end(bootstrap, cfg.alerts_topic))
     return {"correct": correct, "alerts": alerts, "events": summary.events_in}
+
+
+def config_refusal(base: dict[str, Any], changes: dict[str, Any]) -> str:
+    """The one-line ConfigError that ``base`` with ``changes`` (dotted keys, list indexes
+    as numbers) gets from parse_pipeline_config, read as from "p.yaml"."""
+    import copy
+
+    import pytest
+    from streamwise.core.errors import ConfigError
+    from streamwise.pipeline_config import parse_pipeline_config
+
+    data = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = data
+        for part in path:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline_config(data, "p.yaml")
+    message = str(caught.value)
+    assert "<root>" not in message and "Traceback" not in message
+    return message

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import config_refusal
 from streamwise.core.errors import ConfigError
 from streamwise.core.settings import Settings, redis_url_problem
 from streamwise.models.catalog import build_estimator
@@ -35,18 +36,7 @@ NUMERIC: dict[str, Any] = {**BASE, "schema": {**BASE["schema"], "features": {"a"
 
 
 def refusal(changes: dict[str, Any]) -> str:
-    data = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *path, last = dotted.split(".")
-        node = data
-        for part in path:
-            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
-        node[last] = value
-    with pytest.raises(ConfigError) as caught:
-        parse_pipeline_config(data, "p.yaml")
-    message = str(caught.value)
-    assert "<root>" not in message and "Traceback" not in message
-    return message
+    return config_refusal(BASE, changes)
 
 
 def test_the_base_config_loads():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import config_refusal
 from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
@@ -32,16 +33,7 @@ BASE: dict[str, Any] = {
 
 
 def refusal(changes: dict[str, Any]) -> str:
-    data = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *path, last = dotted.split(".")
-        node = data
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    with pytest.raises(ConfigError) as caught:
-        parse_pipeline_config(data, "p.yaml")
-    message = str(caught.value)
+    message = config_refusal(BASE, changes)
     assert "\n" not in message and "models[0]" not in message and "SchemaError" not in message
     return message
 
