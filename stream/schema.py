@@ -11,6 +11,7 @@ the service.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -89,6 +90,23 @@ def _refuse_repeats(key: str, values: list[Any]) -> None:
         if (type(v), v) in seen:
             raise ValueError(f"{key}: {v!r} is listed twice")
         seen.add((type(v), v))
+
+
+def _refuse_aliases(classes: list[Any]) -> None:
+    """Refuses two classes that are one: equal in Python (River keys its classes by them,
+    so True and 1 become one class) or written alike as JSON object keys (the record's
+    probabilities would repeat the key "1" for 1 and "1", and a JSON reader keep one)."""
+    seen: list[Any] = []
+    for c in classes:
+        written = json.dumps(c) if isinstance(c, bool) else str(c)
+        for other in seen:
+            other_written = json.dumps(other) if isinstance(other, bool) else str(other)
+            if c == other or written == other_written:
+                raise ValueError(
+                    f"classes: {other!r} and {c!r} are one class to the models or in a prediction record; "
+                    "send each class as one JSON type"
+                )
+        seen.append(c)
 
 
 # What the categories of a field of each type must be: (type, but not, in words). A
@@ -221,6 +239,7 @@ class EventSchema(BaseModel):
             if wrong:
                 raise ValueError(f"classes: {wrong[0]!r} is not a {self.label_type} label")
             _refuse_repeats("classes", self.classes)
+            _refuse_aliases(self.classes)
         return self
 
 

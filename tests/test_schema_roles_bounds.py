@@ -179,3 +179,24 @@ def test_forecast_steps_past_year_9999_have_no_event_time_instead_of_failing(per
     assert [f["event_time"] for f in forecasts.on_event("a", {"y": 2.0}, t)["hw"]] == expected
     # A time that slipped past the schema (here: given straight to the set) costs no event.
     assert [f["event_time"] for f in forecasts.on_event("a", {"y": 3.0}, -1e11)["hw"]] == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        ([1, "1"], "classes: 1 and '1' are one class to the models or in a prediction record"),
+        ([True, 1], "classes: True and 1 are one class"),
+        (["false", False], "classes: 'false' and False are one class"),
+    ],
+)
+def test_category_classes_that_are_one_class_to_river_or_in_json_are_refused(classes, expected):
+    """River keys classes by Python equality (True is 1) and a record's probabilities by
+    their JSON key ("1" for 1 and "1"): such classes would merge, or repeat a key."""
+    message = refusal({"schema.label_type": "category", "schema.classes": classes})
+    assert "p.yaml: schema: " in message and expected in message
+    ok = copy.deepcopy(BASE)
+    ok["schema"].update(label_type="category", classes=[1, 2, "x", True])
+    with pytest.raises(ConfigError, match="1 and True are one class"):
+        parse_pipeline_config(ok)
+    ok["schema"]["classes"] = [1, 2, "x"]
+    assert parse_pipeline_config(ok).event_schema.classes == [1, 2, "x"]
