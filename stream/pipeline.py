@@ -836,12 +836,16 @@ class EventPipeline:
         return activity
 
     def __getstate__(self) -> dict[str, Any]:
-        # The decoder holds a pydantic model created at run time, which cannot pickle.
-        return {"schema": self.schema, "coercers": self.coercers, "steps": self.steps}
+        # The decoder holds a pydantic model created at run time, which cannot pickle;
+        # of it only the label classes seen are learned (EventDecoder.check_label).
+        return {"schema": self.schema, "coercers": self.coercers, "steps": self.steps,
+                "label_forms": self.decoder.label_forms}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        forms = state.pop("label_forms", {})  # none in snapshots written before it was kept
         self.__dict__.update(state)
         self._init_derived()
+        self.decoder.label_forms = forms
 
     @property
     def is_identity(self) -> bool:

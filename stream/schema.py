@@ -473,6 +473,10 @@ class EventDecoder:
         self._by_alias = dict((alias, internal) for internal, alias in self._names)
         self._timestamps = timestamp_features(schema)
         self._classes = None if schema.classes is None else frozenset(map(label_key, schema.classes))
+        # Category labels only: each class as first seen, under its Python value and its
+        # JSON key (see check_label). Learned state: EventPipeline pickles it.
+        self.label_forms: dict[tuple[str, Any], Any] = {}
+        self._category = schema.label_type == "category"
         self._model = pydantic.create_model(  # type: ignore[call-overload]
             "Event",
             __config__=ConfigDict(strict=True, extra="ignore", populate_by_name=False),
@@ -499,6 +503,41 @@ class EventDecoder:
             shown = ", ".join(map(repr, self.schema.classes or []))
             reason = f"label {y!r} is not one of the declared classes ({shown})"
             raise RejectedEvent(DeadLetterStage.LABEL, reason[:300])
+        if self._category:
+            self._check_form(y)
+
+    def _check_form(self, y: Any) -> None:
+        """Refuses a category label that is a class seen before, written as another JSON
+        type: ``true`` after ``1`` (River keys classes by Python equality, so the two would
+        merge), or ``"1"`` after ``1`` (one JSON key in the record's probabilities, which
+        a reader keeps only one of). The first label of each class fixes how it is
+        written; the stream's producers disagreeing is a bad input, not a new class.
+
+        Examples
+        --------
+        >>> decoder = EventDecoder(EventSchema(label_type="category", features={"w": "float"}))
+        >>> decoder.check_label(1); decoder.check_label("cat"); decoder.check_label(1)
+        >>> for y in ("1", True):
+        ...     try:
+        ...         decoder.check_label(y)
+        ...     except RejectedEvent as e:
+        ...         print(e.stage, e.reason)
+        label label '1' (str) is the class 1 (int) seen before, written as another JSON type
+        label label True (bool) is the class 1 (int) seen before, written as another JSON type
+        """
+        forms = self.label_forms
+        written = ("json", "true" if y is True else "false" if y is False else str(y))
+        for form in (("value", y), written):
+            seen = forms.get(form, _NOT_SEEN)
+            if seen is not _NOT_SEEN and type(seen) is not type(y):
+                raise RejectedEvent(
+                    DeadLetterStage.LABEL,
+                    f"label {y!r} ({type(y).__name__}) is the class {seen!r} ({type(seen).__name__}) seen before, "
+                    "written as another JSON type"[:300],
+                )
+        if len(forms) < _MAX_LABEL_FORMS:
+            forms.setdefault(("value", y), y)
+            forms.setdefault(written, y)
 
     def parse(self, value: bytes | None) -> Any:
         """The JSON value in a record's bytes, before validation; :class:`RejectedEvent` if none."""
@@ -529,6 +568,12 @@ class EventDecoder:
             self.check_label(y)
         t = values[self._by_alias[s.event_time]] if s.event_time is not None else None
         return DecodedEvent(id=values["f0"], x=x, y=y, key=None if key is None else str(key), event_time=t)
+
+
+_NOT_SEEN = object()
+# Two entries per class: past 50,000 classes (a label that is really an id), new ones go
+# unchecked rather than the state growing with the stream.
+_MAX_LABEL_FORMS = 100_000
 
 
 def timestamp_features(schema: EventSchema) -> list[str]:

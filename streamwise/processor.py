@@ -666,8 +666,17 @@ class PipelineProcessor(_GuardedProcessor):
         for (topic, partition), n in _per_partition(records).items():
             self.sensor.on_events_in(topic, partition, n)
         schema = self.config.event_schema
+        check_label = self.events.decoder.check_label
         for record in records:
             origin, item = decode_learn_record(record)
+            if item.y is not None:
+                # Each partition's stage saw only its own labels: a class written as
+                # another JSON type in two partitions meets here first.
+                try:
+                    check_label(item.y)
+                except RejectedEvent as e:
+                    yield origin, e
+                    continue
             if isinstance(item, DecodedEvent) and self.events.steps:
                 try:
                     t = None if schema.event_time is None else event_seconds(item.event_time, schema.event_time)
