@@ -207,6 +207,12 @@ class EventSchema(BaseModel):
     # The labels a learner may see. When given, an event or label record with any other
     # label is dead-lettered (stage label) instead of reaching the models.
     classes: list[str | int | bool] | None = Field(None, min_length=2)
+    # The range of a numeric label (label_type int or float); a label outside it is
+    # dead-lettered (stage label): one absurd target (1e308 where prices are in the
+    # thousands) pulls a regression model's weights off for good, yet its answers stay
+    # finite, so nothing puts it back (models/recovery.py acts on NaN only).
+    label_min: float | None = None
+    label_max: float | None = None
     # How far ahead of the clock a time may be: an event time ahead of its record's
     # timestamp, or a record timestamp ahead of the wall clock. Such an event is
     # dead-lettered (stage clean) before it can move a watermark or a label-join clock.
@@ -233,6 +239,19 @@ class EventSchema(BaseModel):
         for role in ("label", "event_time"):
             if self.key is not None and self.key == getattr(self, role):
                 raise ValueError(f"key field {self.key!r} is also the {role} field; each field has one role")
+        for side in ("label_min", "label_max"):
+            bound = getattr(self, side)
+            if bound is None:
+                continue
+            if self.label_type not in ("int", "float"):
+                raise ValueError(f"{side}: bounds a numeric label, and label_type is {self.label_type}")
+            if not math.isfinite(bound):
+                raise ValueError(f"{side}: must be a finite number, got {bound}")
+        low, high = self.label_min, self.label_max
+        if low is not None and high is not None and (
+            low > high or (self.label_type == "int" and math.ceil(low) > math.floor(high))
+        ):
+            raise ValueError(f"label_min {low:g} and label_max {high:g}: no {self.label_type} label could pass")
         if self.classes is not None:
             kind = {"bool": bool, "int": int, "float": float, "category": (str, int, bool)}[self.label_type]
             wrong = [c for c in self.classes if not isinstance(c, kind) or (kind is int and isinstance(c, bool))]
@@ -477,6 +496,11 @@ class EventDecoder:
         # JSON key (see check_label). Learned state: EventPipeline pickles it.
         self.label_forms: dict[tuple[str, Any], Any] = {}
         self._category = schema.label_type == "category"
+        self._label_range = (
+            None if schema.label_min is None and schema.label_max is None
+            else (-math.inf if schema.label_min is None else schema.label_min,
+                  math.inf if schema.label_max is None else schema.label_max)
+        )
         self._model = pydantic.create_model(  # type: ignore[call-overload]
             "Event",
             __config__=ConfigDict(strict=True, extra="ignore", populate_by_name=False),
@@ -505,6 +529,11 @@ class EventDecoder:
             raise RejectedEvent(DeadLetterStage.LABEL, reason[:300])
         if self._category:
             self._check_form(y)
+        elif self._label_range is not None and not self._label_range[0] <= y <= self._label_range[1]:
+            low, high = self._label_range
+            raise RejectedEvent(
+                DeadLetterStage.LABEL, f"label {y!r} is outside schema.label_min/label_max [{low:g}, {high:g}]"[:300]
+            )
 
     def _check_form(self, y: Any) -> None:
         """Refuses a category label that is a class seen before, written as another JSON

@@ -560,6 +560,13 @@ def made_up_records(config: PipelineConfig, n: int = 64) -> list[ConsumedRecord]
     def label(i: int) -> Any:
         if classes:
             return classes[i % len(classes)]
+        if schema.label_min is not None or schema.label_max is not None:  # a numeric label's range
+            low = schema.label_min if schema.label_min is not None else schema.label_max - 2  # type: ignore[operator]
+            high = schema.label_max if schema.label_max is not None else low + 2
+            if schema.label_type == "int":
+                low, high = math.ceil(low), max(math.ceil(low), math.floor(high))
+                return low + i % (high - low + 1)
+            return low + (high - low) * (i % 3) / 2
         return {"bool": i % 2 == 0, "int": i % 2, "float": float(i % 3), "category": "ab"[i % 2]}[schema.label_type]
 
     def feature(spec: Any, i: int) -> Any:

@@ -200,3 +200,53 @@ def test_category_classes_that_are_one_class_to_river_or_in_json_are_refused(cla
         parse_pipeline_config(ok)
     ok["schema"]["classes"] = [1, 2, "x"]
     assert parse_pipeline_config(ok).event_schema.classes == [1, 2, "x"]
+
+
+# ---- the range of a numeric label ---------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ({"label_min": 0}, "schema: label_min: bounds a numeric label, and label_type is bool"),
+        ({"label_type": "float", "label_min": 5, "label_max": 1}, "label_min 5 and label_max 1: no float label could pass"),
+        ({"label_type": "int", "label_min": 0.2, "label_max": 0.8}, "label_min 0.2 and label_max 0.8: no int label"),
+        ({"label_type": "float", "label_max": float("inf")}, "label_max: must be a finite number, got inf"),
+    ],
+)
+def test_a_label_range_that_cannot_work_is_refused_at_its_key(schema, expected):
+    assert expected in refusal({f"schema.{k}": v for k, v in schema.items()})
+
+
+def test_a_regression_label_outside_its_range_is_dead_lettered_and_pulls_no_model_off():
+    """One target of 1e308 took a LinearRegression's answers to about 1e10 for good, all
+    finite, so no recovery acted: with label_max it never reaches the model."""
+    def config(**schema: Any) -> Any:
+        data = copy.deepcopy(BASE)
+        data.update(task="regression", metric="MAE",
+                    models=[{"name": "lr", "steps": ["linear_model.LinearRegression"]}])
+        data["schema"].update(label_type="float", **schema)
+        return parse_pipeline_config(data)
+
+    events = [{"id": i, "a": float(i % 5), "n": i % 3, "label": 10.0 + i % 5} for i in range(200)]
+    events[50]["label"] = 1e308
+    records = [ConsumedRecord("events", 0, i, None, json.dumps(e).encode(), 1) for i, e in enumerate(events)]
+    bounded = PipelineProcessor(config(label_min=0, label_max=1000))
+    out = bounded.process(records)
+    letters = [r for r in out if r.topic == "events.dlq"]
+    assert [json.loads(r.value)["id"] for r in letters] == [50]
+    assert dict(letters[0].headers)["streamwise.error.message"] == (
+        b"label 1e+308 is outside schema.label_min/label_max [0, 1000]")
+    answers = [json.loads(r.value)["prediction"] for r in out if r.topic == "predictions"]
+    assert len(answers) == 199 and abs(answers[-1] - 12.0) < 5.0
+    unbounded = PipelineProcessor(config())
+    poisoned = [json.loads(r.value)["prediction"] for r in unbounded.process(records) if r.topic == "predictions"]
+    assert abs(poisoned[-1]) > 1e6  # what the range prevents
+
+    labels_config = config(label_max=1000)
+    labels_config.input.labels_topic = "labels"
+    delayed = PipelineProcessor(parse_pipeline_config(labels_config.model_dump(mode="json", exclude_none=True)))
+    label_records = [ConsumedRecord("labels", 0, 0, None, b'{"id": 0, "label": 2000.5}', 2)]
+    out = delayed.process(records[:1] + label_records)
+    (letter,) = [r for r in out if r.topic == "events.dlq"]
+    assert [r.topic for r in out].count("predictions") == 1
+    assert b"label 2000.5 is outside" in dict(letter.headers)["streamwise.error.message"]
