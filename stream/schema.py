@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from streamwise.core.jsonbytes import UnreadableRecord, loads_bounded
 from streamwise.core.stages import DeadLetterStage
 
@@ -417,7 +427,7 @@ def _python_type(spec: FieldSpec) -> Any:
     if spec.max is not None:
         bounds["le"] = spec.max
     if spec.categories is not None:
-        return Literal[tuple(spec.categories)]
+        return _one_of(spec)
     match spec.type:
         case "float":
             # Strict mode still accepts a JSON integer for a float, never a string.
@@ -434,6 +444,42 @@ def _python_type(spec: FieldSpec) -> Any:
             # Seconds since the epoch, or an ISO-8601 string.
             return float | _bounded_text(DEFAULT_MAX_ID_LENGTH)
     raise AssertionError(spec.type)
+
+
+def _one_of(spec: FieldSpec) -> Any:
+    """A field's categories, told apart by type as JSON tells them: pydantic's Literal
+    compares by equality, so ``true`` passed as the category 1 (and became 1), ``1`` as
+    ``True``, and an int field took ``1.0``. A float field's categories are numbers, so
+    1 and 1.0 are one there. The error reads as the Literal's did.
+
+    Examples
+    --------
+    >>> check = _one_of(FieldSpec(type="category", categories=["x", 1])).__metadata__[0].func
+    >>> check("x"), check(1)
+    ('x', 1)
+    >>> check(True)
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.PydanticCustomError: Input should be 'x' or 1
+    """
+    numbers = spec.type == "float"
+
+    def key(v: Any) -> tuple[type, Any]:
+        if numbers and type(v) in (int, float):
+            return (float, float(v))
+        return (type(v), v)
+
+    allowed = {key(c): c for c in spec.categories or []}
+    shown = [repr(c) for c in spec.categories or []]
+    expected = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+    def check(v: Any) -> Any:
+        try:
+            return allowed[key(v)]
+        except (KeyError, TypeError):  # TypeError: a list or an object, which cannot be one
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected}) from None
+
+    return Annotated[Any, PlainValidator(check)]
 
 
 def _label_type(label_type: LabelType, max_length: int) -> Any:

@@ -250,3 +250,23 @@ def test_a_regression_label_outside_its_range_is_dead_lettered_and_pulls_no_mode
     (letter,) = [r for r in out if r.topic == "events.dlq"]
     assert [r.topic for r in out].count("predictions") == 1
     assert b"label 2000.5 is outside" in dict(letter.headers)["streamwise.error.message"]
+
+
+def test_categories_tell_true_from_1_as_json_does():
+    """pydantic's Literal compares by equality: true passed as the category 1 and became
+    it, 1 as True, and an int field took 1.0."""
+    schema = EventSchema(features={
+        "n": {"type": "int", "categories": [0, 1]},
+        "b": {"type": "bool", "categories": [True]},
+        "c": {"type": "category", "categories": ["x", 1]},
+        "f": {"type": "float", "categories": [0, 1]},
+    })
+    decoder = EventDecoder(schema)
+    good = {"id": 1, "n": 1, "b": True, "c": "x", "f": 1.0}
+    assert decoder.decode(json.dumps(good).encode()).x == {"n": 1, "b": True, "c": "x", "f": 1}
+    for field, value, reason in [("n", True, "n: Input should be 0 or 1"), ("n", 1.0, "n: Input should be 0 or 1"),
+                                 ("b", 1, "b: Input should be True"), ("c", True, "c: Input should be 'x' or 1"),
+                                 ("c", [1], "c: Input should be 'x' or 1"), ("f", False, "f: Input should be 0 or 1")]:
+        with pytest.raises(RejectedEvent) as caught:
+            decoder.decode(json.dumps({**good, field: value}).encode())
+        assert (caught.value.stage, caught.value.reason) == ("validate", reason)
