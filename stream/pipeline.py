@@ -693,6 +693,27 @@ def check_stream_steps(schema: EventSchema, cleaners: Sequence[Any], features: S
     return c.problems
 
 
+def with_defaults(model: Any) -> Any:
+    """``model`` (a pydantic config object unpickled from a snapshot), with each field it
+    lacks, because the snapshot was written before the field existed, at its default;
+    nested config objects too. Without it, reading such a field raises AttributeError and
+    the whole snapshot is refused (the restored processor then takes the config's own,
+    streamwise/reconcile.py)."""
+    if isinstance(model, BaseModel):
+        for name, field in type(model).model_fields.items():
+            if name not in model.__dict__:
+                model.__dict__[name] = field.get_default(call_default_factory=True)
+        for value in model.__dict__.values():
+            with_defaults(value)
+    elif isinstance(model, dict):
+        for value in model.values():
+            with_defaults(value)
+    elif isinstance(model, list):
+        for value in model:
+            with_defaults(value)
+    return model
+
+
 def build_event_pipeline(
     schema: EventSchema, cleaners: Sequence[Any] = (), features: Sequence[Any] = ()
 ) -> EventPipeline:
@@ -843,6 +864,7 @@ class EventPipeline:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         forms = state.pop("label_forms", {})  # none in snapshots written before it was kept
+        state["schema"] = with_defaults(state["schema"])
         self.__dict__.update(state)
         self._init_derived()
         self.decoder.label_forms = forms

@@ -31,6 +31,7 @@ from streamwise.models.rules import Verdict
 from streamwise.models.state import SnapshotFormatError, decode_state, encode_state
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.base import to_epoch_seconds
+from streamwise.reconcile import reconcile
 from streamwise.stream.pipeline import EventPipeline, build_event_pipeline, build_learner_steps, split_steps
 from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future, event_seconds
 
@@ -233,6 +234,10 @@ class _GuardedProcessor:
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             )
         self.__dict__.update(state)
+        # The config may have changed since the snapshot was written: it wins for what
+        # it says, and the snapshot keeps what was learned under an unchanged one.
+        for note in reconcile(self, fresh):
+            log.warning("%s: config changed since the snapshot: %s", self.config.name, note)
         if self._rollback is not None:
             self._rollback.forget()
 
