@@ -103,7 +103,9 @@ def _learners(processor: Any, new: Any) -> list[str]:
     notes: list[str] = []
     old_by_name = {m.name: m for m in old.models}
     models: list[Model] = []
-    for m_new in new.models:
+    # The configured models only: ``new`` may be a running set (a roll-back of the
+    # processor's guard restores its own checkpoint), whose challengers are not config.
+    for m_new in (m for m in new.models if m.parent is None):
         m_old = old_by_name.get(m_new.name)
         if m_old is not None and m_old.parent is None and _identity(m_old) == _identity(m_new):
             models.append(m_old)
