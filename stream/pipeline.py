@@ -873,16 +873,23 @@ class EventPipeline:
     def is_identity(self) -> bool:
         return not self.coercers and not self.steps
 
-    def decode(self, value: bytes | None, record_time_s: float | None = None) -> DecodedEvent:
+    def decode(
+        self, value: bytes | None, record_time_s: float | None = None, label_source: str | None = None
+    ) -> DecodedEvent:
         """A record's bytes to an event with its features; :class:`RejectedEvent` otherwise.
 
         ``record_time_s`` is the Kafka record's timestamp, held with the event time to
         the schema's ``max_future`` before any step (a watermark, a window) sees them.
+        ``label_source``: the source whose category label forms the event's label is
+        checked against (EventDecoder.check_form), before any step; None: not checked.
         """
-        return self.process_json(self.decoder.parse(value), record_time_s)
+        return self.process_json(self.decoder.parse(value), record_time_s, label_source)
 
     def decode_many(
-        self, values: Sequence[bytes | None], record_times_s: Sequence[float | None] | None = None
+        self,
+        values: Sequence[bytes | None],
+        record_times_s: Sequence[float | None] | None = None,
+        label_source: str | None = None,
     ) -> list[DecodedEvent | RejectedEvent]:
         """:meth:`decode` for a whole poll: one event or rejection per value, in order.
 
@@ -892,12 +899,13 @@ class EventPipeline:
         need the raw JSON, so a pipeline with coercion decodes one record at a time.
         """
         times = list(record_times_s) if record_times_s is not None else [None] * len(values)
+        forms = label_source if self.decoder.checks_forms else None
         if self.coercers:
-            return [self._decode_or_rejection(v, t) for v, t in zip(values, times, strict=True)]
+            return [self._decode_or_rejection(v, t, forms) for v, t in zip(values, times, strict=True)]
         results = self._batch.decode_many(values)
         schema = self.schema
         now = self.clock()
-        if schema.event_time is None and not self.steps:
+        if schema.event_time is None and not self.steps and forms is None:
             # The usual poll: only record timestamps to hold to the clock. A cheap bound
             # first (a second short of the limit, below any rounding), the exact rule then.
             latest = math.inf if schema.max_future is None else now + schema.max_future - 1.0
@@ -909,32 +917,50 @@ class EventPipeline:
                     except RejectedEvent as e:
                         results[i] = e
             return results
+        check_form, note_form = self.decoder.check_form, self.decoder.note_form
         for i, event in enumerate(results):
             if isinstance(event, RejectedEvent):
                 continue
+            # Event by event, in order: a label's form is judged against the events
+            # accepted before it, and counts only once its event is accepted.
+            labelled = forms is not None and event.y is not None
             try:
+                if labelled:
+                    check_form(event.y, forms)  # type: ignore[arg-type]
                 t = None if schema.event_time is None else event_seconds(event.event_time, schema.event_time)
                 check_not_future(schema.max_future, times[i], t, now)
                 self.apply_steps(event, t)
             except RejectedEvent as e:
                 results[i] = e
+                continue
+            if labelled:
+                note_form(event.y, forms)  # type: ignore[arg-type]
         return results
 
-    def _decode_or_rejection(self, value: bytes | None, record_time_s: float | None) -> DecodedEvent | RejectedEvent:
+    def _decode_or_rejection(
+        self, value: bytes | None, record_time_s: float | None, label_source: str | None = None
+    ) -> DecodedEvent | RejectedEvent:
         try:
-            return self.decode(value, record_time_s)
+            return self.decode(value, record_time_s, label_source)
         except RejectedEvent as e:
             return e
 
-    def process_json(self, obj: Any, record_time_s: float | None = None) -> DecodedEvent:
+    def process_json(
+        self, obj: Any, record_time_s: float | None = None, label_source: str | None = None
+    ) -> DecodedEvent:
         """A parsed JSON value to an event with its features; :class:`RejectedEvent` otherwise."""
         for coercer in self.coercers:
             obj = coercer.transform_one(obj)
         event = self.decoder.validate(obj)
+        labelled = label_source is not None and event.y is not None and self.decoder.checks_forms
+        if labelled:
+            self.decoder.check_form(event.y, label_source)  # type: ignore[arg-type]
         schema = self.schema
         t = None if schema.event_time is None else event_seconds(event.event_time, schema.event_time)
         check_not_future(schema.max_future, record_time_s, t, self.clock())
         self.apply_steps(event, t)
+        if labelled:
+            self.decoder.note_form(event.y, label_source)  # type: ignore[arg-type]
         return event
 
     def apply_steps(self, event: DecodedEvent, t: float | None) -> None:

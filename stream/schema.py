@@ -538,9 +538,9 @@ class EventDecoder:
         self._by_alias = dict((alias, internal) for internal, alias in self._names)
         self._timestamps = timestamp_features(schema)
         self._classes = None if schema.classes is None else frozenset(map(label_key, schema.classes))
-        # Category labels only: each class as first seen, under its Python value and its
-        # JSON key (see check_label). Learned state: EventPipeline pickles it.
-        self.label_forms: dict[tuple[str, Any], Any] = {}
+        # Category labels only: each class as first accepted, per source, under its
+        # Python value and its JSON key (check_form). Learned state: EventPipeline pickles it.
+        self.label_forms: dict[tuple[str, str, Any], Any] = {}
         self._category = schema.label_type == "category"
         self._label_range = (
             None if schema.label_min is None and schema.label_max is None
@@ -573,36 +573,44 @@ class EventDecoder:
             shown = ", ".join(map(repr, self.schema.classes or []))
             reason = f"label {y!r} is not one of the declared classes ({shown})"
             raise RejectedEvent(DeadLetterStage.LABEL, reason[:300])
-        if self._category:
-            self._check_form(y)
-        elif self._label_range is not None and not self._label_range[0] <= y <= self._label_range[1]:
+        if self._label_range is not None and not self._label_range[0] <= y <= self._label_range[1]:
             low, high = self._label_range
             raise RejectedEvent(
-                DeadLetterStage.LABEL, f"label {y!r} is outside schema.label_min/label_max [{low:g}, {high:g}]"[:300]
+                DeadLetterStage.LABEL, f"label {y!r} is outside schema.label_min/label_max [{low!r}, {high!r}]"[:300]
             )
 
-    def _check_form(self, y: Any) -> None:
-        """Refuses a category label that is a class seen before, written as another JSON
-        type: ``true`` after ``1`` (River keys classes by Python equality, so the two would
-        merge), or ``"1"`` after ``1`` (one JSON key in the record's probabilities, which
-        a reader keeps only one of). The first label of each class fixes how it is
-        written; the stream's producers disagreeing is a bad input, not a new class.
+    @property
+    def checks_forms(self) -> bool:
+        return self._category
+
+    def check_form(self, y: Any, source: str) -> None:
+        """Refuses a category label that is a class seen before from ``source``, written
+        as another JSON type: ``true`` after ``1`` (River keys classes by Python equality,
+        so the two would merge), or ``"1"`` after ``1`` (one JSON key in the record's
+        probabilities, which a reader keeps only one of). The first label of each class
+        that was accepted (:meth:`note_form`) fixes how it is written: producers that
+        disagree send a bad input, not a new class. Changes nothing.
+
+        Each source (inline labels, the labels topic, the learn topic) keeps its own
+        forms, each read in its own record order: a check across two topics would
+        depend on how polls interleave them, and a replay would decide otherwise.
 
         Examples
         --------
         >>> decoder = EventDecoder(EventSchema(label_type="category", features={"w": "float"}))
-        >>> decoder.check_label(1); decoder.check_label("cat"); decoder.check_label(1)
+        >>> for y in (1, "cat", 1):
+        ...     decoder.check_form(y, "inline"); decoder.note_form(y, "inline")
         >>> for y in ("1", True):
         ...     try:
-        ...         decoder.check_label(y)
+        ...         decoder.check_form(y, "inline")
         ...     except RejectedEvent as e:
         ...         print(e.stage, e.reason)
         label label '1' (str) is the class 1 (int) seen before, written as another JSON type
         label label True (bool) is the class 1 (int) seen before, written as another JSON type
+        >>> decoder.check_form("1", "labels")  # another source: its own first form
         """
         forms = self.label_forms
-        written = ("json", "true" if y is True else "false" if y is False else str(y))
-        for form in (("value", y), written):
+        for form in ((source, "value", y), (source, "json", _json_key(y))):
             seen = forms.get(form, _NOT_SEEN)
             if seen is not _NOT_SEEN and type(seen) is not type(y):
                 raise RejectedEvent(
@@ -610,9 +618,14 @@ class EventDecoder:
                     f"label {y!r} ({type(y).__name__}) is the class {seen!r} ({type(seen).__name__}) seen before, "
                     "written as another JSON type"[:300],
                 )
-        if len(forms) < _MAX_LABEL_FORMS:
-            forms.setdefault(("value", y), y)
-            forms.setdefault(written, y)
+
+    def note_form(self, y: Any, source: str) -> None:
+        """Records how an accepted label of ``source`` writes its class (see :meth:`check_form`)."""
+        forms = self.label_forms
+        if (source, "value", y) in forms or len(forms) >= _MAX_LABEL_FORMS:
+            return
+        forms[source, "value", y] = y
+        forms[source, "json", _json_key(y)] = y
 
     def parse(self, value: bytes | None) -> Any:
         """The JSON value in a record's bytes, before validation; :class:`RejectedEvent` if none."""
@@ -645,9 +658,14 @@ class EventDecoder:
         return DecodedEvent(id=values["f0"], x=x, y=y, key=None if key is None else str(key), event_time=t)
 
 
+def _json_key(y: Any) -> str:
+    """How a class is written as a JSON object key (the record's probabilities)."""
+    return "true" if y is True else "false" if y is False else str(y)
+
+
 _NOT_SEEN = object()
-# Two entries per class: past 50,000 classes (a label that is really an id), new ones go
-# unchecked rather than the state growing with the stream.
+# Two entries per class and source: past 50,000 classes (a label that is really an id),
+# new ones go unchecked rather than the state growing with the stream.
 _MAX_LABEL_FORMS = 100_000
 
 

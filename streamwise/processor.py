@@ -188,6 +188,9 @@ class _GuardedProcessor:
 
     # Records processed together through every phase (see process()).
     CHUNK = 256
+    # Whether category labels are held to one JSON type per class here: not in the
+    # partition stage of scope: global, which leaves that to the learner.
+    CHECKS_LABEL_FORMS = True
     # The dead-letter topic's max.message.bytes, when the runner could read it.
     dead_letter_max_bytes: int | None = None
     # The learner of scope: global: how many partitions the events and the labels topic
@@ -372,7 +375,10 @@ class _GuardedProcessor:
             sensor.on_events_in(topic, partition, n)
         # The whole poll is decoded and validated at once (stream/batch_decode.py).
         events = [r for r in records if r.topic != labels_topic]
-        decoded = iter(self.events.decode_many([r.value for r in events], [r.timestamp_ms / 1000.0 for r in events]))
+        forms = "inline" if self.CHECKS_LABEL_FORMS else None
+        decoded = iter(
+            self.events.decode_many([r.value for r in events], [r.timestamp_ms / 1000.0 for r in events], forms)
+        )
         valid: dict[tuple[str, int], int] = {}
         for record in records:
             if record.topic == labels_topic:
@@ -400,11 +406,17 @@ class _GuardedProcessor:
                 max_bytes=schema.max_event_bytes,
                 max_id_length=schema.max_id_length,
             )
-            self.events.decoder.check_label(y)
+            decoder = self.events.decoder
+            decoder.check_label(y)
             check_not_future(schema.max_future, record.timestamp_ms / 1000.0, None, time.time(), DeadLetterStage.LABEL)
+            forms = self.CHECKS_LABEL_FORMS and decoder.checks_forms
+            if forms:
+                decoder.check_form(y, "labels")
         except (LabelRecordError, RejectedEvent) as e:
             self._dead_letter(record, DeadLetterStage.LABEL, e, out)
             return None
+        if forms:
+            decoder.note_form(y, "labels")
         return Label(event_id, y, record.timestamp_ms / 1000.0)
 
     def _dead_letter(self, record: ConsumedRecord, stage: str, error: Exception, out: list[OutgoingRecord]) -> None:
@@ -437,6 +449,7 @@ class PartitionStageProcessor(_GuardedProcessor):
     stage = "partition"
     models: list[Model] = []
     champion = None
+    CHECKS_LABEL_FORMS = False
 
     def __init__(self, config: PipelineConfig, sensor: Sensor | None = None) -> None:
         self.config = config
@@ -671,24 +684,23 @@ class PipelineProcessor(_GuardedProcessor):
         for (topic, partition), n in _per_partition(records).items():
             self.sensor.on_events_in(topic, partition, n)
         schema = self.config.event_schema
-        check_label = self.events.decoder.check_label
+        decoder = self.events.decoder
         for record in records:
             origin, item = decode_learn_record(record)
-            if item.y is not None:
-                # Each partition's stage saw only its own labels: a class written as
-                # another JSON type in two partitions meets here first.
-                try:
-                    check_label(item.y)
-                except RejectedEvent as e:
-                    yield origin, e
-                    continue
-            if isinstance(item, DecodedEvent) and self.events.steps:
-                try:
+            # The partition stages leave the label forms to the learner: only here do
+            # the labels of every partition meet, in the learn topic's one order.
+            labelled = item.y is not None and decoder.checks_forms
+            try:
+                if labelled:
+                    decoder.check_form(item.y, "learn")
+                if isinstance(item, DecodedEvent) and self.events.steps:
                     t = None if schema.event_time is None else event_seconds(item.event_time, schema.event_time)
                     self.events.apply_steps(item, t)
-                except RejectedEvent as e:
-                    yield origin, e
-                    continue
+            except RejectedEvent as e:
+                yield origin, e
+                continue
+            if labelled:
+                decoder.note_form(item.y, "learn")
             yield origin, item
 
     def _report_learning(self, result: Any, records: Sequence[ConsumedRecord], out: list[OutgoingRecord]) -> None:

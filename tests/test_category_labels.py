@@ -9,6 +9,7 @@ bad input (stage label), on every path a label takes and across a snapshot."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from streamwise.connectors.records import ConsumedRecord
@@ -96,3 +97,68 @@ def test_with_scope_global_the_learner_refuses_a_form_two_partitions_disagree_on
     letters = [r for r in out if r.topic.endswith(".dlq")]
     assert [p["id"] for p in predictions] == [0] and len(letters) == 1
     assert b"is the class 1 (int) seen before" in dict(letters[0].headers)["streamwise.error.message"]
+
+
+def _verdicts(processor: PipelineProcessor, records: list[ConsumedRecord], cut: int) -> list[tuple[str, Any]]:
+    out = []
+    for start in range(0, len(records), cut):
+        out += processor.process(records[start : start + cut])
+    return sorted((r.topic, json.loads(r.value)["id"]) for r in out)
+
+
+def test_which_form_is_refused_does_not_depend_on_how_polls_cut_the_stream():
+    """The forms were recorded while a poll's events were decoded, before the labels topic's
+    records of that poll were read: one poll, or one record at a time, refused different
+    records. Each source now keeps its own forms, in its own order."""
+    cfg = _config(input={"labels_topic": "c.labels"}, labels={"ttl_s": 3600})
+    records = []
+    for i in range(12):
+        y = [1, "1", 2, True][i % 4]
+        records.append(ConsumedRecord("c.events", 0, i, None, json.dumps({"id": i, "a": 1.0, "label": y}).encode(),
+                                      T0 + 2 * i))
+        records.append(ConsumedRecord("c.labels", 0, i, None, json.dumps({"id": 100 + i, "label": [2, "2"][i % 2]})
+                                      .encode(), T0 + 2 * i + 1))
+    outcomes = {cut: _verdicts(PipelineProcessor(cfg), records, cut) for cut in (1, 3, 7, len(records))}
+    assert len({tuple(v) for v in outcomes.values()}) == 1
+    refused = [i for topic, i in outcomes[1] if topic.endswith(".dlq")]
+    assert refused == [1, 3, 5, 7, 9, 11, 101, 103, 105, 107, 109, 111]
+    # The smallest case: a labels-topic "1" between two events, the second labelled 1.
+    mini = [ConsumedRecord("c.events", 0, 0, None, b'{"id": 0, "a": 1.0}', T0),
+            ConsumedRecord("c.labels", 0, 0, None, b'{"id": 0, "label": "1"}', T0 + 1),
+            ConsumedRecord("c.events", 0, 1, None, b'{"id": 1, "a": 1.0, "label": 1}', T0 + 2)]
+    for cut in (1, 2, 3):
+        assert _verdicts(PipelineProcessor(cfg), mini, cut) == [("c.out", 0), ("c.out", 1)], cut
+
+
+def test_a_refused_record_fixes_no_form():
+    """An event refused after validation (from the future), or a label record refused by
+    its time, used to fix its class's form: the next valid label of the other form was
+    then refused."""
+    cfg = _config(input={"labels_topic": "c.labels"}, labels={"ttl_s": 3600})
+    processor = PipelineProcessor(cfg)
+    ahead = int(time.time() * 1000) + 86_400_000  # past max_future (1h)
+    first = processor.process([
+        ConsumedRecord("c.events", 0, 0, None, b'{"id": 0, "a": 1.0, "label": 1}', ahead),
+        ConsumedRecord("c.labels", 0, 0, None, b'{"id": 5, "label": 1}', ahead),
+    ])
+    reasons = sorted(dict(r.headers)["streamwise.error.message"].decode() for r in first)
+    assert len(reasons) == 2 and all("ahead of the clock" in r for r in reasons), reasons
+    then = processor.process([
+        ConsumedRecord("c.events", 0, 1, None, b'{"id": 1, "a": 1.0, "label": "1"}', T0 + 1),
+        ConsumedRecord("c.labels", 0, 1, None, b'{"id": 6, "label": "1"}', T0 + 2),
+    ])
+    assert [r.topic for r in then] == ["c.out"]  # neither "1" is refused
+    assert [m.n_learned for m in processor.models] == [1, 1]
+
+
+def test_with_scope_global_a_partition_may_send_the_form_the_learner_took_first():
+    """Each partition stage used to fix forms of its own: a partition that sent "1" then
+    1 had its 1 refused by its stage and its "1" by the learner, which had seen 1 first."""
+    cfg = _config(scope="global")
+    learn = PartitionStageProcessor(cfg).process(_records("c.events", [{"id": 0, "a": 1.0, "label": 1}]))
+    learn += PartitionStageProcessor(cfg).process(
+        _records("c.events", [{"id": 1, "a": 2.0, "label": "1"}, {"id": 2, "a": 2.0, "label": 1}], partition=1))
+    assert len(learn) == 3
+    consumed = [ConsumedRecord(cfg.learn_topic, 0, i, r.key, r.value, T0 + i) for i, r in enumerate(learn)]
+    out = PipelineProcessor(cfg, stage="learn").process(consumed)
+    assert sorted(json.loads(r.value)["id"] for r in out if r.topic == "c.out") == [0, 2]

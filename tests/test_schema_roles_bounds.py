@@ -235,7 +235,7 @@ def test_a_regression_label_outside_its_range_is_dead_lettered_and_pulls_no_mode
     letters = [r for r in out if r.topic == "events.dlq"]
     assert [json.loads(r.value)["id"] for r in letters] == [50]
     assert dict(letters[0].headers)["streamwise.error.message"] == (
-        b"label 1e+308 is outside schema.label_min/label_max [0, 1000]")
+        b"label 1e+308 is outside schema.label_min/label_max [0.0, 1000.0]")
     answers = [json.loads(r.value)["prediction"] for r in out if r.topic == "predictions"]
     assert len(answers) == 199 and abs(answers[-1] - 12.0) < 5.0
     unbounded = PipelineProcessor(config())
