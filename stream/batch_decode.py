@@ -196,16 +196,24 @@ class BatchDecoder:
         # Did msgspec skip a field unread? Every key is followed by a colon, and unread
         # fields and colons inside strings ("12:30") only add to the count: no more colons
         # in the poll than fields read says no (one count of a byte per poll, the usual
-        # case). Else each record is counted alone, and one with more colons than fields
-        # looked at (_unread_refused). Never a test over several records whose surpluses
-        # and shortfalls could cancel: a record's verdict must not depend on the others in
-        # its poll (a replay after a crash polls differently). A None is always judged.
+        # case). With colons in strings (an ISO time, a URL), the keys' ends '":' are
+        # counted: where no colon follows a blank, every key ends so, and unread keys and
+        # strings again only add. Each record's count is then at least its fields, so a
+        # poll's sum equal to the fields read holds for each record alone: no record's
+        # surplus can cancel another's shortfall (a record written with a blank before
+        # each colon once hid another's unread 1e400 that way, and a verdict must not
+        # depend on the poll: a replay after a crash polls differently). Else each record
+        # is judged alone, the same way, and one with more looked at (_unread_refused).
+        # A None is always judged.
         left = set(judged)
         read = [v for at, v in enumerate(values) if at not in left] if left else values
         whole = b"".join(read)  # type: ignore[arg-type]
-        if whole.count(b":") != fields:
+        if whole.count(b":") != fields and not _keys_counted(whole, fields):
             for at, value in enumerate(values):
-                if at in left or value.count(b":") == counts[at]:  # type: ignore[union-attr]
+                if at in left:
+                    continue
+                n = counts[at]
+                if value.count(b":") == n or _keys_counted(value, n):  # type: ignore[union-attr, arg-type]
                     continue
                 if _unread_refused(value):  # type: ignore[arg-type]
                     out[at] = self._slow(value)
@@ -216,6 +224,15 @@ class BatchDecoder:
             return self.fallback.decode(value)
         except RejectedEvent as e:
             return e
+
+
+def _keys_counted(value: bytes, fields: int) -> bool:
+    """Whether ``value`` (records' bytes) ends exactly ``fields`` keys with '":' and has no
+    blank before any colon, so that no key escaped the count (see decode_many)."""
+    return (
+        value.count(b'":') == fields
+        and b" :" not in value and b"\t:" not in value and b"\n:" not in value and b"\r:" not in value
+    )
 
 
 def _unread_refused(value: bytes) -> bool:
