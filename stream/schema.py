@@ -106,17 +106,17 @@ def _refuse_aliases(classes: list[Any]) -> None:
     """Refuses two classes that are one: equal in Python (River keys its classes by them,
     so True and 1 become one class) or written alike as JSON object keys (the record's
     probabilities would repeat the key "1" for 1 and "1", and a JSON reader keep one)."""
-    seen: list[Any] = []
+    by_value: dict[Any, Any] = {}
+    by_written: dict[str, Any] = {}
     for c in classes:
         written = json.dumps(c) if isinstance(c, bool) else str(c)
-        for other in seen:
-            other_written = json.dumps(other) if isinstance(other, bool) else str(other)
-            if c == other or written == other_written:
-                raise ValueError(
-                    f"classes: {other!r} and {c!r} are one class to the models or in a prediction record; "
-                    "send each class as one JSON type"
-                )
-        seen.append(c)
+        other = by_value.get(c, by_written.get(written, _NOT_SEEN))
+        if other is not _NOT_SEEN:
+            raise ValueError(
+                f"classes: {other!r} and {c!r} are one class to the models or in a prediction record; "
+                "send each class as one JSON type"
+            )
+        by_value[c] = by_written[written] = c
 
 
 # What the categories of a field of each type must be: (type, but not, in words). A
@@ -148,7 +148,21 @@ class FieldSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        return {"type": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"type": value}
+        if isinstance(value, dict) and "type" not in value and isinstance(value.get("categories"), list):
+            # Categories without a type: the type they are written in (before the types
+            # of categories were checked, they alone decided what passed, whatever the
+            # default type said; `{categories: [pos, online]}` is a category field).
+            cats = value["categories"]
+            if cats and all(isinstance(c, bool) for c in cats):
+                kind = "bool"
+            elif cats and all(isinstance(c, int) and not isinstance(c, bool) for c in cats):
+                kind = "int"
+            else:
+                kind = "category"
+            return {**value, "type": kind}
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
@@ -318,7 +332,9 @@ def to_epoch_seconds(value: Any) -> float:
     if is_finite_number(value):
         seconds = float(value)
         if not FIRST_SECOND <= seconds < PAST_LAST_SECOND:
-            raise ValueError(f"not a time between the years 1 and 9999 (UTC): {value!r}"[:100])
+            # Milliseconds since the epoch (Kafka's and Java's unit) are the usual cause.
+            hint = " (milliseconds? times are seconds)" if PAST_LAST_SECOND <= seconds < 1000 * PAST_LAST_SECOND else ""
+            raise ValueError(f"not a time between the years 1 and 9999 (UTC): {value!r}"[:100] + hint)
     elif isinstance(value, str):
         try:
             when = dt.datetime.fromisoformat(value.strip())

@@ -413,7 +413,7 @@ def _yaml_12_scalars() -> None:
     # Ints before floats: the first pattern that matches a scalar types it.
     ConfigLoader.add_implicit_resolver(
         "tag:yaml.org,2002:int",
-        re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+        re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7][0-7_]*|0x[0-9a-fA-F][0-9a-fA-F_]*)$"),
         list("-+0123456789"),
     )
     ConfigLoader.add_implicit_resolver(

@@ -270,3 +270,12 @@ def test_categories_tell_true_from_1_as_json_does():
         with pytest.raises(RejectedEvent) as caught:
             decoder.decode(json.dumps({**good, field: value}).encode())
         assert (caught.value.stage, caught.value.reason) == ("validate", reason)
+
+
+def test_categories_without_a_type_are_typed_by_what_they_list():
+    """Before categories were checked against their field's type, `{categories: [pos,
+    online]}` worked whatever the default type (float) said; it must go on working."""
+    for categories, kind in ((["pos", "online"], "category"), ([1, 2], "int"), ([True], "bool"), (["a", 1], "category")):
+        data = copy.deepcopy(BASE)
+        data["schema"]["features"]["n"] = {"categories": categories}
+        assert parse_pipeline_config(data).event_schema.features["n"].type == kind
