@@ -33,7 +33,14 @@ from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.base import to_epoch_seconds
 from streamwise.reconcile import reconcile
 from streamwise.stream.pipeline import EventPipeline, build_event_pipeline, build_learner_steps, split_steps
-from streamwise.stream.schema import DecodedEvent, RejectedEvent, check_not_future, event_seconds
+from streamwise.stream.schema import (
+    DecodedEvent,
+    EventDecoder,
+    EventSchema,
+    RejectedEvent,
+    check_not_future,
+    event_seconds,
+)
 
 # Header names follow Kafka Connect's dead-letter convention under our own prefix.
 H_STAGE = "streamwise.error.stage"
@@ -533,7 +540,10 @@ class LearnedEvent:
 
 
 def learn_order(
-    records: Iterable[ConsumedRecord], labels: LabelsConfig | None = None, partitions: tuple[int, int] | None = None
+    records: Iterable[ConsumedRecord],
+    labels: LabelsConfig | None = None,
+    partitions: tuple[int, int] | None = None,
+    schema: EventSchema | None = None,
 ) -> list[LearnedEvent]:
     """The learn topic's events in its order, each with the moment the learner of
     ``scope: global`` learned its label, as :class:`~streamwise.models.model_set.ModelSet`
@@ -543,6 +553,8 @@ def learn_order(
     inline label is learned with every copy of its event. ``partitions``: how many the
     events and labels topics have (by default, how many each side's records came from).
     The one reading of that order, for River's check (streamwise.testing) and the report.
+    With the ``schema``, a record whose category label the learner refuses for its form
+    (EventDecoder.check_form) is left out, as the learner dead-letters it.
 
     Examples
     --------
@@ -556,6 +568,17 @@ def learn_order(
     lc = labels or LabelsConfig()
     pending = PendingLabels(lc.max_pending, lc.ttl_s, lc.early_hold_s, lc.max_early)
     decoded = [decode_learn_record(record) for record in records]
+    if schema is not None and schema.label_type == "category":
+        forms, kept = EventDecoder(schema), []
+        for origin, item in decoded:
+            if item.y is not None:
+                try:
+                    forms.check_form(item.y, "learn")
+                except RejectedEvent:
+                    continue
+                forms.note_form(item.y, "learn")
+            kept.append((origin, item))
+        decoded = kept
     if partitions is None:
         sides: tuple[set[int], set[int]] = (set(), set())
         for origin, item in decoded:

@@ -47,7 +47,7 @@ from streamwise.models.config import LabelsConfig
 from streamwise.models.labels import LabelRecordError, decode_label_record, in_join_window, join_id
 from streamwise.models.prequential import Prediction
 from streamwise.pipeline_config import PipelineConfig
-from streamwise.stream.schema import EventDecoder, RejectedEvent
+from streamwise.stream.schema import EventDecoder, EventSchema, RejectedEvent
 
 H_STAGE = "streamwise.error.stage"
 # Points per plotted line: enough for the eye, small enough for a light page.
@@ -251,11 +251,19 @@ def _delayed_order(
     arrivals = []
     learned: set[tuple[int, Any]] = set()
     delays: list[float] = []
+    # The service's checks of a label record: classes, range, and (per partition, in
+    # record order) one JSON type per category class (stream/schema.py).
+    decoders: dict[int, EventDecoder] = {}
     for r in labels:
         try:
             event_id, y = decode_label_record(r.value, cfg.id_field or schema.id, cfg.label_field, schema.label_type)
-        except LabelRecordError:
-            continue
+            decoder = decoders.get(r.partition) or decoders.setdefault(r.partition, EventDecoder(schema))
+            decoder.check_label(y)
+            if decoder.checks_forms:
+                decoder.check_form(y, "labels")
+                decoder.note_form(y, "labels")
+        except (LabelRecordError, RejectedEvent):
+            continue  # dead-lettered by the service as well
         event_id = join_id(event_id)
         b = by_id.get((r.partition, event_id))
         if b is None or (r.partition, event_id) in learned:
@@ -294,6 +302,7 @@ def _learn_order(
     learn: list[ConsumedRecord],
     event_ts: dict[tuple[int, int], int],
     labels: LabelsConfig,
+    schema: EventSchema | None = None,
 ) -> tuple[dict[int, list[Scored]], list[float]]:
     """The labelled events in the order the learner of ``scope: global`` learned them
     (:func:`~streamwise.processor.learn_order`), and each delayed label's delay. Each
@@ -302,7 +311,7 @@ def _learn_order(
 
     by_src = {b["_src"]: b for b in rows}
     learned = []
-    for e in learn_order(learn, labels):
+    for e in learn_order(learn, labels, schema=schema):
         b = by_src.get((e.origin.partition, e.origin.offset))
         if b is None:
             continue  # no prediction for it in range
@@ -415,7 +424,7 @@ def analyse(
     label_delays: list[float] = []
     learn = list(learn)
     if learn:
-        scored, label_delays = _learn_order(rows, learn, event_ts, config.labels)
+        scored, label_delays = _learn_order(rows, learn, event_ts, config.labels, config.event_schema)
     elif inline:
         scored: dict[int, list[Scored]] = defaultdict(list)
         for b in rows:

@@ -1317,7 +1317,7 @@ def river_on_learn_order(config: PipelineConfig, records: Iterable[ConsumedRecor
 
     if split_steps(config.cleaners, config.features, config.event_schema)[1]:
         raise ValueError("river_on_learn_order: the pipeline has steps that run with the models")
-    labelled = [e for e in learn_order(records, config.labels) if e.learned_at is not None]
+    labelled = [e for e in learn_order(records, config.labels, schema=config.event_schema) if e.learned_at is not None]
     dataset = [(e.event.x, e.y) for e in labelled]
     moment = {id(e.event.x): float(e.position) for e in labelled}
     due = {id(e.event.x): e.learned_at for e in labelled}

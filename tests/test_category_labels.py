@@ -162,3 +162,17 @@ def test_with_scope_global_a_partition_may_send_the_form_the_learner_took_first(
     consumed = [ConsumedRecord(cfg.learn_topic, 0, i, r.key, r.value, T0 + i) for i, r in enumerate(learn)]
     out = PipelineProcessor(cfg, stage="learn").process(consumed)
     assert sorted(json.loads(r.value)["id"] for r in out if r.topic == "c.out") == [0, 2]
+
+
+def test_river_s_check_and_the_report_read_the_learn_topic_as_the_learner_does():
+    """learn_order (River's parity check, the report) used to join every learn record,
+    also the ones the learner now refuses for their label's form."""
+    from streamwise.processor import learn_order
+
+    cfg = _config(scope="global")
+    learn = PartitionStageProcessor(cfg).process(_records("c.events", [{"id": 0, "a": 1.0, "label": 1}]))
+    learn += PartitionStageProcessor(cfg).process(
+        _records("c.events", [{"id": 1, "a": 2.0, "label": "1"}, {"id": 2, "a": 2.0, "label": 1}], partition=1))
+    consumed = [ConsumedRecord(cfg.learn_topic, 0, i, r.key, r.value, T0 + i) for i, r in enumerate(learn)]
+    assert [e.event.id for e in learn_order(consumed, cfg.labels, schema=cfg.event_schema)] == [0, 2]
+    assert [e.event.id for e in learn_order(consumed, cfg.labels)] == [0, 1, 2]
