@@ -89,7 +89,9 @@ ANSWER_NAMES = ("prediction", "probability", "proba", "score")
 
 # Static types of values: what a feature's schema type, a literal or the answer is.
 NUMBER, STRING, BOOL, ANY = "number", "string", "bool", "any"
-_FEATURE_TYPES = {"float": NUMBER, "int": NUMBER, "bool": BOOL, "category": STRING, "text": STRING}
+# A timestamp feature reaches the rules as epoch seconds (stream/schema.py, to_seconds).
+_FEATURE_TYPES = {"float": NUMBER, "int": NUMBER, "bool": BOOL, "category": STRING, "text": STRING,
+                  "timestamp": NUMBER}
 _LABEL_TYPES = {"bool": BOOL, "int": NUMBER, "float": NUMBER, "category": STRING}
 
 # A compiled node: (features, prediction, probabilities) -> value; None means unknown.

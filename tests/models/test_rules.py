@@ -221,3 +221,12 @@ def test_any_text_parses_or_fails_with_a_position(text):
         _c(text)
     except RuleSyntaxError as e:
         assert 1 <= e.column <= len(text) + 1
+
+
+def test_a_timestamp_feature_is_a_number_of_seconds_to_the_rules():
+    """Timestamp features reach the models and the rules as epoch seconds: a rule that
+    compared one with ISO text could never fire; now it is refused at start."""
+    with pytest.raises(RuleSyntaxError, match="cannot compare opened \\(a number\\) with '2024-06-01'"):
+        parse_condition("opened < '2024-06-01'", {"opened": "timestamp"})
+    rule = parse_condition("opened < 1717200000", {"opened": "timestamp"})
+    assert rule.fn({"opened": 1717100000.0}, None, None) is True
