@@ -82,10 +82,12 @@ def _events(processor: Any, new: EventPipeline) -> list[str]:
 # -- models ----------------------------------------------------------------------------
 
 def _identity(m: Model) -> tuple[Any, ...]:
-    """What must be unchanged for a model to keep what it learned."""
+    """What must be unchanged for a model to keep what it learned. A search ranks its
+    candidates, and self-training guards itself, with the pipeline's metric."""
     st = m.self_training.config if m.self_training is not None else None
     inputs = tuple(m.numeric_features) if m.predicts_in_batches else ()
-    return (m.name, m.steps, m.search, st, m.restore_when_not_finite, inputs)
+    scored_with = m.metric_name if m.search is not None or st is not None else None
+    return (m.name, m.steps, m.search, st, m.restore_when_not_finite, inputs, scored_with)
 
 
 def _learners(processor: Any, new: Any) -> list[str]:
@@ -117,12 +119,15 @@ def _learners(processor: Any, new: Any) -> list[str]:
             notes.append(f"model {m_new.name!r} changed (steps, search or self-training): it starts untrained")
     kept = {m.name for m in models if old_by_name.get(m.name) is m}
     models += [m for m in old.models if m.parent is not None and m.parent in kept]
+    configured = {m.name for m in models}
     for m in old.models:
-        if m.parent is None and m not in models:
+        if m.parent is None and m.name not in configured:
             notes.append(f"model {m.name!r} is no longer configured: dropped")
+    if not notes and [m.name for m in old.models if m.parent is None] != [m.name for m in models if m.parent is None]:
+        notes.append("the models' order changed: records list them in the config's order")
     changed = _settings_changed(old, new)
-    if not notes and not changed:
-        return []
+    if not notes and not changed and models == old.models:
+        return []  # the same models in the same order (a reordered list is a change)
 
     # The old set carries on (waiting labels, clock, counters), with the config's settings.
     for attr in ("metric_name", "numeric_features", "labels_config", "evaluation_config", "drift_config",
@@ -144,6 +149,7 @@ def _learners(processor: Any, new: Any) -> list[str]:
     for m in models:
         if m.drift.spec != detector:
             m.drift = DriftMonitor(detector)
+        m.metric_name = new.metric_name  # what a drift reset rebuilds the model with
     if "drift detector" in changed:
         notes.append("the drift detector changed: every model's detector starts afresh")
     names = {m.name for m in models}
@@ -162,7 +168,11 @@ def _settings_changed(old: ModelSet, new: ModelSet) -> set[str]:
     changed = set()
     if (old.metric_name, old.scoreboard.plan) != (new.metric_name, new.scoreboard.plan):
         changed.add("metrics")
-    if old.champion_config != new.champion_config or old.champion_metric != new.champion_metric:
+    # The champion window falls back to the evaluation window, and sets the selector's
+    # minimum of labels: a change of either is a change of the champion's rule.
+    if (old.champion_config, old.champion_metric, old.champion_window) != (
+        new.champion_config, new.champion_metric, new.champion_window
+    ):
         changed.add("champion")
     if old.drift_config.detector != new.drift_config.detector:
         changed.add("drift detector")

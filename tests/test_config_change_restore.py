@@ -103,3 +103,21 @@ def test_a_snapshot_whose_schema_predates_a_field_restores_with_its_default():
         del state["events"].schema.__dict__[field]  # as an older streamwise pickled it
     restored = _restored(copy.deepcopy(BASE), encode_state(state))
     assert restored.models[0].n_learned == 50 and restored.events.schema.label_max is None
+
+
+def test_a_reordered_model_list_and_a_new_evaluation_window_take_effect():
+    """A reordered list was ignored (records kept the snapshot's order), and a smaller
+    evaluation window left the champion's minimum of labels above what a window can hold:
+    the champion could never change again."""
+    first = PipelineProcessor(parse_pipeline_config(BASE))
+    first.process(_records(0, 200))
+    snapshot = encode_state(first.snapshot_state())
+    edited = copy.deepcopy(BASE)
+    edited["models"].reverse()
+    edited["evaluation"] = {"window": 50}
+    restored = _restored(edited, snapshot)
+    assert [(m.name, m.n_learned) for m in restored.models] == [("tree", 200), ("lr", 200)]
+    fresh = PipelineProcessor(parse_pipeline_config(edited))
+    assert restored.learners.selector.min_samples == fresh.learners.selector.min_samples == 50
+    (record,) = restored.process(_records(500, 1))
+    assert list(json.loads(record.value)["models"]) == ["tree", "lr"]
