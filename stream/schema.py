@@ -11,7 +11,6 @@ the service.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -109,7 +108,7 @@ def _refuse_aliases(classes: list[Any]) -> None:
     by_value: dict[Any, Any] = {}
     by_written: dict[str, Any] = {}
     for c in classes:
-        written = json.dumps(c) if isinstance(c, bool) else str(c)
+        written = _json_key(c)
         other = by_value.get(c, by_written.get(written, _NOT_SEEN))
         if other is not _NOT_SEEN:
             raise ValueError(

@@ -180,3 +180,15 @@ def config_refusal(base: dict[str, Any], changes: dict[str, Any]) -> str:
     message = str(caught.value)
     assert "<root>" not in message and "Traceback" not in message
     return message
+
+
+def pipeline_dict(features: dict[str, Any]) -> dict[str, Any]:
+    """The smallest pipeline config as the YAML would give it: one bool-labelled
+    StandardScaler | LogisticRegression model over ``features``."""
+    return {
+        "name": "p",
+        "input": {"topic": "events"},
+        "output": {"topic": "predictions"},
+        "schema": {"id": "id", "label": "label", "label_type": "bool", "features": dict(features)},
+        "models": [{"name": "lr", "steps": ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]}],
+    }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import config_refusal
+from support import config_refusal, pipeline_dict
 from streamwise.core.errors import ConfigError
 from streamwise.core.settings import Settings, redis_url_problem
 from streamwise.models.catalog import build_estimator
@@ -22,13 +22,7 @@ LR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
 def torch_with(**params: Any) -> dict[str, Any]:
     return {"models": [{"name": "t", "steps": [{"streamwise.TorchMiniBatchClassifier": params}]}]}
 
-BASE: dict[str, Any] = {
-    "name": "p",
-    "input": {"topic": "events"},
-    "output": {"topic": "predictions"},
-    "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"a": "float", "c": "category"}},
-    "models": [{"name": "lr", "steps": LR}],
-}
+BASE: dict[str, Any] = pipeline_dict({"a": "float", "c": "category"})
 
 
 # BASE with only numeric features: a config whose models serve every event.

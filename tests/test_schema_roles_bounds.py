@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import config_refusal
+from support import config_refusal, pipeline_dict
 from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
@@ -22,14 +22,7 @@ from streamwise.processor import PipelineProcessor
 from streamwise.stream.schema import EventDecoder, EventSchema, RejectedEvent, event_seconds, to_epoch_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
-LR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
-BASE: dict[str, Any] = {
-    "name": "p",
-    "input": {"topic": "events"},
-    "output": {"topic": "predictions"},
-    "schema": {"id": "id", "label": "label", "label_type": "bool", "features": {"a": "float", "n": "int"}},
-    "models": [{"name": "lr", "steps": LR}],
-}
+BASE: dict[str, Any] = pipeline_dict({"a": "float", "n": "int"})
 
 
 def refusal(changes: dict[str, Any]) -> str:
