@@ -116,12 +116,64 @@ def settings(servers: str, client: str, snapshots: bool = False, **snapshot: Any
     return s
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU of process ``pid``, every thread of it, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid() -> int | None:
+    """The local broker's process (dev/up writes its pid), or None when it is not known."""
+    try:
+        pid = int((ROOT / "dev" / ".run" / "kafka" / "pid").read_text().split()[0])
+        _cpu_seconds(pid)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU seconds spent between :meth:`start` and :meth:`stop` by this process (all its
+    threads, the Kafka client's own included) and by the local broker. On a machine of
+    two cores that also runs the broker, throughput is bounded by the sum of the two per
+    event, whatever runs in parallel: ``ceiling`` is cores ÷ that sum."""
+
+    def __init__(self) -> None:
+        self._broker = broker_pid()
+        self._at: tuple[float, float] | None = None
+        self.process_s = self.broker_s = 0.0
+        self.events = 0
+
+    def _now(self) -> tuple[float, float]:
+        t = os.times()
+        return t.user + t.system, _cpu_seconds(self._broker) if self._broker else 0.0
+
+    def start(self) -> None:
+        if self._at is None:
+            self._at = self._now()
+
+    def stop(self, events: int) -> None:
+        """Ends the measure, which covered ``events`` events."""
+        assert self._at is not None, "stop() before start()"
+        process, broker = self._now()
+        self.process_s, self.broker_s = process - self._at[0], broker - self._at[1]
+        self.events = events
+
+    def per_event_us(self) -> tuple[float, float]:
+        """(this process, the broker) in CPU µs per event."""
+        return self.process_s / self.events * 1e6, self.broker_s / self.events * 1e6
+
+
 class Clock(Sensor):
     """Service throughput from the first record polled to the end of the last batch
     (processed and committed): group joins and idle waits are left out."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter: CpuMeter | None = None) -> None:
         self.started = time.perf_counter()
+        # Started once the first batch is done (the sensor hears of a batch only then),
+        # and read per event of the batches after it: start-up and joins are left out.
+        self.meter = meter
+        self.metered_from = 0
         self.first: float | None = None
         self.first_commit: float | None = None
         # The first batch that emitted a prediction (a restarted worker's silent replay
@@ -142,6 +194,9 @@ class Clock(Sensor):
     def on_batch(self, n_records: int, seconds: float) -> None:
         self.events += n_records
         self.last = time.perf_counter()
+        if self.meter is not None and not self.metered_from:
+            self.meter.start()
+            self.metered_from = self.events
         # The processor tells its sensors about a batch once the batch has succeeded
         # (streamwise/processor.py, _attempt): the first batch began ``seconds`` ago.
         if self.first is None or self.last - seconds < self.first:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -53,9 +54,10 @@ SAME_RECORD = ["id", "prediction"]
 
 def streamwise_rate(
     servers: str, client: str, topic: str, n: int, guarantee: str, fields: list[str] | None = SAME_RECORD
-) -> float:
+) -> tuple[float, common.CpuMeter]:
     """``fields``: the prediction record's (None: the default, everything)."""
-    clock = common.Clock()
+    meter = common.CpuMeter()
+    clock = common.Clock(meter)
     settings = common.settings(servers, client)
     settings.kafka = settings.kafka.model_copy(update={"guarantee": guarantee})
     cfg = common.pipeline(topic, common.LOGREG)
@@ -63,10 +65,12 @@ def streamwise_rate(
         cfg.output.fields = fields  # type: ignore[assignment]
     Runner(cfg, settings, sensors=[clock]).run(max_events=n)
     assert clock.first is not None and clock.events == n
-    return n / (time.perf_counter() - clock.first)
+    rate = n / (time.perf_counter() - clock.first)
+    meter.stop(n - clock.metered_from)
+    return rate, meter
 
 
-def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> float:
+def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> tuple[float, common.CpuMeter]:
     """The user's Quix Streams application, run until it has scored ``n`` events."""
     # quixstreams pulls in authlib, which warns about its httpx module on import.
     warnings.filterwarnings("ignore", message=".*httpx module is deprecated")
@@ -80,6 +84,7 @@ def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> float:
     accuracy = metrics.Accuracy()
     name = common.unique("quix")
     seen = {"n": 0, "first": 0.0}
+    meter = common.CpuMeter()
     with tempfile.TemporaryDirectory() as state_dir:
         app = Application(
             broker_address=servers, consumer_group=name, auto_offset_reset="earliest",
@@ -91,6 +96,7 @@ def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> float:
         def score(event: dict[str, Any]) -> dict[str, Any]:
             if not seen["n"]:
                 seen["first"] = time.perf_counter()
+                meter.start()
             x = {k: v for k, v in event.items() if k not in ("id", "label")}
             proba = model.predict_proba_one(x)
             y_pred = max(proba, key=proba.get) if proba else None
@@ -105,7 +111,9 @@ def quix_rate(servers: str, topic: str, n: int, guarantee: str) -> float:
         app.dataframe(events).apply(score).to_topic(predictions)
         app.run()
     assert seen["n"] == n, seen
-    return n / (time.perf_counter() - seen["first"])
+    rate = n / (time.perf_counter() - seen["first"])
+    meter.stop(n)
+    return rate, meter
 
 
 def run(repeat: int, guarantees: list[str], rounds: int = 2) -> tuple[str, dict[str, Any]]:
@@ -116,10 +124,11 @@ def run(repeat: int, guarantees: list[str], rounds: int = 2) -> tuple[str, dict[
     common.produce(servers, topic, events)
     n = len(events)
     rows, figures = [], {}
+    meters: dict[tuple[str, str], common.CpuMeter] = {}
     for guarantee in guarantees:
         # The best of ``rounds`` for each side, in alternating order: the machine's other
         # load only ever slows a run down, and drifts in it must favour neither side.
-        runs: dict[str, Callable[[], float]] = {
+        runs: dict[str, Callable[[], tuple[float, common.CpuMeter]]] = {
             "quix": lambda g=guarantee: quix_rate(servers, topic, n, g),
             **{c: (lambda c=c, g=guarantee: streamwise_rate(servers, c, topic, n, g)) for c in CLIENTS},
         }
@@ -130,7 +139,10 @@ def run(repeat: int, guarantees: list[str], rounds: int = 2) -> tuple[str, dict[
         best = dict.fromkeys(runs, 0.0)
         for r in range(rounds):
             for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
-                best[name] = max(best[name], runs[name]())
+                rate, meter = runs[name]()
+                if rate > best[name]:
+                    best[name] = rate
+                    meters[guarantee, name] = meter
         figures[guarantee] = best
         quix = best["quix"]
         rows.append([guarantee.replace("_", "-"), best["kafka-python"], best["confluent"], quix,
@@ -145,7 +157,30 @@ def run(repeat: int, guarantees: list[str], rounds: int = 2) -> tuple[str, dict[
              f"best of {rounds} runs each")
     header = ["guarantee", "streamwise (kafka-python)", "streamwise (confluent)", "Quix Streams",
               "÷ Quix (kafka-python)", "÷ Quix (confluent)"]
-    return common.table(title, header, rows), figures
+    text = common.table(title, header, rows) + "\n\n" + cpu_table(meters, figures)
+    return text, figures
+
+
+def cpu_table(meters: dict[tuple[str, str], common.CpuMeter], figures: dict[str, dict[str, float]]) -> str:
+    """CPU per event of each side's best run, and what it means for a peer ratio here:
+    the broker shares the machine's cores, so no design runs faster than the cores
+    divided by the CPU an event costs in all (this process's threads plus the broker)."""
+    cores = os.cpu_count() or 1
+    names = {"kafka-python": "streamwise (kafka-python)", "confluent": "streamwise (confluent)", "quix": "Quix Streams"}
+    rows = []
+    for (guarantee, name), meter in meters.items():
+        if name not in names:
+            continue
+        process, broker = meter.per_event_us()
+        total = process + broker
+        quix = figures[guarantee]["quix"]
+        rows.append([f"{guarantee.replace('_', '-')}, {names[name]}", figures[guarantee][name], process, broker, total,
+                     cores * 1e6 / total, cores * 1e6 / total / quix])
+    title = (f"Peer: CPU per event (after the first batch, to the end of run()), best run of each, "
+             f"and the ceiling it sets on {cores} cores shared with the broker")
+    header = ["run", "events/s", "process CPU µs/event (all threads)", "broker CPU µs/event", "sum",
+              "ceiling events/s (cores ÷ sum)", "ceiling ÷ Quix"]
+    return common.table(title, header, rows)
 
 
 def main() -> None:
