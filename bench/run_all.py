@@ -257,6 +257,16 @@ def closing_note(texts: dict[str, str]) -> str:
         p99 = _row(texts.get(f"latency-{client}", ""), "p99 (ms)")
         if len(p99) >= 3:
             judge(f"G3 p99 ÷ echo on {client}", p99[2], 2.0, at_least=False)
+    cpu = _row(texts.get("peer", ""), "exactly-once, streamwise (confluent)")
+    cpu_line = ""
+    if len(cpu) >= 6:
+        # events/s, process µs, broker µs, sum, ceiling events/s, ceiling ÷ Quix
+        ratio = _peer(texts.get("peer", "")).get(("exactly-once", "confluent"))
+        binds = ("the service's one Python thread binds, not the machine's CPU"
+                 if ratio is not None and cpu[5] > 1.2 * ratio else "the machine's CPU itself binds")
+        cpu_line = (f"CPU per event, confluent, exactly-once: {cpu[3]:.0f} µs in all ({cpu[1]:.0f} in the service's "
+                    f"threads, {cpu[2]:.0f} in the broker); at that cost the machine's cores could carry "
+                    f"{cpu[5]:.2f}× Quix's rate: {binds}.")
     profile = texts.get("profile", "")
     where = profile.strip().splitlines()[-1] if profile.strip() else "No profile in this run."
     lines = ["## Closing note", ""]
@@ -267,6 +277,8 @@ def closing_note(texts: dict[str, str]) -> str:
     else:
         lines.append("No figures could be read from this run's tables.")
     lines += ["", where]
+    if cpu_line:
+        lines += ["", cpu_line]
     return "\n".join(lines)
 
 
