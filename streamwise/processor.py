@@ -925,4 +925,13 @@ def arrival_order(records: Sequence[ConsumedRecord], labels_topic: str) -> list[
 
 
 def _text(key: bytes | None) -> str | None:
-    return None if key is None else key.decode("utf-8", "replace")
+    r"""A record key as text: the entity whose per-key state (sequence learners,
+    forecasters) an event belongs to when the schema names no key field, and the record's
+    ``key``. Bytes that are not UTF-8 are written as ``\xNN``, not replaced: binary keys
+    (the last byte of a Java LongSerializer's 254 and 255, say) would otherwise all read
+    as U+FFFD and share one entity's state.
+
+    >>> [_text(k) for k in (bytes([0, 254]), bytes([0, 255]), "é".encode(), None)]
+    ['\x00\\xfe', '\x00\\xff', 'é', None]
+    """
+    return None if key is None else key.decode("utf-8", "backslashreplace")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+from pathlib import Path
 
 import pytest
+import yaml
+from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.errors import ConfigError
 from streamwise.models.catalog import ModelSpec
 from streamwise.models.forecast import ForecastConfig, ForecastSet
 
 from streamwise.pipeline_config import parse_pipeline_config
+from streamwise.processor import PipelineProcessor
 
 HW = ModelSpec(name="hw", steps=[{"time_series.HoltWinters": {"alpha": 1.0, "beta": 1.0}}])
 
@@ -69,3 +74,27 @@ BASE = {"name": "f", "input": {"topic": "a"}, "output": {"topic": "b"},
 def test_a_bad_forecast_config_fails_at_start_with_its_reason(overrides, message):
     with pytest.raises(ConfigError, match=message):
         parse_pipeline_config({**BASE, **overrides})
+
+
+def test_binary_record_keys_that_are_not_utf8_stay_distinct_series():
+    """With no schema key, the record key names the series. Two 8-byte big-endian keys
+    (a Java LongSerializer's 254 and 255) are not UTF-8; each must keep its own
+    forecasters, and each record must say which key it was."""
+    data = yaml.safe_load((Path(__file__).parents[2] / "examples" / "demand_forecast.yaml").read_text())
+    del data["schema"]["key"]
+    processor = PipelineProcessor(parse_pipeline_config(data))
+    keys = [(254).to_bytes(8, "big"), (255).to_bytes(8, "big")]
+    day = 1_700_000_000
+    records = [
+        ConsumedRecord("retail.sales", 0, i, keys[i % 2],
+                       json.dumps({"id": i, "day": day + 86_400 * (i // 2), "units": 10 * (i % 2) + 1,
+                                   "promo": 0}).encode(), (day + 86_400 * (i // 2)) * 1000)
+        for i in range(40)
+    ]
+    out = [json.loads(r.value) for r in processor.process(records)]
+    assert len(out) == 40 and processor.learners.n_keys == 2
+    assert {o["key"] for o in out} == {"\x00" * 7 + "\\xfe", "\x00" * 7 + "\\xff"}
+    # Series 255 only ever saw 11s; had it shared state with series 254's 1s, its
+    # forecasts would sit between the two.
+    last = {o["key"][-2:]: o["forecasts"]["holt_winters"][0]["value"] for o in out[-2:]}
+    assert last["fe"] == pytest.approx(1.0, abs=0.5) and last["ff"] == pytest.approx(11.0, abs=0.5)
