@@ -80,8 +80,11 @@ def after_batch(m: Model, outcomes: list[Any]) -> dict[str, Any] | None:
     if watch.estimator_id != id(m.estimator):
         watch.copies, watch.restored_from, watch.estimator_id = [], None, id(m.estimator)
     if not m.new_faults.get(ModelFault.NOT_FINITE.value):
-        watch.run = 0
-        _copy_if_due(m, watch, outcomes)
+        # Only an answer ends a run: a batch the model answered nothing in (a poll of
+        # dead letters, or of labels only, between two NaN answers) leaves it as it was.
+        if any((p := o.predictions.get(m.name)) is not None and p.error is None for o in reversed(outcomes)):
+            watch.run = 0
+            _copy_if_due(m, watch, outcomes)
         return None
     trailing = 0
     for outcome in reversed(outcomes):

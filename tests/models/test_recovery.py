@@ -17,10 +17,14 @@ TREE = ModelSpec(name="tree", steps=[{"tree.HoeffdingTreeClassifier": {"grace_pe
 ROWS = list(itertools.islice(datasets.Phishing(), 1250))
 
 
-def _run(poison_at: int, batch: int = 25) -> tuple[ModelSet, list, list]:
+def _run(poison_at: int, batch: int = 25, empty_between: bool = False) -> tuple[ModelSet, list, list]:
+    """``empty_between``: a batch with no event after each one (a poll of labels or dead
+    letters only)."""
     models = ModelSet([LOGREG, TREE], task="classification", metric="Accuracy")
     answers, alerts = [], []
     for start in range(0, len(ROWS), batch):
+        if empty_between:
+            alerts += models.end_batch().alerts
         for i in range(start, min(start + batch, len(ROWS))):
             x, y = ROWS[i]
             if i == poison_at:
@@ -59,6 +63,15 @@ def test_a_poisoned_model_goes_back_to_its_healthy_copy_and_the_others_carry_on(
     monkeypatch.setattr(recovery, "NOT_FINITE_RUN", 10**9)
     _, unguarded, _ = _run(poison_at=1010)
     assert not any(_finite(o, "logreg") for o in unguarded[1012:])
+
+
+def test_polls_without_an_answer_between_nan_answers_do_not_restart_the_count(copies_whenever_due):
+    # One event per poll, each followed by a poll the model answers nothing in.
+    models, answers, alerts = _run(poison_at=1010, batch=1, empty_between=True)
+    sick = [i for i, o in enumerate(answers) if not _finite(o, "logreg")]
+    assert sick and min(sick) > 1010 and max(sick) < 1011 + 2 * recovery.NOT_FINITE_RUN
+    assert [a["model"] for a in alerts if a["type"] == "model_restored"] == ["logreg"]
+    assert all(_finite(o, "logreg") for o in answers[max(sick) + 1:])
 
 
 def test_a_copy_taken_after_the_poison_is_dropped_when_its_model_turns_nan_again(copies_whenever_due):
