@@ -669,7 +669,7 @@ class PipelineProcessor(_GuardedProcessor):
             if isinstance(item, RejectedEvent):
                 self._dead_letter(record, item.stage, item, out)
                 continue
-            key = item.key if item.key is not None else _text(record.key)
+            key = item.key if item.key is not None else _entity(record.key)
             if self.forecasting:
                 try:
                     out.append(self._forecast_record(record, item, key))
@@ -770,7 +770,7 @@ class PipelineProcessor(_GuardedProcessor):
         target = self.config.forecast.target if self.config.forecast else ""
         body = {
             "id": event.id,
-            "key": key,
+            "key": event.key if event.key is not None else _text(record.key),
             "value": event.x.get(target),
             "forecasts": self.learners.on_event(key, event.x, t),
             "epoch": self.epoch,
@@ -924,12 +924,23 @@ def arrival_order(records: Sequence[ConsumedRecord], labels_topic: str) -> list[
     return list(heapq.merge(*runs, key=lambda r: r.timestamp_ms))
 
 
+def _entity(key: bytes | None) -> str | None:
+    r"""The entity a record key names, when the schema names no key field: whose per-key
+    state (sequence learners, forecasters) its event belongs to. Text for a UTF-8 key; a
+    byte that is not UTF-8 becomes a lone surrogate (``surrogateescape``), which no
+    UTF-8 key decodes to, so distinct keys stay distinct entities. Replacing such bytes
+    with U+FFFD made a Java LongSerializer's 254 and 255 one entity; writing them as
+    ``\xNN`` made ``b"\xfe"`` the text key ``\xfe``.
+
+    >>> [_entity(k) for k in (bytes([0, 254]), b"\\xfe", "é".encode(), None)]
+    ['\x00\udcfe', '\\xfe', 'é', None]
+    """
+    return None if key is None else key.decode("utf-8", "surrogateescape")
+
+
 def _text(key: bytes | None) -> str | None:
-    r"""A record key as text: the entity whose per-key state (sequence learners,
-    forecasters) an event belongs to when the schema names no key field, and the record's
-    ``key``. Bytes that are not UTF-8 are written as ``\xNN``, not replaced: binary keys
-    (the last byte of a Java LongSerializer's 254 and 255, say) would otherwise all read
-    as U+FFFD and share one entity's state.
+    r"""A record key as the record's ``key`` shows it: UTF-8 text, with any byte that is
+    not UTF-8 written as ``\xNN`` (JSON cannot carry :func:`_entity`'s lone surrogates).
 
     >>> [_text(k) for k in (bytes([0, 254]), bytes([0, 255]), "é".encode(), None)]
     ['\x00\\xfe', '\x00\\xff', 'é', None]

@@ -78,23 +78,24 @@ def test_a_bad_forecast_config_fails_at_start_with_its_reason(overrides, message
 
 def test_binary_record_keys_that_are_not_utf8_stay_distinct_series():
     """With no schema key, the record key names the series. Two 8-byte big-endian keys
-    (a Java LongSerializer's 254 and 255) are not UTF-8; each must keep its own
-    forecasters, and each record must say which key it was."""
+    (a Java LongSerializer's 254 and 255) are not UTF-8, and a third is the text that
+    the first is shown as; each must keep its own forecasters."""
     data = yaml.safe_load((Path(__file__).parents[2] / "examples" / "demand_forecast.yaml").read_text())
     del data["schema"]["key"]
     processor = PipelineProcessor(parse_pipeline_config(data))
-    keys = [(254).to_bytes(8, "big"), (255).to_bytes(8, "big")]
+    keys = [(254).to_bytes(8, "big"), (255).to_bytes(8, "big"), bytes(7) + b"\\xfe"]
     day = 1_700_000_000
     records = [
-        ConsumedRecord("retail.sales", 0, i, keys[i % 2],
-                       json.dumps({"id": i, "day": day + 86_400 * (i // 2), "units": 10 * (i % 2) + 1,
-                                   "promo": 0}).encode(), (day + 86_400 * (i // 2)) * 1000)
-        for i in range(40)
+        ConsumedRecord("retail.sales", 0, i, keys[i % 3],
+                       json.dumps({"id": i, "day": day + 86_400 * (i // 3), "units": 10 * (i % 3) + 1,
+                                   "promo": 0}).encode(), (day + 86_400 * (i // 3)) * 1000)
+        for i in range(60)
     ]
     out = [json.loads(r.value) for r in processor.process(records)]
-    assert len(out) == 40 and processor.learners.n_keys == 2
-    assert {o["key"] for o in out} == {"\x00" * 7 + "\\xfe", "\x00" * 7 + "\\xff"}
-    # Series 255 only ever saw 11s; had it shared state with series 254's 1s, its
-    # forecasts would sit between the two.
-    last = {o["key"][-2:]: o["forecasts"]["holt_winters"][0]["value"] for o in out[-2:]}
-    assert last["fe"] == pytest.approx(1.0, abs=0.5) and last["ff"] == pytest.approx(11.0, abs=0.5)
+    assert len(out) == 60 and processor.learners.n_keys == 3
+    # The record shows a byte that is not UTF-8 as \xNN: the first and third look alike.
+    assert [o["key"] for o in out[:3]] == ["\x00" * 7 + "\\xfe", "\x00" * 7 + "\\xff", "\x00" * 7 + "\\xfe"]
+    # Each series only ever saw its own value; had two shared state, their forecasts
+    # would sit between the two.
+    last = [o["forecasts"]["holt_winters"][0]["value"] for o in out[-3:]]
+    assert last == [pytest.approx(v, abs=0.5) for v in (1.0, 11.0, 21.0)]
