@@ -288,7 +288,7 @@ class PrometheusSensor(Sensor):
     def on_dead_letter(self, topic: str, stage: str) -> None:
         self.dead_lettered.labels(self.pipeline, topic, stage).inc()
 
-    def on_prediction(self, latency_s: float) -> None:
+    def on_prediction(self, latency_s: float | None) -> None:
         self.on_predictions([latency_s])
 
     # The processor reports once per poll: one increment per series instead of one per event.
@@ -304,10 +304,12 @@ class PrometheusSensor(Sensor):
             child = self._valid[topic, partition] = self.valid.labels(self.pipeline, topic, str(partition))
         child.inc(n)
 
-    def on_predictions(self, latencies_s: Sequence[float]) -> None:
+    def on_predictions(self, latencies_s: Sequence[float | None]) -> None:
         if latencies_s:
             self._predictions.inc(len(latencies_s))
-            self.latency.observe_many(latencies_s)
+            if None in latencies_s:  # records without a timestamp: counted, not timed
+                latencies_s = [v for v in latencies_s if v is not None]
+            self.latency.observe_many(latencies_s)  # type: ignore[arg-type]
 
     def on_learn(self, model: str, n: int = 1) -> None:
         child = self._learned.get(model)

@@ -57,8 +57,9 @@ class Sensor:
 
     def on_dead_letter(self, topic: str, stage: str) -> None: ...
 
-    def on_prediction(self, latency_s: float) -> None:
-        """``latency_s``: from the input record's timestamp to its prediction."""
+    def on_prediction(self, latency_s: float | None) -> None:
+        """``latency_s``: from the input record's timestamp to its prediction; None when
+        the record has no timestamp (Kafka's -1, or 0)."""
 
     # ---- the same, once per poll (the processor calls these) ----
     # A sensor that counts should override them: by default they call the per-event
@@ -73,8 +74,8 @@ class Sensor:
         for _ in range(n):
             self.on_event_valid(topic, partition)
 
-    def on_predictions(self, latencies_s: Sequence[float]) -> None:
-        """A prediction record for each event of the poll, with its latency."""
+    def on_predictions(self, latencies_s: Sequence[float | None]) -> None:
+        """A prediction record for each event of the poll, with its latency (or None)."""
         for latency_s in latencies_s:
             self.on_prediction(latency_s)
 
@@ -232,10 +233,10 @@ class CountingSensor(Sensor):
     def on_dead_letter(self, topic: str, stage: str) -> None:
         self.dead_letters[str(stage)] += 1  # the stage's name, not the enum's repr, in summaries
 
-    def on_prediction(self, latency_s: float) -> None:
+    def on_prediction(self, latency_s: float | None) -> None:
         self.predictions += 1
 
-    def on_predictions(self, latencies_s: Sequence[float]) -> None:
+    def on_predictions(self, latencies_s: Sequence[float | None]) -> None:
         self.predictions += len(latencies_s)
 
     def on_learn(self, model: str, n: int = 1) -> None:

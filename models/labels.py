@@ -263,6 +263,21 @@ class PendingLabels:
         self._misses_reported = counts
         return {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
 
+    def record_time(self, t: float) -> float:
+        """The time a record counts at: its own, or, for a record that has none (Kafka's
+        -1, or 0), the newest record time read on either side so far (0 before any), as
+        if it had come with its neighbours. Raw, a label without one stood 56 years
+        before its event and never joined. Kept in the state like the rest, so a replay
+        reads the same times.
+
+        >>> pending = PendingLabels()
+        >>> pending.record_time(-0.001), pending.on_event(1, "e", t=50.0), pending.record_time(0.0)
+        (0.0, None, 50.0)
+        """
+        if t > 0.0:
+            return t
+        return max((*self._events_read.newest.values(), *self._labels_read.newest.values()), default=0.0)
+
     def joins(self, event_t: float, label_t: float) -> bool:
         """Whether a label at ``label_t`` joins an event at ``event_t``."""
         return in_join_window(event_t, label_t, self.ttl_s, self.early_hold_s)

@@ -263,6 +263,8 @@ class ModelSet:
         for sequence learners; ``partition`` the input partition it was read from, whose
         progress ages the labels held for their events (models/labels.py)."""
         event_id = join_id(event_id)
+        if t <= 0.0 and self.delayed_labels:  # a record without a time (models/labels.py)
+            t = self.pending.record_time(t)
         if t > self.now:
             self.now = t
         champion = self.selector.champion
@@ -303,6 +305,8 @@ class ModelSet:
         decided by the two record times alone (labels.ttl_s, labels.early_hold_s); a label
         read before its event waits for it (models/labels.py)."""
         event_id = join_id(event_id)
+        if t <= 0.0:  # a record without a time (models/labels.py)
+            t = self.pending.record_time(t)
         if t > self.now:
             self.now = t
         waiting = self.pending.on_label(event_id, y, t, partition)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -588,7 +589,7 @@ def learn_order(
     order: list[LearnedEvent] = []
     for k, (origin, item) in enumerate(decoded):
         if isinstance(item, Label):
-            waiting = pending.on_label(join_id(item.event_id), item.y, item.t, origin.partition)
+            waiting = pending.on_label(join_id(item.event_id), item.y, pending.record_time(item.t), origin.partition)
             if waiting is not None:
                 event = waiting[1]
                 event.y, event.learned_at, event.label_timestamp_ms = item.y, float(k), origin.timestamp_ms
@@ -596,7 +597,8 @@ def learn_order(
         event = LearnedEvent(k, origin, item)
         order.append(event)
         labelled = item.y is not None
-        early = pending.on_event(join_id(item.id), event, origin.timestamp_ms / 1000.0, origin.partition, labelled)
+        t = pending.record_time(origin.timestamp_ms / 1000.0)
+        early = pending.on_event(join_id(item.id), event, t, origin.partition, labelled)
         if labelled:
             event.y, event.learned_at = item.y, k + 0.5
         elif early is not None:
@@ -779,7 +781,8 @@ class PipelineProcessor(_GuardedProcessor):
         }
         if event.event_time is not None:
             body["event_time"] = event.event_time
-        self.sensor.on_prediction(max(0.0, time.time() - record.timestamp_ms / 1000.0))
+        # A record without a time (-1 or 0): its latency is unknown.
+        self.sensor.on_prediction(max(0.0, time.time() - record.timestamp_ms / 1000.0) if record.timestamp_ms > 0 else None)
         return OutgoingRecord(topic=self.config.output.topic, key=record.key, value=orjson.dumps(body, default=str))
 
     def _prediction_records(
@@ -807,11 +810,15 @@ class PipelineProcessor(_GuardedProcessor):
         decided: Counter[tuple[str, str]] = Counter()
         # One clock read for the poll: its records are all written now.
         now_ms = time.time() * 1000.0
-        latencies = []
+        latencies: list[float | None] = []
         for record, event, outcome in predicted:
-            latency_s = (now_ms - record.timestamp_ms) / 1000.0
-            if latency_s < 0.0:
-                latency_s = 0.0
+            latency_s: float | None
+            if record.timestamp_ms > 0:
+                latency_s = (now_ms - record.timestamp_ms) / 1000.0
+                if latency_s < 0.0:
+                    latency_s = 0.0
+            else:  # a record without a time (Kafka's -1, or 0): its latency is unknown
+                latency_s = None
             latencies.append(latency_s)
             body: dict[str, Any] = {"id": event.id}
             if with_key:
@@ -847,7 +854,7 @@ class PipelineProcessor(_GuardedProcessor):
                 body["event_timestamp_ms"] = record.timestamp_ms
             if with_latency:
                 # To the microsecond; round(x, 6) costs 0.4 µs per event, this a tenth of it.
-                body["latency_s"] = int(latency_s * 1e6 + 0.5) / 1e6
+                body["latency_s"] = None if latency_s is None else int(latency_s * 1e6 + 0.5) / 1e6
             if with_time and event.event_time is not None:
                 body["event_time"] = event.event_time
             if with_explanation and outcome.explanation is not None:
@@ -916,12 +923,20 @@ def arrival_order(records: Sequence[ConsumedRecord], labels_topic: str) -> list[
     batch would be applied after every event of it. Each partition's own order is kept
     (a merge, not a sort); on equal timestamps a label goes first, as River's
     ``simulate_qa`` reveals an answer before the question asked at the same moment.
+    A record without a timestamp goes after the records with one.
     """
     runs = [list(run) for _, run in groupby(records, key=lambda r: (r.topic, r.partition))]
     if len(runs) < 2:
         return list(records)
     runs.sort(key=lambda run: run[0].topic != labels_topic)
-    return list(heapq.merge(*runs, key=lambda r: r.timestamp_ms))
+    return list(heapq.merge(*runs, key=_arrival_time))
+
+
+def _arrival_time(record: ConsumedRecord) -> float:
+    # A record without a time (Kafka's -1, or 0) goes after the poll's timed records:
+    # it counts at the newest time read (PendingLabels.record_time), not 56 years back.
+    t = record.timestamp_ms
+    return t if t > 0 else math.inf
 
 
 def _entity(key: bytes | None) -> str | None:

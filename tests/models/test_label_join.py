@@ -5,14 +5,17 @@ as strings must not leave the models without a single label."""
 from __future__ import annotations
 
 import itertools
-import random
 import json
+import random
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from river import datasets
 from streamwise.connectors.records import ConsumedRecord
+from streamwise.core.sensors import Sensor
 from streamwise.models.config import LabelsConfig
 from streamwise.models.labels import PendingLabels
 from streamwise.models.model_set import ModelSet
@@ -125,3 +128,48 @@ def test_a_held_label_waits_for_the_slowest_events_partition():
         assert pending.on_event(("p0", k), None, t=36.0 * k, partition=0) is None
     assert pending.on_event("b", "b", t=9.0, partition=1) == (10.0, True)
     assert pending.stats.joined_early == 1 and pending.stats.early_expired == 0
+
+
+class _Heard(Sensor):
+    def __init__(self) -> None:
+        self.latencies: list[float | None] = []
+        self.delays: list[float] = []
+
+    def on_predictions(self, latencies_s: Any) -> None:
+        self.latencies += latencies_s
+
+    def on_label(self, delay_s: float) -> None:
+        self.delays.append(delay_s)
+
+
+@pytest.mark.parametrize("untimed", ["labels", "events", "both"])
+@pytest.mark.parametrize("no_time", [-1, 0])
+def test_records_without_a_timestamp_still_join_and_have_no_latency(untimed, no_time):
+    """Kafka's -1 (or a producer's 0) on one side or both: each label still joins its
+    event, with a delay that is not 56 years, and a prediction of an event without a
+    time says its latency is unknown instead of making one up."""
+    data = yaml.safe_load((ROOT / "examples" / "phishing.yaml").read_text())
+    data["input"]["labels_topic"] = "phishing.labels"
+    heard = _Heard()
+    processor = PipelineProcessor(parse_pipeline_config(data), heard)
+    now_ms = int(time.time() * 1000) - 60_000
+    records = []
+    for i, (x, _y) in enumerate(ROWS):
+        timed = untimed not in ("events", "both")
+        records.append(ConsumedRecord("phishing.events", 0, i, None, json.dumps({"id": i, **x}).encode(),
+                                      now_ms + 10 * i if timed else no_time))
+        if i >= 5:
+            timed = untimed not in ("labels", "both")
+            label = {"id": i - 5, "label": ROWS[i - 5][1]}
+            records.append(ConsumedRecord("phishing.labels", 0, i, None, json.dumps(label).encode(),
+                                          now_ms + 10 * i + 5 if timed else no_time))
+    out = []
+    for start in range(0, len(records), 37):
+        out += processor.process(records[start : start + 37])
+    predictions = [json.loads(o.value) for o in out if o.topic == "phishing.predictions"]
+    assert len(predictions) == len(ROWS)
+    assert all(m.n_learned == len(ROWS) - 5 for m in processor.models)
+    assert len(heard.delays) == len(ROWS) - 5 and max(heard.delays) < 60
+    events_untimed = untimed in ("events", "both")
+    assert all((p["latency_s"] is None) == events_untimed for p in predictions)
+    assert all((v is None) == events_untimed for v in heard.latencies) and len(heard.latencies) == len(ROWS)
