@@ -82,7 +82,11 @@ def decode_label_record(
         "category": isinstance(y, (str, int, bool)),
     }[label_type]
     if not ok:
-        raise LabelRecordError(f"label must be a {label_type}, got {type(y).__name__}")
+        if label_type == "int" and isinstance(y, float) and math.isfinite(y) and abs(y) >= 2.0**63:
+            # The JSON reader gives an integer past 2**64 as a float: say what is wrong with it.
+            raise LabelRecordError("label beyond int64")
+        article = "an" if label_type == "int" else "a"
+        raise LabelRecordError(f"label must be {article} {label_type}, got {type(y).__name__}")
     if isinstance(y, (str, int)) and not isinstance(y, bool) and not _bounded_id(y, max_id_length):
         raise LabelRecordError(f"label longer than {max_id_length} characters or beyond int64")
     if label_type == "float":

@@ -173,3 +173,15 @@ def test_records_without_a_timestamp_still_join_and_have_no_latency(untimed, no_
     events_untimed = untimed in ("events", "both")
     assert all((p["latency_s"] is None) == events_untimed for p in predictions)
     assert all((v is None) == events_untimed for v in heard.latencies) and len(heard.latencies) == len(ROWS)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b'{"id": 1, "label": 18446744073709551616}', "label beyond int64"),  # read as a float
+    (b'{"id": 1, "label": 9223372036854775808}', "label longer than 1024 characters or beyond int64"),
+    (b'{"id": 1, "label": 3.0}', "label must be an int, got float"),
+])
+def test_an_int_label_out_of_reach_says_why(value, reason):
+    from streamwise.models.labels import LabelRecordError, decode_label_record
+
+    with pytest.raises(LabelRecordError, match=f"^{reason}$"):
+        decode_label_record(value, "id", "label", "int")
