@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import cProfile
 import json
+import math
 import os
 import platform
 import pstats
@@ -35,7 +36,7 @@ from streamwise.connectors import make_admin  # noqa: E402
 from streamwise.core.sensors import Sensor  # noqa: E402
 from streamwise.core.settings import KafkaSettings, Settings, SnapshotSettings  # noqa: E402
 
-from streamwise.devservices import ensure_dev_services  # noqa: E402
+from streamwise.devservices import ensure_dev_services, kafka_pid  # noqa: E402
 from streamwise.pipeline_config import PipelineConfig, parse_pipeline_config  # noqa: E402
 from streamwise.replay import iter_events  # noqa: E402
 
@@ -123,9 +124,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def broker_pid() -> int | None:
-    """The local broker's process (dev/up writes its pid), or None when it is not known."""
+    """The local broker's process (the one dev/up started), or None when it is not known."""
     try:
-        pid = int((ROOT / "dev" / ".run" / "kafka" / "pid").read_text().split()[0])
+        pid = kafka_pid()
         _cpu_seconds(pid)
         return pid
     except (OSError, ValueError, IndexError):
@@ -146,7 +147,7 @@ class CpuMeter:
 
     def _now(self) -> tuple[float, float]:
         t = os.times()
-        return t.user + t.system, _cpu_seconds(self._broker) if self._broker else 0.0
+        return t.user + t.system, _cpu_seconds(self._broker) if self._broker else math.nan
 
     def start(self) -> None:
         if self._at is None:
@@ -160,7 +161,10 @@ class CpuMeter:
         self.events = events
 
     def per_event_us(self) -> tuple[float, float]:
-        """(this process, the broker) in CPU µs per event."""
+        """(this process, the broker) in CPU µs per event; NaN when not known (no events
+        measured, or the broker's process not found)."""
+        if self.events <= 0:
+            return math.nan, math.nan
         return self.process_s / self.events * 1e6, self.broker_s / self.events * 1e6
 
 

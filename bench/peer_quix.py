@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -174,10 +175,12 @@ def cpu_table(meters: dict[tuple[str, str], common.CpuMeter], figures: dict[str,
         process, broker = meter.per_event_us()
         total = process + broker
         quix = figures[guarantee]["quix"]
-        rows.append([f"{guarantee.replace('_', '-')}, {names[name]}", figures[guarantee][name], process, broker, total,
-                     cores * 1e6 / total, cores * 1e6 / total / quix])
-    title = (f"Peer: CPU per event (after the first batch, to the end of run()), best run of each, "
-             f"and the ceiling it sets on {cores} cores shared with the broker")
+        figures_ = [process, broker, total, cores * 1e6 / total, cores * 1e6 / total / quix]
+        rows.append([f"{guarantee.replace('_', '-')}, {names[name]}", figures[guarantee][name],
+                     *(v if math.isfinite(v) else "n/a" for v in figures_)])
+    title = (f"Peer: CPU per event (streamwise from the end of its first batch, Quix from its first event, "
+             f"each to the end of run()), best run of each, and the ceiling it sets on {cores} cores shared "
+             "with the broker (n/a: the broker's process not found)")
     header = ["run", "events/s", "process CPU µs/event (all threads)", "broker CPU µs/event", "sum",
               "ceiling events/s (cores ÷ sum)", "ceiling ÷ Quix"]
     return common.table(title, header, rows)

@@ -113,14 +113,20 @@ class LabelStats:
     delay_sum_s: float = 0.0
     delay_max_s: float = 0.0
 
-    def record_delay(self, delay_s: float) -> None:
+    untimed: int = 0  # joins of a record without a time: no delay known
+
+    def record_delay(self, delay_s: float | None) -> None:
         self.joined += 1
+        if delay_s is None:
+            self.untimed += 1
+            return
         self.delay_sum_s += delay_s
         self.delay_max_s = max(self.delay_max_s, delay_s)
 
     @property
     def delay_mean_s(self) -> float:
-        return self.delay_sum_s / self.joined if self.joined else 0.0
+        timed = self.joined - self.untimed
+        return self.delay_sum_s / timed if timed else 0.0
 
     def misses(self) -> dict[str, int]:
         """What the join did not learn, by outcome (:data:`LABEL_MISS_OUTCOMES`): the
@@ -134,6 +140,18 @@ def in_join_window(event_t: float, label_t: float, ttl_s: float, early_hold_s: f
     """The join rule: a label stamped at most ``ttl_s`` after its event and at most
     ``early_hold_s`` before it (the service's join and the report both use it)."""
     return -early_hold_s <= label_t - event_t <= ttl_s
+
+
+def label_delay(event_t: float, label_t: float) -> float | None:
+    """Seconds from an event's record time to its label's (0 for a label stamped first),
+    or None when either record has no time (``t <= 0``: Kafka's -1, or 0).
+
+    >>> label_delay(100.0, 103.5), label_delay(100.0, 99.0), label_delay(-0.001, 99.0)
+    (3.5, 0.0, None)
+    """
+    if event_t <= 0.0 or label_t <= 0.0:
+        return None
+    return max(0.0, label_t - event_t)
 
 
 class _Watermark:
@@ -193,27 +211,32 @@ class PendingLabels:
     can join it), and a held label once the *events* read have passed its time +
     ``early_hold_s``; each side's progress is its :class:`_Watermark`, which needs to
     know how many partitions the side has (:meth:`expect`; one each by default, as in
-    a pipeline of ``scope: partition``). Both are bounded in count too (``max_pending``, ``max_early``). Everything is decided per record, in
-    read order, so a replay of the same records ends in the same state, whatever the
-    poll sizes.
+    a pipeline of ``scope: partition``). Both are bounded in count too (``max_pending``,
+    ``max_early``). A record without a time (``t <= 0``: Kafka's -1, or 0) joins whatever
+    the other's time, never ages and moves no clock: only the counts bound it, so no
+    read order decides whether it joins. Everything is decided per record, in read
+    order, so a replay of the same records ends in the same state, whatever the poll
+    sizes.
 
     Examples
     --------
     >>> pending = PendingLabels(max_pending=2, ttl_s=10.0, early_hold_s=5.0)
-    >>> pending.on_event(1, "prediction of 1", t=0.0)
-    >>> pending.on_event(2, "prediction of 2", t=1.0)
-    >>> pending.on_event(3, "prediction of 3", t=2.0)  # over capacity: 1 is evicted
-    >>> pending.on_label(2, True, t=4.0)  # joins: 3 s after its event
-    (1.0, 'prediction of 2')
-    >>> pending.on_label(1, False, t=4.0), pending.stats.evicted_capacity  # its prediction was evicted
+    >>> pending.on_event(1, "prediction of 1", t=100.0)
+    >>> pending.on_event(2, "prediction of 2", t=101.0)
+    >>> pending.on_event(3, "prediction of 3", t=102.0)  # over capacity: 1 is evicted
+    >>> pending.on_label(2, True, t=104.0)  # joins: 3 s after its event
+    (101.0, 'prediction of 2')
+    >>> pending.on_label(1, False, t=104.0), pending.stats.evicted_capacity  # its prediction was evicted
     (None, 1)
-    >>> pending.on_label(7, True, t=13.0)  # labels reach 13 s: 3's label can no longer come
+    >>> pending.on_label(7, True, t=113.0)  # labels reach 113 s: 3's label can no longer come
     >>> len(pending), pending.stats.evicted_ttl
     (0, 1)
-    >>> pending.on_label(3, True, t=14.0), pending.stats.late
+    >>> pending.on_label(3, True, t=114.0), pending.stats.late
     (None, 1)
-    >>> pending.on_event(7, "prediction of 7", t=9.0)  # 7's label was read first: 4 s later
-    (13.0, True)
+    >>> pending.on_event(7, "prediction of 7", t=109.0)  # 7's label was read first: 4 s later
+    (113.0, True)
+    >>> pending.on_event(8, "no time", t=-0.001), pending.on_label(8, True, t=500.0)  # any time joins it
+    (None, (-0.001, 'no time'))
     """
 
     def __init__(
@@ -267,23 +290,11 @@ class PendingLabels:
         self._misses_reported = counts
         return {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
 
-    def record_time(self, t: float) -> float:
-        """The time a record counts at: its own, or, for a record that has none (Kafka's
-        -1, or 0), the newest record time read on either side so far (0 before any), as
-        if it had come with its neighbours. Raw, a label without one stood 56 years
-        before its event and never joined. Kept in the state like the rest, so a replay
-        reads the same times.
-
-        >>> pending = PendingLabels()
-        >>> pending.record_time(-0.001), pending.on_event(1, "e", t=50.0), pending.record_time(0.0)
-        (0.0, None, 50.0)
-        """
-        if t > 0.0:
-            return t
-        return max((*self._events_read.newest.values(), *self._labels_read.newest.values()), default=0.0)
-
     def joins(self, event_t: float, label_t: float) -> bool:
-        """Whether a label at ``label_t`` joins an event at ``event_t``."""
+        """Whether a label at ``label_t`` joins an event at ``event_t``; a record without a
+        time (``t <= 0``: Kafka's -1, or 0) is in any window."""
+        if event_t <= 0.0 or label_t <= 0.0:
+            return True
         return in_join_window(event_t, label_t, self.ttl_s, self.early_hold_s)
 
     @staticmethod
@@ -293,7 +304,9 @@ class PendingLabels:
         gone = []
         while waiting:
             key, (t, _) = next(iter(waiting.items()))
-            if now - t <= window_s:
+            # One without a time never ages (only max_pending / max_early bound it), and
+            # holds back those read after it: expiry only ever frees memory early.
+            if t <= 0.0 or now - t <= window_s:
                 break
             waiting.popitem(last=False)
             gone.append(key)
@@ -304,7 +317,7 @@ class PendingLabels:
         joins now, else None, the event then waiting for its label with ``entry`` (unless
         its id is already waiting or learned: the first prediction keeps its place). An
         event that carries its label (``labelled``) is learned by the caller at once."""
-        now = self._events_read.advance(partition, t)
+        now = self._events_read.advance(partition, t) if t > 0.0 else self._events_read.value
         early = self._early
         self.stats.early_expired += len(self._expire_oldest(early, now, self.early_hold_s))
         if labelled:
@@ -330,7 +343,7 @@ class PendingLabels:
         """A label read at record time ``t``: ``(event time, entry)`` of the waiting
         prediction it joins now, else None (held for its event, or counted: a repeat, too
         late, too early)."""
-        now = self._labels_read.advance(partition, t)
+        now = self._labels_read.advance(partition, t) if t > 0.0 else self._labels_read.value
         events = self._events
         for gone in self._expire_oldest(events, now, self.ttl_s):
             self._drop(gone, past_ttl=True)
@@ -360,8 +373,9 @@ class PendingLabels:
         return None
 
     def _join(self, event_id: Any, event_t: float, label_t: float) -> None:
-        # A label stamped before its event (clocks of two producers) waited for nothing.
-        self.stats.record_delay(max(0.0, label_t - event_t))
+        # A label stamped before its event (clocks of two producers) waited for nothing;
+        # one of the two without a time leaves the delay unknown.
+        self.stats.record_delay(label_delay(event_t, label_t))
         self._mark_learned(event_id)
 
     def _refuse(self, event_t: float, label_t: float) -> None:

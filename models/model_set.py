@@ -45,7 +45,7 @@ from streamwise.models.config import (
     LabelsConfig,
 )
 from streamwise.models import recovery
-from streamwise.models.labels import PendingLabels, join_id
+from streamwise.models.labels import PendingLabels, join_id, label_delay
 from streamwise.models.model import Model, linear_contributions
 from streamwise.models.prequential import Prediction, make_metric, peek
 from streamwise.models.scoreboard import MetricPlan, ModelScores, Scoreboard, metric_names
@@ -104,12 +104,12 @@ class ModelSet:
     >>> spec = ModelSpec(name="lr", steps=["preprocessing.StandardScaler", "linear_model.LogisticRegression"])
     >>> models = ModelSet([spec], task="classification", metric="Accuracy", delayed_labels=True)
     >>> events = list(datasets.Phishing())
-    >>> for i, (x, y) in enumerate(events):
-    ...     if i >= 10:  # each label arrives ten events after its event
-    ...         models.on_label(i - 10, events[i - 10][1], t=float(i))
-    ...     _ = models.on_event(i, x, None, t=float(i))
+    >>> for i, (x, y) in enumerate(events, start=1):  # record times from 1 s (0: none)
+    ...     if i > 10:  # each label arrives ten events after its event
+    ...         models.on_label(i - 11, events[i - 11][1], t=float(i))
+    ...     _ = models.on_event(i - 1, x, None, t=float(i))
     >>> for i in range(len(events) - 10, len(events)):
-    ...     models.on_label(i, events[i][1], t=float(len(events)))
+    ...     models.on_label(i, events[i][1], t=float(len(events) + 1))
     >>> result = models.end_batch()
     >>> len(result.outcomes), result.alerts, len(result.label_delays)
     (1250, [], 1250)
@@ -263,8 +263,6 @@ class ModelSet:
         for sequence learners; ``partition`` the input partition it was read from, whose
         progress ages the labels held for their events (models/labels.py)."""
         event_id = join_id(event_id)
-        if t <= 0.0 and self.delayed_labels:  # a record without a time (models/labels.py)
-            t = self.pending.record_time(t)
         if t > self.now:
             self.now = t
         champion = self.selector.champion
@@ -296,7 +294,7 @@ class ModelSet:
             early = self.pending.on_event(event_id, outcome, t, partition)
             if early is not None:
                 label_t, label = early
-                self._learn(outcome, label, max(t, label_t), delay=max(0.0, label_t - t))
+                self._learn(outcome, label, max(t, label_t), delay=label_delay(t, label_t))
         return outcome
 
     def on_label(self, event_id: Any, y: Any, t: float, partition: int = 0) -> None:
@@ -305,14 +303,12 @@ class ModelSet:
         decided by the two record times alone (labels.ttl_s, labels.early_hold_s); a label
         read before its event waits for it (models/labels.py)."""
         event_id = join_id(event_id)
-        if t <= 0.0:  # a record without a time (models/labels.py)
-            t = self.pending.record_time(t)
         if t > self.now:
             self.now = t
         waiting = self.pending.on_label(event_id, y, t, partition)
         if waiting is not None:
             event_t, outcome = waiting
-            self._learn(outcome, y, max(t, event_t), delay=max(0.0, t - event_t))
+            self._learn(outcome, y, max(t, event_t), delay=label_delay(event_t, t))
 
     def end_batch(self) -> BatchResult:
         """Batch learners predict the batch block by block, learning from each block's

@@ -9,7 +9,6 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -589,7 +588,7 @@ def learn_order(
     order: list[LearnedEvent] = []
     for k, (origin, item) in enumerate(decoded):
         if isinstance(item, Label):
-            waiting = pending.on_label(join_id(item.event_id), item.y, pending.record_time(item.t), origin.partition)
+            waiting = pending.on_label(join_id(item.event_id), item.y, item.t, origin.partition)
             if waiting is not None:
                 event = waiting[1]
                 event.y, event.learned_at, event.label_timestamp_ms = item.y, float(k), origin.timestamp_ms
@@ -597,8 +596,7 @@ def learn_order(
         event = LearnedEvent(k, origin, item)
         order.append(event)
         labelled = item.y is not None
-        t = pending.record_time(origin.timestamp_ms / 1000.0)
-        early = pending.on_event(join_id(item.id), event, t, origin.partition, labelled)
+        early = pending.on_event(join_id(item.id), event, origin.timestamp_ms / 1000.0, origin.partition, labelled)
         if labelled:
             event.y, event.learned_at = item.y, k + 0.5
         elif early is not None:
@@ -768,7 +766,10 @@ class PipelineProcessor(_GuardedProcessor):
     def _forecast_record(self, record: ConsumedRecord, event: DecodedEvent, key: str | None) -> OutgoingRecord:
         """The next ``horizon`` values of the event's series, per model, each with its event time."""
         assert isinstance(self.learners, ForecastSet)
-        t = to_epoch_seconds(event.event_time) if event.event_time is not None else record.timestamp_ms / 1000.0
+        if event.event_time is not None:
+            t: float | None = to_epoch_seconds(event.event_time)
+        else:  # the record's time, or none known (Kafka's -1, or 0)
+            t = record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None
         target = self.config.forecast.target if self.config.forecast else ""
         body = {
             "id": event.id,
@@ -923,20 +924,14 @@ def arrival_order(records: Sequence[ConsumedRecord], labels_topic: str) -> list[
     batch would be applied after every event of it. Each partition's own order is kept
     (a merge, not a sort); on equal timestamps a label goes first, as River's
     ``simulate_qa`` reveals an answer before the question asked at the same moment.
-    A record without a timestamp goes after the records with one.
+    A record without a timestamp (-1 or 0) comes as soon as its partition's turn does:
+    it joins whatever the order (models/labels.py).
     """
     runs = [list(run) for _, run in groupby(records, key=lambda r: (r.topic, r.partition))]
     if len(runs) < 2:
         return list(records)
     runs.sort(key=lambda run: run[0].topic != labels_topic)
-    return list(heapq.merge(*runs, key=_arrival_time))
-
-
-def _arrival_time(record: ConsumedRecord) -> float:
-    # A record without a time (Kafka's -1, or 0) goes after the poll's timed records:
-    # it counts at the newest time read (PendingLabels.record_time), not 56 years back.
-    t = record.timestamp_ms
-    return t if t > 0 else math.inf
+    return list(heapq.merge(*runs, key=lambda r: r.timestamp_ms))
 
 
 def _entity(key: bytes | None) -> str | None:

@@ -44,7 +44,7 @@ from streamwise.core.errors import StreamwiseError
 from streamwise.core.stages import DeadLetterStage
 from streamwise.models.evaluation import Evaluation, metric_names
 from streamwise.models.config import LabelsConfig
-from streamwise.models.labels import LabelRecordError, decode_label_record, in_join_window, join_id
+from streamwise.models.labels import LabelRecordError, decode_label_record, in_join_window, join_id, label_delay
 from streamwise.models.prequential import Prediction
 from streamwise.pipeline_config import PipelineConfig
 from streamwise.stream.schema import EventDecoder, EventSchema, RejectedEvent
@@ -251,6 +251,15 @@ def _delayed_order(
     arrivals = []
     learned: set[tuple[int, Any]] = set()
     delays: list[float] = []
+    # Where the service reads a record without a time (-1 or 0): its poll merges each
+    # partition by record time, so such a record comes right after the one before it.
+    event_at: dict[tuple[int, int], int] = {}
+    last_timed: dict[int, int] = {}  # per partition
+    for (partition, offset), t in sorted(event_ts.items()):
+        if t > 0:
+            last_timed[partition] = t
+        event_at[partition, offset] = last_timed.get(partition, 0)
+    label_at: dict[int, int] = {}
     # The service's checks of a label record: classes, range, and (per partition, in
     # record order) one JSON type per category class (stream/schema.py).
     decoders: dict[int, EventDecoder] = {}
@@ -265,18 +274,20 @@ def _delayed_order(
         except (LabelRecordError, RejectedEvent):
             continue  # dead-lettered by the service as well
         event_id = join_id(event_id)
+        at = label_at[r.partition] = r.timestamp_ms if r.timestamp_ms > 0 else label_at.get(r.partition, 0)
         b = by_id.get((r.partition, event_id))
         if b is None or (r.partition, event_id) in learned:
             continue  # no prediction for it in range, or a repeated label (learned once)
         t_event = event_ts.get(b["_src"], b.get("event_timestamp_ms", r.timestamp_ms))
-        # A record without a time (-1 or 0) counts at the newest time read in the service
-        # (PendingLabels.record_time): taken here as joining.
+        # A record without a time (-1 or 0) joins whatever the other's time (models/labels.py).
         timed = t_event > 0 and r.timestamp_ms > 0
         if timed and not in_join_window(t_event / 1000.0, r.timestamp_ms / 1000.0, cfg.ttl_s, cfg.early_hold_s):
             continue  # outside the join window: the service did not learn it (models/labels.py)
         learned.add((r.partition, event_id))
-        delays.append(max(0.0, (r.timestamp_ms - t_event) / 1000.0))
-        arrivals.append((r.partition, max(r.timestamp_ms, t_event), r.offset, event_id, y, b))
+        delay = label_delay(t_event / 1000.0, r.timestamp_ms / 1000.0)
+        if delay is not None:
+            delays.append(delay)
+        arrivals.append((r.partition, max(at, event_at.get(b["_src"], t_event)), r.offset, event_id, y, b))
     scored: dict[int, list[Scored]] = defaultdict(list)
     for p, _, _, event_id, y, b in sorted(arrivals, key=lambda a: a[:3]):
         scored[p].append((event_id, y, b))
@@ -327,7 +338,9 @@ def _learn_order(
         scored[0].append((e.event.id, e.y, b))
         if e.label_timestamp_ms is not None:
             t_event = event_ts.get((e.origin.partition, e.origin.offset), e.origin.timestamp_ms)
-            delays.append(max(0.0, (e.label_timestamp_ms - t_event) / 1000.0))
+            delay = label_delay(t_event / 1000.0, e.label_timestamp_ms / 1000.0)
+            if delay is not None:
+                delays.append(delay)
     return scored, delays
 
 
@@ -446,11 +459,13 @@ def analyse(
     for r in dead_letters:
         stage = dict(r.headers).get(H_STAGE, b"unknown").decode("utf-8", "replace")
         dl_stage[stage] += 1
-        dl_times.append((r.timestamp_ms / 1000.0, stage))
+        if r.timestamp_ms > 0:  # a record without a time has no place on the time axis
+            dl_times.append((r.timestamp_ms / 1000.0, stage))
 
     # Time axis: from the first input record to the last prediction or dead letter.
-    done = [(b["event_timestamp_ms"] / 1000.0 + b["latency_s"], b["latency_s"]) for b in rows if "latency_s" in b]
-    arrived = [t / 1000.0 for t in event_ts.values()]
+    done = [(b["event_timestamp_ms"] / 1000.0 + b["latency_s"], b["latency_s"]) for b in rows
+            if b.get("latency_s") is not None and b.get("event_timestamp_ms", 0) > 0]
+    arrived = [t / 1000.0 for t in event_ts.values() if t > 0]
     times = arrived + [t for t, _ in done] + [t for t, _ in dl_times]
     start = min(times) if times else 0.0
     span = max(times) - start if times else 0.0

@@ -6,6 +6,7 @@ topic; the page is one HTML file with its figures embedded."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from typing import Any
@@ -67,10 +68,16 @@ class Topics:
 
 
 def _run(
-    config: PipelineConfig, delayed: bool, partition: int = 0, topics: Topics | None = None, seed: int = 3
+    config: PipelineConfig, delayed: bool, partition: int = 0, topics: Topics | None = None, seed: int = 3,
+    untimed: Any = None,
 ) -> tuple[PipelineProcessor, Topics]:
     """Feeds one partition's processor batches of 50 events (and, delayed, their labels
-    30 events later), plus a malformed record, and keeps what it wrote."""
+    30 events later), plus a malformed record, and keeps what it wrote. ``untimed(kind,
+    i)``: whether event or label ``i`` comes without a timestamp (Kafka's -1)."""
+
+    def stamp(kind: str, i: int, ts: int) -> int:
+        return -1 if untimed is not None and untimed(kind, i) else ts
+
     processor = PipelineProcessor(config)
     topics = topics or Topics()
     labels_topic = config.input.labels_topic
@@ -80,12 +87,13 @@ def _run(
         batch = []
         for i, e in enumerate(events[start : start + 50], start=start):
             body = {k: v for k, v in e.items() if not (delayed and k == "label")}
-            batch.append(topics.add(config.input.topic, json.dumps(body).encode(), 1_000_000 + 10 * i, (), partition))
+            batch.append(topics.add(config.input.topic, json.dumps(body).encode(), stamp("event", i, 1_000_000 + 10 * i),
+                                    (), partition))
             if delayed and i >= 30:
                 label = {"id": i - 30, "label": events[i - 30]["label"]}
                 assert labels_topic is not None
-                pending.append(topics.add(labels_topic, json.dumps(label).encode(), 1_000_000 + 10 * i + 5, (),
-                                          partition))
+                pending.append(topics.add(labels_topic, json.dumps(label).encode(),
+                                          stamp("label", i - 30, 1_000_000 + 10 * i + 5), (), partition))
         if start == 400:
             batch.append(topics.add(config.input.topic, b"not json", 1_000_000 + 10 * start + 7, (), partition))
         for out in processor.process(batch + pending):
@@ -125,6 +133,32 @@ def test_the_report_rebuilds_the_processors_own_figures(delayed: bool):
         assert len(a.label_delays) == labelled and all(abs(d - 0.305) < 1e-9 for d in a.label_delays)
     else:
         assert a.label_delays == [] and a.inline_labels
+
+
+@pytest.mark.parametrize("untimed", ["every 7th event", "every 7th label", "all events", "all labels"])
+def test_records_without_a_timestamp_are_scored_as_the_service_did(untimed: str):
+    """Kafka's -1 on some records: the report joins them as the service does (whatever
+    the times), learns them where the service read them, and leaves their unknown
+    label delay and latency out instead of failing on them."""
+    kind, every = untimed.split(" ")[-1].rstrip("s"), 7 if "7th" in untimed else 1
+    config = _config("unit.labels")
+    processor, topics = _run(config, True, untimed=lambda k, i: k == kind and i % every == 0)
+    a = analyse(config, topics[config.output.topic], topics[config.input.topic],
+                topics[config.input.labels_topic or ""], topics[config.alerts_topic], topics[config.dead_letter_topic])
+    figures = a.figures()
+    assert a.predictions == N and a.labelled == N - 30
+    for m in processor.learners.models:
+        mine = figures["models"][f"{m.name}[0]"]
+        assert mine["cumulative"]["Accuracy"] == m.metric.get()
+        assert mine["rolling"] == processor.learners.evaluations[m.name].report()["rolling"]
+    untimed_joins = len([i for i in range(N - 30) if i % every == 0])
+    assert len(a.label_delays) == N - 30 - untimed_joins and all(abs(d - 0.305) < 1e-9 for d in a.label_delays)
+    # The time axis starts at the first record with a time, not at 1970.
+    assert a.start_s >= 1000.0
+    if untimed == "all events":  # no latency known at all
+        assert all(math.isnan(v) for v in a.latency_overall)
+    else:
+        assert all(math.isfinite(v) for v in a.latency_overall)
 
 
 def test_each_partition_keeps_its_own_replicas_and_champion():

@@ -122,11 +122,11 @@ def test_a_held_label_waits_for_the_slowest_events_partition():
     # partition 1 must still be held when that event is read.
     pending = PendingLabels(ttl_s=600.0, early_hold_s=60.0)
     pending.expect(2, 2)
-    assert pending.on_event("a", "a", t=0.0, partition=1) is None
-    assert pending.on_label("b", True, t=10.0, partition=1) is None  # b's event not read yet
+    assert pending.on_event("a", "a", t=1000.0, partition=1) is None
+    assert pending.on_label("b", True, t=1010.0, partition=1) is None  # b's event not read yet
     for k in range(100):
-        assert pending.on_event(("p0", k), None, t=36.0 * k, partition=0) is None
-    assert pending.on_event("b", "b", t=9.0, partition=1) == (10.0, True)
+        assert pending.on_event(("p0", k), None, t=1000.0 + 36.0 * k, partition=0) is None
+    assert pending.on_event("b", "b", t=1009.0, partition=1) == (1010.0, True)
     assert pending.stats.joined_early == 1 and pending.stats.early_expired == 0
 
 
@@ -142,37 +142,42 @@ class _Heard(Sensor):
         self.delays.append(delay_s)
 
 
-@pytest.mark.parametrize("untimed", ["labels", "events", "both"])
+@pytest.mark.parametrize("untimed", ["labels", "events", "both", "every 7th event"])
 @pytest.mark.parametrize("no_time", [-1, 0])
-def test_records_without_a_timestamp_still_join_and_have_no_latency(untimed, no_time):
+def test_records_without_a_timestamp_join_whatever_the_read_order_and_have_no_latency(untimed, no_time):
     """Kafka's -1 (or a producer's 0) on one side or both: each label still joins its
-    event, with a delay that is not 56 years, and a prediction of an event without a
-    time says its latency is unknown instead of making one up."""
+    event, whatever order the two topics are read in and however polls cut them (a
+    backlog of events, labels first, interleaved); its delay is unknown, not 56 years;
+    and a prediction of an event without a time says its latency is unknown."""
     data = yaml.safe_load((ROOT / "examples" / "phishing.yaml").read_text())
     data["input"]["labels_topic"] = "phishing.labels"
-    heard = _Heard()
-    processor = PipelineProcessor(parse_pipeline_config(data), heard)
     now_ms = int(time.time() * 1000) - 60_000
-    records = []
-    for i, (x, _y) in enumerate(ROWS):
-        timed = untimed not in ("events", "both")
-        records.append(ConsumedRecord("phishing.events", 0, i, None, json.dumps({"id": i, **x}).encode(),
-                                      now_ms + 10 * i if timed else no_time))
-        if i >= 5:
-            timed = untimed not in ("labels", "both")
-            label = {"id": i - 5, "label": ROWS[i - 5][1]}
-            records.append(ConsumedRecord("phishing.labels", 0, i, None, json.dumps(label).encode(),
-                                          now_ms + 10 * i + 5 if timed else no_time))
-    out = []
-    for start in range(0, len(records), 37):
-        out += processor.process(records[start : start + 37])
-    predictions = [json.loads(o.value) for o in out if o.topic == "phishing.predictions"]
-    assert len(predictions) == len(ROWS)
-    assert all(m.n_learned == len(ROWS) - 5 for m in processor.models)
-    assert len(heard.delays) == len(ROWS) - 5 and max(heard.delays) < 60
-    events_untimed = untimed in ("events", "both")
-    assert all((p["latency_s"] is None) == events_untimed for p in predictions)
-    assert all((v is None) == events_untimed for v in heard.latencies) and len(heard.latencies) == len(ROWS)
+
+    def event_time(i: int) -> int:
+        untimed_event = untimed in ("events", "both") or (untimed == "every 7th event" and i % 7 == 0)
+        return no_time if untimed_event else now_ms + 10 * i
+
+    events = [ConsumedRecord("phishing.events", 0, i, None, json.dumps({"id": i, **x}).encode(), event_time(i))
+              for i, (x, _y) in enumerate(ROWS)]
+    labels = [ConsumedRecord("phishing.labels", 0, i, None, json.dumps({"id": i, "label": y}).encode(),
+                             no_time if untimed in ("labels", "both") else now_ms + 10 * i + 50)
+              for i, (_x, y) in enumerate(ROWS)]
+    interleaved = [r for i in range(len(ROWS)) for r in (events[i], *labels[max(0, i - 5) : i - 4])] + labels[-5:]
+    orders = {"interleaved": interleaved, "events first": events + labels, "labels first": labels + events}
+    for (name, order), poll in itertools.product(orders.items(), (7, 50)):
+        heard = _Heard()
+        processor = PipelineProcessor(parse_pipeline_config(data), heard)
+        out = []
+        for start in range(0, len(order), poll):
+            out += processor.process(order[start : start + poll])
+        predictions = [json.loads(o.value) for o in out if o.topic == "phishing.predictions"]
+        assert len(predictions) == len(ROWS)
+        assert all(m.n_learned == len(ROWS) for m in processor.models), (name, poll)
+        untimed_events = {i for i in range(len(ROWS)) if event_time(i) <= 0}
+        timed_joins = 0 if untimed in ("labels", "both") else len(ROWS) - len(untimed_events)
+        assert len(heard.delays) == timed_joins and max(heard.delays, default=0) < 60, (name, poll)
+        assert all((p["latency_s"] is None) == (p["id"] in untimed_events) for p in predictions)
+        assert sum(v is None for v in heard.latencies) == len(untimed_events)
 
 
 @pytest.mark.parametrize("value, reason", [

@@ -103,23 +103,24 @@ def test_champion_changes_are_alerted_and_answer_for_the_record():
 
 
 def test_labels_join_by_id_once_early_labels_wait_and_old_predictions_expire():
+    # Record times from 1,000 s: 0 and below are records without one (models/labels.py).
     models = ModelSet(
         [LOGREG], task="classification", metric="Accuracy", delayed_labels=True,
         labels=LabelsConfig(ttl_s=100.0, early_hold_s=5.0, max_pending=1000),
     )
     x = next(iter(datasets.Phishing()))[0]
-    models.on_event(1, x, None, t=0.0)
-    models.on_label(1, True, t=3.0)
-    models.on_label(1, True, t=4.0)  # a repeat is never learned twice
-    models.on_label(2, False, t=5.0)  # before its event: held
-    models.on_event(2, x, None, t=6.0)
-    models.on_event(3, x, None, t=7.0)
-    models.on_label(9, True, t=8.0)  # its event never comes
-    models.on_event(3, x, None, t=7.5)  # a repeated event: predicted, the first one keeps waiting
+    models.on_event(1, x, None, t=1000.0)
+    models.on_label(1, True, t=1003.0)
+    models.on_label(1, True, t=1004.0)  # a repeat is never learned twice
+    models.on_label(2, False, t=1005.0)  # before its event: held
+    models.on_event(2, x, None, t=1006.0)
+    models.on_event(3, x, None, t=1007.0)
+    models.on_label(9, True, t=1008.0)  # its event never comes
+    models.on_event(3, x, None, t=1007.5)  # a repeated event: predicted, the first one keeps waiting
     assert models.end_batch().label_misses == {"label_repeated": 1, "event_repeated": 1}
-    models.on_event(4, x, None, t=200.0)  # the events read pass 8 + 5 s: the label of 9 expires
-    models.on_label(4, True, t=201.0)  # the labels read pass 7 + 100 s: 3 can no longer be labelled
-    models.on_label(3, True, t=202.0)  # too late: counted, not learned
+    models.on_event(4, x, None, t=1200.0)  # the events read pass 1008 + 5 s: the label of 9 expires
+    models.on_label(4, True, t=1201.0)  # the labels read pass 1007 + 100 s: 3 can no longer be labelled
+    models.on_label(3, True, t=1202.0)  # too late: counted, not learned
     result = models.end_batch()
     report = models.report()
     assert models.models[0].n_learned == 3
