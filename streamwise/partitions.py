@@ -61,7 +61,19 @@ def marker(epoch: int) -> str:
 
 
 def epoch_of_marker(text: str) -> int:
-    return int(text[len(MARKER_PREFIX) :]) if text.startswith(MARKER_PREFIX) else 0
+    r"""The epoch a committed offset's metadata names; 0 when it names none.
+
+    librdkafka stores the metadata with a C string's trailing NUL, which kafka-python
+    reads back as part of it: a worker switched from one client to the other must still
+    read what the first one committed.
+
+    >>> epoch_of_marker("sw1:epoch=12"), epoch_of_marker("sw1:epoch=12\x00"), epoch_of_marker(""), epoch_of_marker("sw1:epoch=x")
+    (12, 12, 0, 0)
+    """
+    if not text.startswith(MARKER_PREFIX):
+        return 0
+    digits = text[len(MARKER_PREFIX) :].rstrip("\x00").strip()
+    return int(digits) if digits.isdigit() else 0
 
 
 @dataclass

@@ -22,6 +22,7 @@ from streamwise.connectors.base import Source
 from streamwise.connectors.records import ConsumedRecord
 from streamwise.core.errors import DeliveryError, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
+from streamwise.partitions import epoch_of_marker, marker
 from support import consume, produce
 
 
@@ -112,6 +113,24 @@ def test_offsets_move_only_when_committed(settings, bootstrap, unique):
     again.subscribe([topic])
     assert [r.offset for r in _poll_until(again, 6)] == [4, 5, 6, 7, 8, 9]
     again.close()
+
+
+def test_a_snapshot_marker_one_client_committed_is_read_by_the_other(settings, bootstrap, unique):
+    # A worker moved from one client to the other (STREAMWISE_KAFKA__CLIENT) reads the
+    # snapshot epoch the first committed: librdkafka stores it with a trailing NUL.
+    topic = _topic(settings, f"{unique}.in")
+    produce(bootstrap, topic, [(None, b"0")])
+    source = make_source(settings.kafka, unique)
+    source.subscribe([topic])
+    assert len(_poll_until(source, 1)) == 1
+    source.commit({(topic, 0): 1}, {(topic, 0): marker(7)})
+    source.close()
+    other = "confluent" if settings.kafka.client == "kafka-python" else "kafka-python"
+    reader = make_source(settings.kafka.model_copy(update={"client": other}), unique)
+    try:
+        assert epoch_of_marker(reader.committed_markers([(topic, 0)])[topic, 0]) == 7
+    finally:
+        reader.close()
 
 
 def test_a_seek_after_the_assignment_decides_where_reading_starts(settings, bootstrap, unique):
@@ -258,7 +277,7 @@ def test_lag_counts_committed_records_only(settings, bootstrap, unique):
     produce(bootstrap, topic, [(None, str(i).encode()) for i in range(5)])
     open_txn = make_sink(settings.kafka, transactional_id=f"{unique}.tx")
     open_txn.begin_transaction()
-    for i in range(3):
+    for _i in range(3):
         open_txn.send(OutgoingRecord(topic, None, b"uncommitted"))
     open_txn.flush()  # on the broker, but its transaction stays open
     source = make_source(settings.kafka, unique)
