@@ -47,12 +47,10 @@ class EvaluationConfig(BaseModel):
     @field_validator("metrics")
     @classmethod
     def _known(cls, names: list[str] | str) -> list[str] | str:
-        from river import metrics as river_metrics
+        from streamwise.models.prequential import make_metric
 
         for name in [] if isinstance(names, str) else names:
-            m = getattr(river_metrics, name, None)
-            if not (isinstance(m, type) and issubclass(m, river_metrics.base.Metric)):
-                raise ValueError(f"unknown River metric {name!r}")
+            make_metric(name)  # refuses an unknown one, a table, one that needs parameters
         return names
 
 

@@ -85,11 +85,38 @@ def peek(metric: Any) -> float:
 
 
 def make_metric(name: str) -> metrics.base.Metric:
-    """A fresh ``river.metrics`` object from its class name (``"Accuracy"``, ``"MAE"``, ...)."""
+    """A fresh ``river.metrics`` object from its class name (``"Accuracy"``, ``"MAE"``, ...).
+    Only a metric that is one number can score a model: one that needs parameters
+    (``FBeta``'s beta) or is a table (``ConfusionMatrix``, ``ClassificationReport``)
+    is refused here, at start, not by a fault on every event.
+
+    >>> make_metric("MAE").get()
+    0.0
+    >>> for name in ("FBeta", "ConfusionMatrix", "Acuracy"):
+    ...     try:
+    ...         make_metric(name)
+    ...     except ValueError as e:
+    ...         print(e)
+    River metric 'FBeta' needs parameters, which a metric name cannot give: use one without (F1, MacroF1, ...)
+    River metric 'ConfusionMatrix' is not one number a model can be scored by
+    unknown River metric 'Acuracy'
+    """
     cls = getattr(metrics, name, None)
     if not (isinstance(cls, type) and issubclass(cls, metrics.base.Metric)):
         raise ValueError(f"unknown River metric {name!r}")
-    return cls()
+    try:
+        metric = cls()
+    except TypeError:
+        raise ValueError(
+            f"River metric {name!r} needs parameters, which a metric name cannot give: use one without (F1, MacroF1, ...)"
+        ) from None
+    try:
+        value = metric.get()
+    except NotImplementedError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"River metric {name!r} is not one number a model can be scored by")
+    return metric
 
 
 def final_step(model: Any) -> Any:

@@ -51,6 +51,14 @@ def test_the_base_config_loads():
         ({"metric": "MAE"}, "p.yaml: models[0].steps: metric MAE cannot score model 'lr'"),
         ({"champion.metric": "RMSE"}, "p.yaml: models[0].steps: champion.metric RMSE cannot score model 'lr'"),
         ({"metric": "Acuracy"}, "p.yaml: metric: unknown River metric 'Acuracy'"),
+        # Metrics that are not one number, or need a parameter a name cannot give: they
+        # passed --check, then faulted on every event.
+        ({"metric": "ClassificationReport"},
+         "p.yaml: metric: River metric 'ClassificationReport' is not one number a model can be scored by"),
+        ({"evaluation.metrics": ["Accuracy", "ConfusionMatrix"]},
+         "p.yaml: evaluation.metrics: River metric 'ConfusionMatrix' is not one number"),
+        ({"champion.metric": "FBeta"}, "p.yaml: champion.metric: River metric 'FBeta' needs parameters"),
+        ({"evaluation.metrics": ["MultiFBeta"]}, "p.yaml: evaluation.metrics: River metric 'MultiFBeta' needs parameters"),
         # The torch learner's parameters, checked when it is built.
         (torch_with(hidden_layers=[8, 0]),
          "p.yaml: models[0].steps: streamwise.TorchMiniBatchClassifier: hidden_layers: every layer needs at least one"),

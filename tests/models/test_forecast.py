@@ -69,6 +69,8 @@ BASE = {"name": "f", "input": {"topic": "a"}, "output": {"topic": "b"},
           "models": [{"name": "lr", "steps": ["linear_model.LinearRegression"]}]}, "is not a forecaster"),
         ({"task": "forecast", "forecast": {"target": "y", "period": "fortnight"}, "models": [HW.model_dump()]},
          "period must be"),
+        ({"task": "forecast", "forecast": {"target": "y", "metric": "FBeta"}, "models": [HW.model_dump()]},
+         "forecast.metric: River metric 'FBeta' needs parameters"),
     ],
 )
 def test_a_bad_forecast_config_fails_at_start_with_its_reason(overrides, message):
