@@ -260,6 +260,8 @@ class ConfluentSource:
         for m in messages:
             err = m.error()
             if err is not None:
+                if err.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+                    raise kafka_config.session_timeout_refused(self._settings)
                 if err.fatal():
                     self._rebuild(err.str())
                     raise _unavailable(self._settings, KafkaException(err))

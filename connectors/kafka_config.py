@@ -256,6 +256,26 @@ def _check_kafka_python_types(extra: dict[str, Any]) -> None:
             raise ConfigError(f"kafka.extra.{key}: must be {kinds[kind]}, got {type(value).__name__} {value!r}")
 
 
+def session_timeout_refused(settings: KafkaSettings) -> ConfigError:
+    """The broker refused the consumer group's session timeout when it joined: a
+    setting, not an outage, so the worker stops with it instead of retrying for ever."""
+    return ConfigError(
+        f"kafka.session_timeout_ms: the broker at {settings.bootstrap_servers} refuses {settings.session_timeout_ms} ms; "
+        "it must lie within the broker's group.min.session.timeout.ms and group.max.session.timeout.ms "
+        "(Kafka's defaults: 6000 and 1800000)"
+    )
+
+
+def heartbeat_ms(settings: KafkaSettings) -> int:
+    """Both clients' default (3 s), or a third of a shorter session timeout: a heartbeat
+    must come well within the session, and kafka-python refuses to start otherwise.
+
+    >>> heartbeat_ms(KafkaSettings()), heartbeat_ms(KafkaSettings(session_timeout_ms=2000))
+    (3000, 666)
+    """
+    return min(3000, settings.session_timeout_ms // 3)
+
+
 def kafka_python_consumer(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
     """kafka-python ``KafkaConsumer`` keyword arguments."""
     from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
@@ -265,6 +285,7 @@ def kafka_python_consumer(settings: KafkaSettings, group_id: str) -> dict[str, A
         "group_id": group_id,
         "group_instance_id": settings.group_instance_id,
         "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": heartbeat_ms(settings),
         "max_poll_interval_ms": settings.max_poll_interval_ms,
         "partition_assignment_strategy": [
             CooperativeStickyAssignor if settings.assignor == "cooperative-sticky" else RangePartitionAssignor
@@ -366,6 +387,7 @@ def confluent_consumer(settings: KafkaSettings, group_id: str) -> dict[str, Any]
         "isolation.level": "read_committed",
         "partition.assignment.strategy": settings.assignor,
         "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": heartbeat_ms(settings),
         "max.poll.interval.ms": settings.max_poll_interval_ms,
         # An oversized event must reach validation and be dead-lettered, not stall the
         # partition; librdkafka wants its receive buffer above the fetch size.

@@ -19,6 +19,7 @@ from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, Ka
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     CommitFailedError,
+    InvalidSessionTimeoutError,
     KafkaConfigurationError,
     KafkaConnectionError,
     KafkaError,
@@ -205,6 +206,8 @@ class KafkaPythonSource:
                 f"Kafka: the input is compressed with a codec kafka-python cannot read here ({e}); "
                 "install streamwise's dependencies (lz4, zstandard, python-snappy) or set kafka.client: confluent"
             ) from None
+        except InvalidSessionTimeoutError:
+            raise kafka_config.session_timeout_refused(self._settings) from None
         except KafkaError as e:
             raise ServiceUnavailableError(f"Kafka at {self._settings.bootstrap_servers}: {type(e).__name__}: {e}") from e
         out: list[ConsumedRecord] = []

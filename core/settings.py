@@ -82,8 +82,9 @@ class KafkaSettings(BaseModel):
     # kafka-python is pure Python; confluent (librdkafka) costs far less CPU per record.
     client: Literal["kafka-python", "confluent"] = "kafka-python"
     client_id: str = "streamwise"
-    # Wait this long for a batch before looping again (lets SIGTERM be seen promptly).
-    poll_timeout_ms: int = Field(500, ge=1)
+    # Wait this long for a batch before looping again (lets SIGTERM be seen promptly):
+    # at most 30 s, since a stop waits for the poll in progress.
+    poll_timeout_ms: int = Field(500, ge=1, le=30_000)
     # Larger batches amortise the per-batch transaction: 5,000 gave ~25% more events/s
     # than 1,000 on kafka-python (bench, Phishing); a poll returns what is there sooner.
     max_poll_records: int = Field(5000, ge=1)

@@ -180,3 +180,19 @@ def test_instance_id_names_the_transactional_and_member_id(env):
     env({"STREAMWISE_INSTANCE_ID": "scorer-0"})
     runner = Runner(phishing_pipeline("p"), Settings(), worker_index=2)
     assert runner.worker_id == "streamwise-p.scorer-0.2"
+
+
+def test_a_poll_longer_than_a_stop_may_wait_is_refused_at_its_key(env):
+    # SIGTERM waits for the poll in progress: 100,000,000,000 ms made a worker unstoppable.
+    env({"STREAMWISE_KAFKA__POLL_TIMEOUT_MS": "100000000000"})
+    with pytest.raises(Exception, match="poll_timeout_ms") as e:
+        Settings()
+    assert "30000" in str(e.value)
+
+
+def test_a_short_session_timeout_gets_a_heartbeat_within_it():
+    # kafka-python refused to start when the session was under its 3 s heartbeat.
+    short = KafkaSettings(session_timeout_ms=2000)
+    assert kafka_config.kafka_python_consumer(short, "g")["heartbeat_interval_ms"] == 666
+    assert kafka_config.confluent_consumer(short, "g")["heartbeat.interval.ms"] == 666
+    assert kafka_config.kafka_python_consumer(KafkaSettings(), "g")["heartbeat_interval_ms"] == 3000

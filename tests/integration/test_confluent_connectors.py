@@ -20,7 +20,7 @@ from kafka.admin import NewTopic
 from streamwise.connectors import OutgoingRecord, make_admin, make_sink, make_source
 from streamwise.connectors.base import Source
 from streamwise.connectors.records import ConsumedRecord
-from streamwise.core.errors import DeliveryError, ServiceUnavailableError
+from streamwise.core.errors import ConfigError, DeliveryError, ServiceUnavailableError
 from streamwise.core.settings import KafkaSettings
 from streamwise.partitions import epoch_of_marker, marker
 from support import consume, produce
@@ -131,6 +131,19 @@ def test_a_snapshot_marker_one_client_committed_is_read_by_the_other(settings, b
         assert epoch_of_marker(reader.committed_markers([(topic, 0)])[topic, 0]) == 7
     finally:
         reader.close()
+
+
+def test_a_session_timeout_the_broker_refuses_stops_with_the_key_to_fix(settings, bootstrap, unique):
+    # Below the broker's group.min.session.timeout.ms (6 s by default) every join is
+    # refused: retried as an outage, the worker waited for ever and learned nothing.
+    topic = _topic(settings, f"{unique}.in")
+    source = make_source(settings.kafka.model_copy(update={"session_timeout_ms": 4000}), unique)
+    source.subscribe([topic])
+    try:
+        with pytest.raises(ConfigError, match="^kafka.session_timeout_ms: the broker at .* refuses 4000 ms"):
+            _poll_until(source, 1, timeout_s=30)
+    finally:
+        source.close()
 
 
 def test_a_seek_after_the_assignment_decides_where_reading_starts(settings, bootstrap, unique):
