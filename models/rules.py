@@ -178,7 +178,10 @@ def tokenize(text: str) -> list[Token]:
         if kind == "space":
             continue
         if kind == "number":
-            value: Any = float(word) if any(c in word for c in ".eE") else int(word)
+            try:
+                value: Any = float(word) if any(c in word for c in ".eE") else int(word)
+            except ValueError:  # past Python's limit on digits read as an int (4,300)
+                raise RuleSyntaxError(f"a number of {len(word)} digits is past any field's range", column, word[:20]) from None
             out.append(Token("number", word, column, value))
         elif kind == "string":
             out.append(Token("string", word, column, re.sub(r"\\(.)", r"\1", word[1:-1])))

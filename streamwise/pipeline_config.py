@@ -392,11 +392,16 @@ class ConfigLoader(yaml.SafeLoader):
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         # YAML 1.2: decimal whatever the leading zeros, 0o octal, 0x hex (1.1 reads 010 as 8).
         text = str(self.construct_scalar(node)).replace("_", "")
-        if text.startswith("0o"):
-            return int(text[2:], 8)
-        if text.startswith("0x"):
-            return int(text[2:], 16)
-        return int(text, 10)
+        try:
+            if text.startswith("0o"):
+                return int(text[2:], 8)
+            if text.startswith("0x"):
+                return int(text[2:], 16)
+            return int(text, 10)
+        except ValueError:  # past Python's limit on digits read as an int (4,300)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(text)} digits is past any limit a setting has", node.start_mark
+            ) from None
 
 
 def _yaml_12_scalars() -> None:
@@ -442,6 +447,8 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
         data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a pipeline config: its YAML is nested too deeply to read") from None
     return parse_pipeline_config(data, str(path))
 
 

@@ -169,6 +169,25 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path):
         load_pipeline_config(path)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    # Past Python's 4,300 digits an int cannot be read: a traceback before.
+    ("name: " + "9" * 4301 + "\n", r"huge\.yaml: not valid YAML: an integer of 4301 digits is past any limit a "
+                                   r"setting has at line 1, column 7$"),
+    # Nesting past the parser's recursion: a RecursionError traceback before.
+    ("[" * 100_000 + "]" * 100_000, r"huge\.yaml: not a pipeline config: its YAML is nested too deeply to read$"),
+])
+def test_yaml_no_reader_can_hold_is_one_line(tmp_path: Path, text: str, expected: str):
+    path = tmp_path / "huge.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_pipeline_config(path)
+
+
+def test_a_rule_with_a_number_of_too_many_digits_is_refused_at_its_key():
+    assert "rules[0].when: rule 'big': column 5" in refusal(
+        {"rules": [{"name": "big", "when": "a < " + "9" * 5000, "decision": "review"}]})
+
+
 def test_a_yaml_merge_may_override_a_merged_key(tmp_path: Path):
     import yaml
 
