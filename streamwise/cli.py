@@ -228,7 +228,12 @@ def run(
         except StreamwiseError as e:
             raise _fail(e) from None
         if pipeline.scope == "global":
-            typer.echo("scope: global (one input partition and no labels topic: one stage runs all of it)")
+            # The same rule as Runner.run, which alone knows the input's partition count.
+            if pipeline.input.labels_topic is not None:
+                typer.echo("scope: global: two stages through the learn topic (a labels topic always goes through it)")
+            else:
+                typer.echo("scope: global: two stages through the learn topic when the input topic has more than "
+                           "one partition (with one, a single stage runs all of it)")
             typer.echo(explain_stages(pipeline))
         else:
             typer.echo("scope: partition: each input partition runs every step and its own replica of every model")

@@ -173,6 +173,28 @@ def test_explain_says_which_steps_run_where():
     assert "explain.learn" in text and "models: " + " ".join(m.name for m in cfg.models) in text
 
 
+@pytest.mark.parametrize("labels_topic", [None, "explain.labels"])
+def test_run_explain_says_when_the_learn_topic_is_used(tmp_path, labels_topic):
+    # It said "one input partition and no labels topic" of every global pipeline, even
+    # above the two stages it then listed.
+    import yaml
+    from streamwise.cli import app
+    from typer.testing import CliRunner
+
+    cfg = phishing_pipeline("explain")
+    cfg.input.labels_topic = labels_topic
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    result = CliRunner().invoke(app, ["run", "-c", str(path), "--explain"])
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    if labels_topic:
+        assert first == "scope: global: two stages through the learn topic (a labels topic always goes through it)"
+    else:
+        assert "more than one partition" in first and "single stage" in first
+    assert "explain.learn" in result.output
+
+
 @pytest.mark.parametrize("labels_delay", [None, 50])
 def test_the_learning_report_follows_the_learn_topic_order(labels_delay):
     from streamwise.report import analyse
