@@ -45,13 +45,26 @@ _NO_BROKER = (KafkaTimeoutError, KafkaConnectionError)
 _NO_GENERATION = -1
 
 
+def _host_port(server: str) -> tuple[str, int]:
+    """One bootstrap entry as the clients read it: an optional listener prefix, a host
+    (an IPv6 one in brackets), and a port that defaults to Kafka's 9092.
+
+    >>> [_host_port(s) for s in ("b1:9093", " localhost", "PLAINTEXT://10.0.0.1:9094", "[::1]:9095", "[::1]")]
+    [('b1', 9093), ('localhost', 9092), ('10.0.0.1', 9094), ('::1', 9095), ('::1', 9092)]
+    """
+    hostport = server.strip().split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or host.startswith("[") and not host.endswith("]") or not port.isdigit():
+        host, port = hostport, "9092"  # no port: a bare host, or an IPv6 address in brackets
+    return host.strip("[]"), int(port)
+
+
 def _require_broker(settings: KafkaSettings) -> None:
     """Fails in seconds, with one line, when no bootstrap server accepts a connection;
     kafka-python itself would retry until its bootstrap timeout and then raise."""
     for server in settings.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
         try:
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3.0):
+            with socket.create_connection(_host_port(server), timeout=3.0):
                 return
         except (OSError, ValueError):
             continue

@@ -133,6 +133,19 @@ def test_a_snapshot_marker_one_client_committed_is_read_by_the_other(settings, b
         reader.close()
 
 
+def test_a_bootstrap_server_with_a_listener_prefix_is_reached(settings, bootstrap, unique):
+    # The settings accept PLAINTEXT://host:port; kafka-python's start-up check read the
+    # prefix as part of the host and said that no broker answered.
+    topic = _topic(settings, f"{unique}.in")
+    produce(bootstrap, topic, [(None, b"0")])
+    source = make_source(settings.kafka.model_copy(update={"bootstrap_servers": f"PLAINTEXT://{bootstrap}"}), unique)
+    try:
+        source.subscribe([topic])
+        assert len(_poll_until(source, 1)) == 1
+    finally:
+        source.close()
+
+
 def test_a_session_timeout_the_broker_refuses_stops_with_the_key_to_fix(settings, bootstrap, unique):
     # Below the broker's group.min.session.timeout.ms (6 s by default) every join is
     # refused: retried as an outage, the worker waited for ever and learned nothing.
