@@ -436,6 +436,8 @@ class ConfluentSink:
             try:
                 _bounded(self._producer.init_transactions, self._timeout_s)
             except KafkaException as e:
+                if e.args[0].code() == KafkaError.INVALID_TRANSACTION_TIMEOUT:
+                    raise kafka_config.transaction_timeout_refused(settings) from None
                 raise ServiceUnavailableError(
                     f"Kafka: transactions unavailable at {settings.bootstrap_servers} ({e.args[0].str()})"
                 ) from None

@@ -266,6 +266,15 @@ def session_timeout_refused(settings: KafkaSettings) -> ConfigError:
     )
 
 
+def transaction_timeout_refused(settings: KafkaSettings) -> ConfigError:
+    """The broker refused the producer's transaction timeout: a setting to fix."""
+    return ConfigError(
+        f"kafka.transaction_timeout_ms: the broker at {settings.bootstrap_servers} refuses "
+        f"{settings.transaction_timeout_ms} ms; it must be at most the broker's transaction.max.timeout.ms "
+        "(Kafka's default: 900000)"
+    )
+
+
 def heartbeat_ms(settings: KafkaSettings) -> int:
     """Both clients' default (3 s), or a third of a shorter session timeout: a heartbeat
     must come well within the session, and kafka-python refuses to start otherwise.

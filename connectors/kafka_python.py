@@ -20,6 +20,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     CommitFailedError,
     InvalidSessionTimeoutError,
+    InvalidTransactionTimeoutError,
     KafkaConfigurationError,
     KafkaConnectionError,
     KafkaError,
@@ -375,7 +376,15 @@ class KafkaPythonSink:
         if self.transactional:
             # Also aborts whatever a previous incarnation with the same id left open,
             # so read_committed readers are not held up until its transaction times out.
-            self._producer.init_transactions()
+            try:
+                self._producer.init_transactions()
+            except KafkaError as e:
+                self._producer.close(timeout=0)
+                # kafka-python wraps the broker's refusal in a plain KafkaError naming it.
+                if isinstance(e, InvalidTransactionTimeoutError) or InvalidTransactionTimeoutError.__name__ in str(e):
+                    raise kafka_config.transaction_timeout_refused(settings) from None
+                where = settings.bootstrap_servers
+                raise ServiceUnavailableError(f"Kafka: transactions unavailable at {where} ({type(e).__name__}: {e})") from None
         # Every record's future, checked when its unit of work ends. A failed record
         # does not always fail the transaction in kafka-python (one that ran out of
         # delivery time leaves it committable), so its future is the only sign.

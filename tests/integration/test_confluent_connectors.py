@@ -146,6 +146,14 @@ def test_a_bootstrap_server_with_a_listener_prefix_is_reached(settings, bootstra
         source.close()
 
 
+def test_a_transaction_timeout_the_broker_refuses_is_one_line_with_the_key_to_fix(settings, unique):
+    # Above the broker's transaction.max.timeout.ms (15 min by default): a traceback on
+    # kafka-python before.
+    too_long = settings.kafka.model_copy(update={"transaction_timeout_ms": 3_600_000})
+    with pytest.raises(ConfigError, match="^kafka.transaction_timeout_ms: the broker at .* refuses 3600000 ms"):
+        make_sink(too_long, transactional_id=f"{unique}.tx")
+
+
 def test_a_session_timeout_the_broker_refuses_stops_with_the_key_to_fix(settings, bootstrap, unique):
     # Below the broker's group.min.session.timeout.ms (6 s by default) every join is
     # refused: retried as an outage, the worker waited for ever and learned nothing.
