@@ -152,6 +152,13 @@ class _TorchMiniBatchBase:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if batch_size < 1 or steps_per_batch < 1 or hash_width < 0:
             raise ValueError("batch_size and steps_per_batch must be >= 1, hash_width >= 0")
+        if isinstance(hidden_layers, (str, bytes)) or not all(
+            isinstance(h, int) and not isinstance(h, bool) for h in hidden_layers
+        ):
+            # A string would be read digit by digit: "32" built layers of 3 and 2 units.
+            raise ValueError(f"hidden_layers must be a list of unit counts, e.g. [32, 16]; got {hidden_layers!r}")
+        if features is not None and (isinstance(features, (str, bytes)) or not all(isinstance(f, str) for f in features)):
+            raise ValueError(f"features must be a list of field names; got {features!r}")
         if any(int(h) < 1 for h in hidden_layers):
             raise ValueError(f"hidden_layers: every layer needs at least one unit, got {list(hidden_layers)}")
         if not (math.isfinite(lr) and lr > 0):

@@ -675,6 +675,20 @@ def check_stream_steps(schema: EventSchema, cleaners: Sequence[Any], features: S
     >>> check_stream_steps(schema, [], [WindowAggregatesStep(by="crad", fields=["amount"], windows=[3600])])
     [(('features', 0, 'by'), "unknown field 'crad'; known here: amount, card, id, ts")]
     """
+    return _run_checks(schema, cleaners, features).problems
+
+
+def model_fields(schema: EventSchema, cleaners: Sequence[Any], features: Sequence[Any]) -> set[str]:
+    """Every field an event may carry to the models: the schema's and what the steps add.
+
+    >>> schema = EventSchema(id="id", event_time="ts", features={"amount": "float", "card": "category"})
+    >>> sorted(model_fields(schema, [], [WindowAggregatesStep(by="card", fields=["amount"], windows=[3600])]))[:4]
+    ['amount', 'card', 'card.amount.max.1h', 'card.amount.mean.1h']
+    """
+    return _run_checks(schema, cleaners, features).available
+
+
+def _run_checks(schema: EventSchema, cleaners: Sequence[Any], features: Sequence[Any]) -> _Checks:
     c = _Checks(schema)
     # The label is no input of the steps, but a feature named after it would be taken
     # out of every event with the label (stream/schema.py): never seen by a model.
@@ -690,7 +704,7 @@ def check_stream_steps(schema: EventSchema, cleaners: Sequence[Any], features: S
                 shown = ", ".join(map(repr, clash[:5])) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
                 c.problem((section, i), f"writes {shown}, already a field of the event or of an earlier step; rename it")
             c.available.update(added)
-    return c.problems
+    return c
 
 
 def with_defaults(model: Any) -> Any:

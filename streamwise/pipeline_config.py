@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from river.compose import Pipeline as RiverPipeline
 from streamwise.core.errors import ConfigError
 from streamwise.models.catalog import ModelSpec, build_estimator
 from streamwise.models.config import (
@@ -29,7 +30,7 @@ from streamwise.models.forecast import ForecastConfig
 from streamwise.models.prequential import make_metric
 from streamwise.models.rules import RuleError, RuleSet, RuleSpec
 from streamwise.models.scoreboard import metric_fits
-from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps
+from streamwise.stream.pipeline import STEP_KINDS, CleanerSpec, FeatureSpec, check_stream_steps, model_fields
 from streamwise.stream.schema import EventSchema
 
 
@@ -185,8 +186,17 @@ class PipelineConfig(BaseModel):
         if self.champion.metric is not None:
             wanted.append(("champion.metric", self.champion.metric))
         problems: list[tuple[tuple[str | int, ...], str]] = []
+        fields = model_fields(self.event_schema, self.cleaners, self.features)
         for i, spec in enumerate(self.models):
             estimator = build_estimator(spec.steps)
+            # A learner that picks its inputs by name (the torch learners' features):
+            # a name no event carries would be an input that is always missing.
+            for step in estimator.steps.values() if isinstance(estimator, RiverPipeline) else [estimator]:
+                named = getattr(step, "features", None) if type(step).__module__.startswith("streamwise.") else None
+                unknown = [f for f in named or [] if f not in fields]
+                if unknown:
+                    problems.append((("models", i, "steps"), f"{type(step).__name__}: features: unknown field "
+                                     f"{unknown[0]!r}; known here: {', '.join(sorted(fields))}"))
             for key, name in wanted:
                 if not metric_fits(name, estimator):
                     problems.append(

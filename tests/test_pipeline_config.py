@@ -64,6 +64,11 @@ def test_the_base_config_loads():
          "p.yaml: models[0].steps: streamwise.TorchMiniBatchClassifier: hidden_layers: every layer needs at least one"),
         (torch_with(lr=-1),
          "lr must be a positive number, got -1"),
+        # A string was read digit by digit ("32": layers of 3 and 2 units); a feature no
+        # event carries was an input always missing.
+        (torch_with(hidden_layers="32"), "hidden_layers must be a list of unit counts, e.g. [32, 16]; got '32'"),
+        (torch_with(features=["a", "nope"]),
+         "p.yaml: models[0].steps: TorchMiniBatchClassifier: features: unknown field 'nope'; known here: a, c, id"),
         (torch_with(warm_start="/no/such.pt"),
          "warm_start: no file at /no/such.pt"),
         # No machine has a hundredth GPU: refused with or without one.
