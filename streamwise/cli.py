@@ -150,17 +150,23 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
     return out
 
 
+def _positive_rate(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a positive number of events per second, got {value}")
+    return value
+
+
 @app.command()
 def replay(
     source: Annotated[str, typer.Argument(help="River dataset name (Phishing), synth.<Generator>, or a .csv/.jsonl file.")],
     topic: Annotated[str, typer.Option("--topic", "-t", help="Topic to publish to.")],
-    limit: Annotated[int | None, typer.Option(help="Publish at most this many events.")] = None,
-    rate: Annotated[float | None, typer.Option(help="Events per second (open loop); default as fast as possible.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Publish at most this many events.")] = None,
+    rate: Annotated[float | None, typer.Option(callback=_positive_rate, help="Events per second (open loop); default as fast as possible.")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="NAME=VALUE for the dataset or generator constructor; repeatable.")] = [],  # noqa: B006
     id_field: Annotated[str, typer.Option(help="Name of the id field added to each event.")] = "id",
     label_field: Annotated[str, typer.Option(help="Name of the label field.")] = "label",
     key_field: Annotated[str | None, typer.Option(help="Field whose value is the record key (default: the id).")] = None,
-    partitions: Annotated[int, typer.Option(help="Partitions of the topic if it has to be created.")] = 1,
+    partitions: Annotated[int, typer.Option(min=1, max=10_000, help="Partitions of the topic if it has to be created.")] = 1,
     label_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Keep the label on this share of a River dataset's events (seeded); the rest go unlabelled.")] = 1.0,
     bootstrap_servers: BootstrapOpt = None,
     verbose: VerboseOpt = False,

@@ -163,3 +163,17 @@ def test_a_param_value_that_is_not_yaml_is_refused_at_its_option():
     said = " ".join(result.output.replace("│", " ").split())
     assert "Invalid value for --param: 'x=[unclosed': the value is not valid YAML: expected ',' or ']'" in said
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--partitions", "0"), ("--partitions", "100000000"), ("--limit", "-1"), ("--rate", "-5"), ("--rate", "nan"),
+])
+def test_replay_refuses_a_count_or_rate_no_topic_can_take_before_kafka_is_asked(option, value):
+    # Before, --partitions 0 dumped the broker's CreateTopics answer, --limit -1
+    # published nothing and said so with exit 0, and a negative rate was ignored.
+    from streamwise.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["replay", "Phishing", "--topic", "t", option, value,
+                                      "--bootstrap-servers", "127.0.0.1:1"])
+    assert result.exit_code == 2 and option in result.output, result.output
