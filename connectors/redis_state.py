@@ -288,6 +288,8 @@ class RedisStateStore:
             # NOAUTH: the server wants a password and none was given.
             if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
                 raise ConfigError(f"Redis at {self.where}: authentication required: set redis.password") from None
+            if "DB index" in str(e):  # the server has fewer databases (its `databases`, 16 by default)
+                raise ConfigError(f"Redis at {self.where}: {e}: check the database number in redis.url") from None
             raise ServiceUnavailableError(f"Redis at {self.where}: {e}") from None
         except redis.RedisError as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from streamwise.connectors.redis_state import FencedError, RedisStateStore, SnapshotManifestError, parse_manifest
+from streamwise.core.errors import ConfigError
 
 
 @pytest.fixture
@@ -216,3 +217,10 @@ def test_a_run_over_a_forged_manifest_relearns_and_snapshots_again(settings, boo
     store = RedisStateStore(settings.redis.url.get_secret_value(), settings.snapshot.signing_key_list())
     (latest, *_) = store.list(cfg.name, 0)  # readable again, above the forged epoch
     assert latest.epoch > 5 and latest.offsets == {f"{cfg.input.topic}:0": 1250}
+
+
+def test_a_database_number_the_server_lacks_is_a_config_error_not_an_outage(services):
+    # Retried as an outage, the worker started anyway and waited for Redis for ever.
+    url = services["STREAMWISE_REDIS__URL"].rsplit("/", 1)[0] + "/99"
+    with pytest.raises(ConfigError, match=r"^Redis at .*/99: DB index is out of range: check the database number"):
+        RedisStateStore(url, b"test-key").ping()
