@@ -135,9 +135,9 @@ def broker_pid() -> int | None:
 
 class CpuMeter:
     """CPU seconds spent between :meth:`start` and :meth:`stop` by this process (all its
-    threads, the Kafka client's own included) and by the local broker. On a machine of
-    two cores that also runs the broker, throughput is bounded by the sum of the two per
-    event, whatever runs in parallel: ``ceiling`` is cores ÷ that sum."""
+    threads, the Kafka client's own included) and by the local broker. On a machine whose
+    cores also run the broker, throughput is bounded by cores ÷ the sum of the two per
+    event, whatever runs in parallel (bench/peer_quix.py's ceiling)."""
 
     def __init__(self) -> None:
         self._broker = broker_pid()

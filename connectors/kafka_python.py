@@ -31,7 +31,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
 from streamwise.core.errors import ConfigError, DeliveryError, GroupMetadataRefused, ServiceUnavailableError, StreamwiseError
-from streamwise.core.settings import KafkaSettings
+from streamwise.core.settings import KafkaSettings, split_bootstrap_entry
 
 from . import kafka_config
 from .base import RebalanceCallback, TopicPartition
@@ -53,11 +53,8 @@ def _host_port(server: str) -> tuple[str, int]:
     >>> [_host_port(s) for s in ("b1:9093", " localhost", "PLAINTEXT://10.0.0.1:9094", "[::1]:9095", "[::1]")]
     [('b1', 9093), ('localhost', 9092), ('10.0.0.1', 9094), ('::1', 9095), ('::1', 9092)]
     """
-    hostport = server.strip().split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or host.startswith("[") and not host.endswith("]") or not port.isdigit():
-        host, port = hostport, "9092"  # no port: a bare host, or an IPv6 address in brackets
-    return host.strip("[]"), int(port)
+    host, port = split_bootstrap_entry(server)  # the settings' own reading of it
+    return host.strip("[]"), int(port if port is not None else 9092)
 
 
 def _require_broker(settings: KafkaSettings) -> None:

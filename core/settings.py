@@ -36,6 +36,18 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"]
 
 
+def split_bootstrap_entry(entry: str) -> tuple[str, str | None]:
+    """One bootstrap entry as (host, port text): an optional listener name prefix
+    (``SASL_SSL://``) dropped, an IPv6 host kept in its brackets, None for no port.
+
+    >>> [split_bootstrap_entry(e) for e in ("b1:9093", " broker", "PLAINTEXT://10.0.0.1:9094", "[::1]:9095", "[::1]", "b1:")]
+    [('b1', '9093'), ('broker', None), ('10.0.0.1', '9094'), ('[::1]', '9095'), ('[::1]', None), ('b1', '')]
+    """
+    hostport = entry.strip().split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+    return (host, port) if sep else (hostport, None)
+
+
 def bootstrap_servers_problem(servers: str) -> str | None:
     """Why ``servers`` is not a comma-separated list of ``host[:port]``, or None. Both
     clients would otherwise take an empty or malformed list and retry it forever.
@@ -53,13 +65,10 @@ def bootstrap_servers_problem(servers: str) -> str | None:
     for entry in entries:
         if not entry:
             return "an empty entry between commas"
-        hostport = entry.split("://", 1)[-1]  # a listener name prefix, e.g. SASL_SSL://
-        host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
-        if not sep:
-            host, port = hostport, ""
+        host, port = split_bootstrap_entry(entry)
         if not host or host in {"[", "[]"}:
             return f"{entry!r}: no host"
-        if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
             return f"{entry!r}: the port must be a number from 1 to 65535"
     return None
 

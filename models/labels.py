@@ -138,7 +138,14 @@ class LabelStats:
 
 def in_join_window(event_t: float, label_t: float, ttl_s: float, early_hold_s: float) -> bool:
     """The join rule: a label stamped at most ``ttl_s`` after its event and at most
-    ``early_hold_s`` before it (the service's join and the report both use it)."""
+    ``early_hold_s`` before it (the service's join and the report both use it). A record
+    without a time (``t <= 0``: Kafka's -1, or 0) is in any window.
+
+    >>> in_join_window(100.0, 103.0, 10.0, 5.0), in_join_window(100.0, 200.0, 10.0, 5.0), in_join_window(-0.001, 200.0, 10.0, 5.0)
+    (True, False, True)
+    """
+    if event_t <= 0.0 or label_t <= 0.0:
+        return True
     return -early_hold_s <= label_t - event_t <= ttl_s
 
 
@@ -291,10 +298,7 @@ class PendingLabels:
         return {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
 
     def joins(self, event_t: float, label_t: float) -> bool:
-        """Whether a label at ``label_t`` joins an event at ``event_t``; a record without a
-        time (``t <= 0``: Kafka's -1, or 0) is in any window."""
-        if event_t <= 0.0 or label_t <= 0.0:
-            return True
+        """Whether a label at ``label_t`` joins an event at ``event_t``."""
         return in_join_window(event_t, label_t, self.ttl_s, self.early_hold_s)
 
     @staticmethod

@@ -279,9 +279,7 @@ def _delayed_order(
         if b is None or (r.partition, event_id) in learned:
             continue  # no prediction for it in range, or a repeated label (learned once)
         t_event = event_ts.get(b["_src"], b.get("event_timestamp_ms", r.timestamp_ms))
-        # A record without a time (-1 or 0) joins whatever the other's time (models/labels.py).
-        timed = t_event > 0 and r.timestamp_ms > 0
-        if timed and not in_join_window(t_event / 1000.0, r.timestamp_ms / 1000.0, cfg.ttl_s, cfg.early_hold_s):
+        if not in_join_window(t_event / 1000.0, r.timestamp_ms / 1000.0, cfg.ttl_s, cfg.early_hold_s):
             continue  # outside the join window: the service did not learn it (models/labels.py)
         learned.add((r.partition, event_id))
         delay = label_delay(t_event / 1000.0, r.timestamp_ms / 1000.0)
